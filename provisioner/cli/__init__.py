@@ -1,0 +1,1 @@
+"""The `provisioner` command line: one module per noun, errors translated once in main.py."""

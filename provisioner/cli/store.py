@@ -1,0 +1,40 @@
+"""`provisioner store status`: which backend, where, its revision and size, and whether it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import typer
+
+from provisioner.cli.common import JSON_OPTION, print_fields, print_json, state
+from provisioner.store import open_store
+from provisioner.store.base import StoreStatus
+
+app = typer.Typer(help="The key-value store behind the inventory.", no_args_is_help=True)
+
+
+@app.command("status")
+def status(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Check that the store answers, and show its backend, revision and key count."""
+    settings = state(ctx).settings
+
+    async def run() -> tuple[StoreStatus, float]:
+        store = open_store(settings)
+        try:
+            started = time.perf_counter()
+            result = await store.status()
+            return result, time.perf_counter() - started
+        finally:
+            await store.close()
+
+    result, elapsed = asyncio.run(run())
+    if as_json:
+        print_json({**dataclasses.asdict(result), "latency_ms": round(elapsed * 1000, 2),
+                    "config": settings.source})
+        return
+    print_fields([("backend", result.backend), ("endpoint", result.endpoint),
+                  ("revision", result.revision), ("keys", result.keys),
+                  ("latency", f"{elapsed * 1000:.1f} ms"), ("detail", result.detail),
+                  ("config", settings.source)])

@@ -1,0 +1,321 @@
+"""The domain model: frozen, validated, pure values.
+
+Rules of this file: no I/O, no clocks (timestamps come in as arguments), no third-party imports.
+Every constructor validates; a refused value raises `ValidationError` naming the field and the
+rule, so the CLI and the API can show it as it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from provisioner.errors import ValidationError
+
+SettingValue = str | int | bool
+E = TypeVar("E", bound=enum.StrEnum)
+
+_HEX12: Final = re.compile(r"[0-9a-f]{12}")
+# RFC 1123 section 2.1: a label is 1-63 letters, digits and hyphens, not starting or ending with
+# a hyphen (a leading digit is allowed, unlike RFC 952).
+_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+_SETTING_KEY: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class MacAddress:
+    """An Ethernet MAC address in canonical form `aa:bb:cc:dd:ee:ff`.
+
+    Accepts `aa:bb:cc:dd:ee:ff`, `AA-BB-CC-DD-EE-FF`, `aabb.ccdd.eeff` (Cisco) and bare hex.
+    """
+
+    value: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", canonical_mac(self.value))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> MacAddress:
+        if len(raw) != 6:
+            raise ValidationError("mac", f"needs 6 bytes, got {len(raw)}")
+        return cls(raw.hex())
+
+    @property
+    def packed(self) -> bytes:
+        return bytes.fromhex(self.value.replace(":", ""))
+
+    @property
+    def dashed(self) -> str:
+        """The form PXELINUX uses in `pxelinux.cfg/01-aa-bb-...`."""
+        return self.value.replace(":", "-")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def canonical_mac(text: str) -> str:
+    """Return the canonical `aa:bb:cc:dd:ee:ff` form of a MAC, or raise ValidationError."""
+    raw = text.strip().lower()
+    if re.fullmatch(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}", raw):
+        digits = raw.replace(":", "").replace("-", "")
+    elif re.fullmatch(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}", raw):
+        digits = raw.replace(".", "")
+    elif _HEX12.fullmatch(raw):
+        digits = raw
+    else:
+        raise ValidationError(
+            "mac",
+            f"{text!r} is not a MAC address; use aa:bb:cc:dd:ee:ff, AA-BB-CC-DD-EE-FF "
+            "or aabb.ccdd.eeff",
+        )
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def check_hostname(name: str, field_name: str = "name") -> str:
+    """Validate a node name: one RFC 1123 label, stored lower case."""
+    lowered = name.lower()
+    if not _LABEL.fullmatch(lowered):
+        raise ValidationError(
+            field_name,
+            f"{name!r} is not a valid host name: 1-63 letters, digits or '-', "
+            "not starting or ending with '-' (RFC 1123)",
+        )
+    return lowered
+
+
+def check_name(name: str, field_name: str) -> str:
+    """Validate a group or image name: lower case, starts with a letter, at most 63 chars."""
+    if not _NAME.fullmatch(name):
+        raise ValidationError(
+            field_name,
+            f"{name!r} is not a valid name: a lower-case letter, then letters, digits, "
+            "'_', '.' or '-', at most 63 characters",
+        )
+    return name
+
+
+def check_ipv4(value: str | ipaddress.IPv4Address, field_name: str = "ip") -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValidationError(field_name, f"{value!r} is not an IPv4 address") from None
+
+
+class Firmware(enum.StrEnum):
+    """How a node boots, as told by DHCP options 93/60/77 (RFC 4578, iPXE)."""
+
+    UNKNOWN = "unknown"
+    BIOS = "bios"
+    UEFI = "uefi"
+    UEFI_ARM64 = "uefi-arm64"
+    UEFI_HTTP = "uefi-http"
+    IPXE = "ipxe"
+
+
+class NodeState(enum.StrEnum):
+    DISCOVERED = "discovered"
+    REGISTERED = "registered"
+    PROVISIONING = "provisioning"
+    BOOTED = "booted"
+    READY = "ready"
+    DRAINING = "draining"
+    REIMAGING = "reimaging"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+def parse_enum(kind: type[E], value: str, field_name: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise ValidationError(field_name, f"{value!r} is not one of: {allowed}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """One known setting: its type, whether it is a secret, and what it means."""
+
+    kind: type
+    help: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+
+#: Settings a group or a node may carry. Unknown keys are refused: a typo must not be silent.
+SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
+    {
+        "image": SettingSpec(str, "image NAME or NAME:VERSION the node boots"),
+        "kernel_args": SettingSpec(str, "extra kernel command line arguments"),
+        "bootfile": SettingSpec(str, "boot file override for the first DHCP stage"),
+        "ipxe_script": SettingSpec(str, "iPXE template under templates/ipxe/"),
+        "console": SettingSpec(str, "serial console, e.g. ttyS0,115200"),
+        "power_driver": SettingSpec(
+            str, "how to power-cycle", choices=("ipmi", "redfish", "qemu", "manual")
+        ),
+        "power_address": SettingSpec(str, "BMC address, Redfish URL or QMP socket path"),
+        "power_user": SettingSpec(str, "BMC user name"),
+        "power_password": SettingSpec(str, "BMC password", secret=True),
+        "scheduler_partition": SettingSpec(str, "partition the node joins in the scheduler"),
+        "scheduler_features": SettingSpec(str, "comma-separated features for the scheduler"),
+        "callback_timeout": SettingSpec(int, "seconds to wait for the boot callback"),
+        "discovery": SettingSpec(bool, "add unknown MACs on this segment as discovered nodes"),
+    }
+)
+REDACTED: Final = "********"
+
+
+def check_setting(key: str, value: object) -> SettingValue:
+    """Validate one setting and coerce strings from the CLI ("8", "true") to the declared type."""
+    spec = SETTINGS.get(key)
+    if spec is None:
+        known = ", ".join(sorted(SETTINGS))
+        raise ValidationError(f"settings.{key}", f"unknown setting; known settings: {known}")
+    coerced = _coerce(key, spec.kind, value)
+    if spec.choices and coerced not in spec.choices:
+        raise ValidationError(f"settings.{key}", f"{value!r} is not one of: {', '.join(spec.choices)}")
+    return coerced
+
+
+def _coerce(key: str, kind: type, value: object) -> SettingValue:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value):
+            return int(value)
+    elif isinstance(value, str):
+        return value
+    raise ValidationError(f"settings.{key}", f"{value!r} is not a {kind.__name__}")
+
+
+def check_settings(settings: Mapping[str, object]) -> Mapping[str, SettingValue]:
+    checked = {key: check_setting(key, value) for key, value in settings.items()}
+    return MappingProxyType(dict(sorted(checked.items())))
+
+
+def redact(settings: Mapping[str, SettingValue]) -> dict[str, SettingValue]:
+    """Settings as they may be shown: secrets replaced, never logged or returned by the API."""
+    return {k: (REDACTED if SETTINGS[k].secret else v) for k, v in settings.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A named set of settings. A node's effective settings are: defaults, then its groups in
+    order, then the node itself (later wins)."""
+
+    name: str
+    settings: Mapping[str, SettingValue] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", check_name(self.name, "group"))
+        object.__setattr__(self, "settings", check_settings(self.settings))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A compute node, keyed by the MAC of its provisioning interface."""
+
+    mac: MacAddress
+    name: str
+    ip: ipaddress.IPv4Address | None = None
+    groups: tuple[str, ...] = ()
+    image: str | None = None
+    firmware: Firmware = Firmware.UNKNOWN
+    state: NodeState = NodeState.REGISTERED
+    settings: Mapping[str, SettingValue] = field(default_factory=dict)
+    hardware: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", check_hostname(self.name))
+        if self.ip is not None:
+            object.__setattr__(self, "ip", check_ipv4(self.ip))
+        groups = tuple(check_name(g, "groups") for g in self.groups)
+        if len(set(groups)) != len(groups):
+            raise ValidationError("groups", "a group may be listed only once")
+        object.__setattr__(self, "groups", groups)
+        if self.image is not None:
+            check_setting("image", self.image)
+        object.__setattr__(self, "settings", check_settings(self.settings))
+        object.__setattr__(self, "hardware", MappingProxyType(dict(self.hardware)))
+
+    def with_changes(self, **changes: Any) -> Node:
+        """A copy with fields replaced, validated again."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """One resolved setting and where it came from: "default", "group:NAME" or "node"."""
+
+    value: SettingValue
+    source: str
+
+
+def effective_settings(
+    node: Node, groups: Mapping[str, Group], defaults: Mapping[str, SettingValue]
+) -> dict[str, Effective]:
+    """Resolve defaults <- groups in the node's order <- the node. A missing group is skipped:
+    deleting a group must not make its members unbootable."""
+    layers: list[tuple[str, Mapping[str, SettingValue]]] = [("default", defaults)]
+    layers += [(f"group:{g}", groups[g].settings) for g in node.groups if g in groups]
+    own = dict(node.settings)
+    if node.image is not None:
+        own["image"] = node.image
+    layers.append(("node", own))
+    resolved: dict[str, Effective] = {}
+    for source, values in layers:
+        for key, value in values.items():
+            resolved[key] = Effective(value, source)
+    return dict(sorted(resolved.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An address bound to a client. `expires` is seconds since the epoch."""
+
+    ip: ipaddress.IPv4Address
+    mac: MacAddress
+    expires: float
+    hostname: str | None = None
+    client_id: str | None = None
+    state: str = "bound"  # "offered", "bound", "declined" (quarantined), "released"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ip", check_ipv4(self.ip))
+        if self.state not in {"offered", "bound", "declined", "released"}:
+            raise ValidationError("state", f"{self.state!r} is not a lease state")
+
+    def active(self, now: float) -> bool:
+        return self.state in {"offered", "bound", "declined"} and self.expires > now
+
+
+@dataclass(frozen=True, slots=True)
+class BootEvent:
+    """One step on a node's timeline: DHCP offered, file served, booted, handed off, ready."""
+
+    mac: MacAddress
+    kind: str
+    at: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.kind):
+            raise ValidationError("kind", f"{self.kind!r} is not an event kind (snake_case)")
+        object.__setattr__(self, "detail", MappingProxyType(dict(self.detail)))
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    """Items in first-seen order without repeats."""
+    return list(dict.fromkeys(items))

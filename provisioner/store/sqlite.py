@@ -1,0 +1,376 @@
+"""The embedded store: one sqlite file in WAL mode, one revision counter, watch across processes.
+
+Why this shape:
+- Writes go through one writer thread that drains a queue and commits whatever is waiting in one
+  transaction (group commit): every put is durable (synchronous=FULL) before its future
+  resolves, and concurrent writers share one fsync instead of paying one each.
+- `BEGIN IMMEDIATE` takes sqlite's write lock before the revision is read, so several processes
+  (the service and the CLI) share one counter and CAS stays correct between them.
+- Reads run inline on the caller's thread on a second connection: a point read costs tens of
+  microseconds, less than a hop to a thread pool would.
+- Every change is appended to a `log` table keyed by revision; `watch` reads it forward. In this
+  process a commit wakes watchers at once; other processes' commits are seen within POLL
+  seconds (an indexed read of the log from the next revision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import Conflict, NotFound, ProvisionerError, StoreUnavailable
+from provisioner.store.base import (
+    Compacted,
+    EventType,
+    KeyValue,
+    RangeResult,
+    StoreStatus,
+    WatchEvent,
+    check_expect,
+    check_key,
+    conflict_message,
+    expect_matches,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+"""
+HISTORY = 100_000  # log rows kept for watch(start=...); older ones are compacted away
+POLL = 0.05  # seconds between checks for other processes' commits
+BATCH = 512  # most operations committed in one transaction
+
+
+@dataclass
+class _Op:
+    """One queued write; `apply` runs in the writer thread inside the open transaction."""
+
+    apply: Callable[[sqlite3.Connection, int], tuple[int, Any]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = self.loop.create_future()
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(self, path: Path | str, *, timeout: float = 5.0, history: int = HISTORY,
+                 synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self._timeout = timeout
+        self._history = history
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_db = self._connect(synchronous)
+        self._writer_db.executescript(SCHEMA)
+        self._reader = self._connect(synchronous)
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._changed: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
+        return db
+
+    # -- reads: inline, on the caller's thread -------------------------------------------
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store {self.path} read failed: {exc}") from exc
+
+    async def get(self, key: str) -> KeyValue | None:
+        self._start()
+        rows = self._read("SELECT * FROM kv WHERE key = ?", (check_key(key),))
+        return KeyValue(*rows[0]) if rows else None
+
+    async def range(self, prefix: str) -> RangeResult:
+        self._start()
+        # One read transaction so the revision matches the rows (watch from revision + 1).
+        try:
+            self._reader.execute("BEGIN")
+            rows = self._reader.execute(
+                "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, _prefix_end(prefix)),
+            ).fetchall()
+            revision = self._reader.execute(
+                "SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+            self._reader.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store {self.path} read failed: {exc}") from exc
+        return RangeResult([KeyValue(*row) for row in rows], revision)
+
+    # -- writes: queued to the writer thread, resolved after commit ------------------------
+
+    async def _submit(self, apply: Callable[[sqlite3.Connection, int], tuple[int, Any]]) -> Any:
+        if self._closed:
+            raise StoreUnavailable(f"store {self.path} is closed")
+        self._start()
+        op = _Op(apply, asyncio.get_running_loop())
+        self._queue.put(op)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.shield(op.future)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"store {self.path} did not commit within {self._timeout:g}s; "
+                "is another process holding it locked, or is the disk full?") from None
+
+    async def put(
+        self, key: str, value: bytes, *, expect: int | None = None, lease: int = 0
+    ) -> int:
+        check_key(key)
+        check_expect(expect)
+        data = bytes(value)
+
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            current = _current(db, key)
+            if not expect_matches(current, expect):
+                return rev, Conflict(conflict_message(key, current, expect))
+            if lease and not db.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone():
+                return rev, NotFound(f"lease {lease} has expired or was revoked; grant a new one")
+            rev += 1
+            created = current.create_revision if current else rev
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)",
+                       (key, data, created, rev, lease))
+            db.execute("INSERT INTO log VALUES (?, ?, ?, 0)", (rev, key, data))
+            return rev, rev
+
+        result: int = await self._submit(apply)
+        return result
+
+    async def delete(self, key: str, *, expect: int | None = None) -> int:
+        check_key(key)
+        check_expect(expect)
+
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            current = _current(db, key)
+            if expect is None and current is None:
+                return rev, NotFound(f"{key} does not exist")
+            if not expect_matches(current, expect):
+                return rev, Conflict(conflict_message(key, current, expect))
+            return _delete(db, key, rev), rev + 1
+
+        result: int = await self._submit(apply)
+        return result
+
+    def _write_loop(self) -> None:
+        while (op := self._queue.get()) is not None:
+            batch = [op]
+            while len(batch) < BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        db = self._writer_db
+        results: list[Any] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            rev = start = db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
+            for op in batch:
+                rev, result = op.apply(db, rev)
+                results.append(result)
+            if rev != start:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
+                if rev // 1024 != start // 1024:
+                    _prune(db, rev - self._history)
+            db.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            error = StoreUnavailable(f"store {self.path} write failed: {exc}")
+            results = [error] * len(batch)
+        for op, result in zip(batch, results, strict=True):
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                op.loop.call_soon_threadsafe(_resolve, op.future, result)
+        with contextlib.suppress(RuntimeError):
+            batch[0].loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    # -- watch ---------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start: int | None = None) -> AsyncIterator[WatchEvent]:
+        self._start()
+        compacted, revision = self._meta()
+        next_rev = revision + 1 if start is None else start
+        if next_rev <= compacted:
+            raise Compacted(f"revision {next_rev} was compacted; the oldest kept is {compacted + 1}")
+        end = _prefix_end(prefix)
+        while True:
+            changed = self._changed
+            assert changed is not None
+            rows = self._read(
+                "SELECT rev, key, value, deleted FROM log WHERE rev >= ? ORDER BY rev LIMIT 1000",
+                (next_rev,))
+            for rev, key, value, deleted in rows:
+                next_rev = rev + 1
+                if prefix <= key < end:
+                    kind = EventType.DELETE if deleted else EventType.PUT
+                    yield WatchEvent(kind, key, b"" if deleted else value, rev)
+            if not rows:
+                # Our own commits wake us at once; another process's are seen at the next poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL):
+                        await changed.wait()
+
+    def _meta(self) -> tuple[int, int]:
+        rows = dict(self._read("SELECT name, value FROM meta"))
+        return rows["compacted"], rows["revision"]
+
+    async def compact(self, revision: int) -> None:
+        """Drop history before `revision`: watch(start < revision) raises Compacted."""
+
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            _prune(db, revision - 1)
+            return rev, None
+
+        await self._submit(apply)
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def grant(self, ttl: float) -> int:
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            cur = db.execute("INSERT INTO leases (ttl, expires) VALUES (?, ?)",
+                             (ttl, time.time() + ttl))
+            return rev, cur.lastrowid
+
+        lease: int = await self._submit(apply)
+        return lease
+
+    async def keepalive(self, lease: int) -> None:
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            cur = db.execute("UPDATE leases SET expires = ? + ttl WHERE id = ? AND expires > ?",
+                             (time.time(), lease, time.time()))
+            if cur.rowcount == 0:
+                return rev, NotFound(f"lease {lease} has expired or was revoked; grant a new one")
+            return rev, None
+
+        await self._submit(apply)
+
+    async def revoke(self, lease: int) -> None:
+        await self._submit(lambda db, rev: (_drop_lease(db, lease, rev), None))
+
+    async def _sweep_leases(self) -> None:
+        """Expire leases: any process that has the store open does it, so a crashed lease
+        holder's keys still go away."""
+        while not self._closed:
+            await asyncio.sleep(0.1)
+            rows = self._read("SELECT id FROM leases WHERE expires <= ?", (time.time(),))
+            for (lease,) in rows:
+
+                def apply(db: sqlite3.Connection, rev: int, lease: int = lease) -> tuple[int, Any]:
+                    row = db.execute("SELECT expires FROM leases WHERE id = ?", (lease,)).fetchone()
+                    if row is None or row[0] > time.time():
+                        return rev, None  # renewed or already swept by someone else
+                    return _drop_lease(db, lease, rev), None
+
+                try:
+                    await self._submit(apply)
+                except ProvisionerError:
+                    continue  # retried on the next pass
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Bind to the running loop on first use: the change event and the lease sweeper."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_leases())
+
+    async def status(self) -> StoreStatus:
+        compacted, revision = self._meta()
+        keys = self._read("SELECT count(*) FROM kv")[0][0]
+        size = self.path.stat().st_size if self.path.exists() else 0
+        detail = f"{size / 1e6:.1f} MB file, history from revision {compacted + 1}"
+        return StoreStatus(self.backend, str(self.path), revision, keys, detail)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, self._timeout)
+        self._writer_db.close()
+        self._reader.close()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _current(db: sqlite3.Connection, key: str) -> KeyValue | None:
+    row = db.execute("SELECT * FROM kv WHERE key = ?", (key,)).fetchone()
+    return KeyValue(*row) if row else None
+
+
+def _delete(db: sqlite3.Connection, key: str, rev: int) -> int:
+    rev += 1
+    db.execute("DELETE FROM kv WHERE key = ?", (key,))
+    db.execute("INSERT INTO log VALUES (?, ?, x'', 1)", (rev, key))
+    return rev
+
+
+def _drop_lease(db: sqlite3.Connection, lease: int, rev: int) -> int:
+    db.execute("DELETE FROM leases WHERE id = ?", (lease,))
+    keys = db.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)).fetchall()
+    for (key,) in keys:
+        rev = _delete(db, key, rev)
+    return rev
+
+
+def _prune(db: sqlite3.Connection, upto: int) -> None:
+    if upto <= 0:
+        return
+    db.execute("DELETE FROM log WHERE rev <= ?", (upto,))
+    db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (upto,))
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest key greater than every key that starts with `prefix`."""
+    return prefix + "\U0010ffff"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything provisioner needs on Debian 12: the Debian packages its servers and tests use,
+# and a virtualenv in .venv with the package and its dev tools. Safe to run again: it installs
+# only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(etcd-server etcd-client iproute2 sqlite3)
+VENV=${PROVISIONER_VENV:-.venv}
+
+need_apt=()
+for pkg in "${DEBIAN_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    # Debian starts etcd as a service on install; provisioner runs its own etcd when it needs one.
+    if [ -d /run/systemd/system ]; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    python3 -m venv "$VENV"
+fi
+stamp="$VENV/.provisioner-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing Python packages into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
+echo "setup: ready ($("$VENV/bin/provisioner" --version))"

@@ -1,0 +1,186 @@
+"""One contract, every backend: memory, sqlite and a real etcd server (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from provisioner.errors import Conflict, NotFound, ValidationError
+from provisioner.store.base import Compacted, EventType, KeyValueStore, WatchEvent
+
+
+async def test_put_get_roundtrip(store: KeyValueStore) -> None:
+    rev = await store.put("/t/a", b"one")
+    kv = await store.get("/t/a")
+    assert kv is not None
+    assert (kv.key, kv.value, kv.mod_revision, kv.create_revision) == ("/t/a", b"one", rev, rev)
+    assert await store.get("/t/missing") is None
+
+
+async def test_revisions_increase_and_create_revision_sticks(store: KeyValueStore) -> None:
+    first = await store.put("/t/a", b"1")
+    second = await store.put("/t/a", b"2")
+    assert second > first
+    kv = await store.get("/t/a")
+    assert kv is not None
+    assert (kv.create_revision, kv.mod_revision, kv.value) == (first, second, b"2")
+
+
+async def test_range_is_prefix_bounded_and_sorted(store: KeyValueStore) -> None:
+    for key in ("/t/b", "/t/a", "/t/c/d", "/u/a", "/t"):
+        await store.put(key, key.encode())
+    result = await store.range("/t/")
+    assert [kv.key for kv in result.items] == ["/t/a", "/t/b", "/t/c/d"]
+    assert result.revision >= max(kv.mod_revision for kv in result.items)
+
+
+async def test_cas_create_only_when_absent(store: KeyValueStore) -> None:
+    await store.put("/t/x", b"1", expect=0)
+    with pytest.raises(Conflict, match="/t/x"):
+        await store.put("/t/x", b"2", expect=0)
+    kv = await store.get("/t/x")
+    assert kv is not None and kv.value == b"1"
+
+
+async def test_cas_update_requires_current_revision(store: KeyValueStore) -> None:
+    rev = await store.put("/t/x", b"1")
+    rev2 = await store.put("/t/x", b"2", expect=rev)
+    with pytest.raises(Conflict):
+        await store.put("/t/x", b"3", expect=rev)
+    with pytest.raises(Conflict):
+        await store.put("/t/absent", b"3", expect=rev2)
+    kv = await store.get("/t/x")
+    assert kv is not None and kv.value == b"2"
+
+
+async def test_cas_two_concurrent_writers_exactly_one_wins(store: KeyValueStore) -> None:
+    """The lease-allocation pattern: many writers race a CAS from one read; one wins per round."""
+    await store.put("/t/counter", b"0")
+    wins = 0
+    for _ in range(10):
+        kv = await store.get("/t/counter")
+        assert kv is not None
+        results = await asyncio.gather(
+            *(store.put("/t/counter", str(w).encode(), expect=kv.mod_revision) for w in range(2)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, int) for r in results) == 1, results
+        assert sum(isinstance(r, Conflict) for r in results) == 1, results
+        wins += 1
+    assert wins == 10
+
+
+async def test_cas_increment_under_contention_loses_no_update(store: KeyValueStore) -> None:
+    await store.put("/t/n", b"0")
+
+    async def increment(times: int) -> None:
+        for _ in range(times):
+            while True:
+                kv = await store.get("/t/n")
+                assert kv is not None
+                try:
+                    await store.put("/t/n", str(int(kv.value) + 1).encode(), expect=kv.mod_revision)
+                    break
+                except Conflict:
+                    await asyncio.sleep(0)
+
+    await asyncio.gather(*(increment(10) for _ in range(4)))
+    kv = await store.get("/t/n")
+    assert kv is not None and kv.value == b"40"
+
+
+async def test_delete_and_delete_cas(store: KeyValueStore) -> None:
+    rev = await store.put("/t/d", b"1")
+    with pytest.raises(Conflict):
+        await store.delete("/t/d", expect=rev + 100)
+    await store.delete("/t/d", expect=rev)
+    assert await store.get("/t/d") is None
+    with pytest.raises(NotFound):
+        await store.delete("/t/d")
+
+
+async def test_bad_keys_are_refused(store: KeyValueStore) -> None:
+    with pytest.raises(ValidationError, match="key"):
+        await store.put("relative", b"x")
+    with pytest.raises(ValidationError, match="key"):
+        await store.put("/bad\nkey", b"x")
+
+
+async def _collect(store: KeyValueStore, prefix: str, start: int | None, count: int) -> list[WatchEvent]:
+    events: list[WatchEvent] = []
+    async with asyncio.timeout(10):
+        async for event in store.watch(prefix, start):
+            events.append(event)
+            if len(events) == count:
+                break
+    return events
+
+
+async def test_watch_sees_live_changes_under_prefix_only(store: KeyValueStore) -> None:
+    start = (await store.range("/w/")).revision + 1
+    task = asyncio.create_task(_collect(store, "/w/", start, 3))
+    await asyncio.sleep(0.05)
+    await store.put("/w/a", b"1")
+    await store.put("/other", b"x")
+    await store.put("/w/a", b"2")
+    await store.delete("/w/a")
+    events = await task
+    assert [(e.type, e.key, e.value) for e in events] == [
+        (EventType.PUT, "/w/a", b"1"),
+        (EventType.PUT, "/w/a", b"2"),
+        (EventType.DELETE, "/w/a", b""),
+    ]
+    assert events[0].revision < events[1].revision < events[2].revision
+
+
+async def test_watch_resumes_from_a_revision(store: KeyValueStore) -> None:
+    first = await store.put("/w/r", b"1")
+    await store.put("/w/r", b"2")
+    await store.put("/w/s", b"3")
+    events = await _collect(store, "/w/", first + 1, 2)
+    assert [(e.key, e.value) for e in events] == [("/w/r", b"2"), ("/w/s", b"3")]
+
+
+async def test_watch_from_compacted_revision_is_refused(store: KeyValueStore) -> None:
+    for i in range(5):
+        last = await store.put("/w/c", str(i).encode())
+    await store.compact(last)
+    with pytest.raises(Compacted):
+        await _collect(store, "/w/", 1, 1)
+
+
+async def test_lease_expiry_deletes_keys_and_emits_delete(store: KeyValueStore) -> None:
+    lease = await store.grant(1)
+    start = await store.put("/l/k", b"v", lease=lease)
+    kv = await store.get("/l/k")
+    assert kv is not None and kv.lease == lease
+    events = await _collect(store, "/l/", start + 1, 1)
+    assert events[0].type is EventType.DELETE and events[0].key == "/l/k"
+    assert await store.get("/l/k") is None
+
+
+async def test_lease_keepalive_extends_and_revoke_deletes(store: KeyValueStore) -> None:
+    lease = await store.grant(1)
+    await store.put("/l/kept", b"v", lease=lease)
+    for _ in range(4):
+        await asyncio.sleep(0.5)
+        await store.keepalive(lease)
+    assert await store.get("/l/kept") is not None
+    await store.revoke(lease)
+    assert await store.get("/l/kept") is None
+
+
+async def test_put_with_unknown_lease_is_refused(store: KeyValueStore) -> None:
+    lease = await store.grant(5)
+    await store.revoke(lease)
+    with pytest.raises(NotFound, match="lease"):
+        await store.put("/l/x", b"v", lease=lease)
+
+
+async def test_status_reports_revision_and_keys(store: KeyValueStore) -> None:
+    rev = await store.put("/s/a", b"1")
+    status = await store.status()
+    assert status.backend == store.backend
+    assert status.revision >= rev
+    assert status.keys >= 1
