@@ -29,8 +29,10 @@ SYSTEM_CONFIG = Path("/etc/provisioner/provisioner.toml")
 STORE_BACKENDS = ("sqlite", "memory", "etcd")
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "provisioner"
 
 
@@ -73,7 +75,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     file = _choose_file(path, env)
     raw = _read_toml(file) if file else {}
-    sections = {name: _section(name, kind, raw.pop(name, {}), env) for name, kind in SECTIONS.items()}
+    sections = {name: _section(name, kind, raw.pop(name, {}), env)
+                for name, kind in SECTIONS.items()}
     defaults = raw.pop("defaults", {})
     data_dir = env.get("PROVISIONER_DATA_DIR") or raw.pop("data_dir", None)
     if raw:
@@ -84,7 +87,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     except ValidationError as exc:
         raise ConfigError(f"{file or 'defaults'}: defaults.{exc}") from None
     settings = Settings(
-        data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+        data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(env),
         defaults=checked_defaults,
         source=str(file) if file else "built-in defaults",
         **sections,

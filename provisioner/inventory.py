@@ -101,7 +101,8 @@ def lease_from_dict(data: Mapping[str, Any]) -> Lease:
 
 
 def event_to_dict(event: BootEvent) -> dict[str, Any]:
-    return {"mac": event.mac.value, "kind": event.kind, "at": event.at, "detail": dict(event.detail)}
+    return {"mac": event.mac.value, "kind": event.kind, "at": event.at,
+            "detail": dict(event.detail)}
 
 
 def event_from_dict(data: Mapping[str, Any]) -> BootEvent:
@@ -267,8 +268,9 @@ class Inventory:
         """Best effort from the cache (when started); DHCP leases are the authority for IPs."""
         owner = self._by_ip.get(node.ip) if node.ip is not None else None
         if owner is not None and owner != node.mac.value:
+            holder = self.node_by_mac(owner)
             raise Conflict(f"{node.ip} is already the address of node "
-                           f"{self.node_by_mac(owner).name if self.node_by_mac(owner) else owner}")
+                           f"{holder.name if holder else owner}")
 
     async def _claim_name(self, name: str, mac: MacAddress) -> None:
         """Names are unique: the name key is created by CAS. A claim left behind by a crash

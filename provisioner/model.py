@@ -179,7 +179,8 @@ def check_setting(key: str, value: object) -> SettingValue:
         raise ValidationError(f"settings.{key}", f"unknown setting; known settings: {known}")
     coerced = _coerce(key, spec.kind, value)
     if spec.choices and coerced not in spec.choices:
-        raise ValidationError(f"settings.{key}", f"{value!r} is not one of: {', '.join(spec.choices)}")
+        allowed = ", ".join(spec.choices)
+        raise ValidationError(f"settings.{key}", f"{value!r} is not one of: {allowed}")
     return coerced
 
 

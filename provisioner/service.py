@@ -17,7 +17,8 @@ log = logging.getLogger("provisioner")
 
 
 def run_service(settings: Settings, *, listen: str, port: int) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_serve(settings, listen, port))
 
 

@@ -1,4 +1,7 @@
-"""ProvisionerError -> HTTP, translated once. Every error body is {"error": CODE, "message": ...}."""
+"""ProvisionerError -> HTTP, translated once.
+
+Every error body is {"error": CODE, "message": ...}.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from provisioner.errors import (
-    Conflict,
     ConfigError,
+    Conflict,
     NotFound,
     ProvisionerError,
     StoreUnavailable,

@@ -84,5 +84,5 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 def print_fields(fields: Sequence[tuple[str, object]]) -> None:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
-        shown = "-" if value is None or value == "" or value == () else value
+        shown = "-" if value is None or value in ("", ()) else value
         typer.echo(f"{key + ':':<{width + 1}} {shown}")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,7 +20,7 @@ from provisioner.errors import ProvisionerError
 
 
 class _TranslatingGroup(TyperGroup):
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click.Context; typer vendors its own click
         try:
             return super().invoke(ctx)
         except ProvisionerError as exc:
@@ -35,7 +34,8 @@ class _TranslatingGroup(TyperGroup):
 app = typer.Typer(
     cls=_TranslatingGroup,
     name="provisioner",
-    help="Bare-metal provisioning for HPC clusters: DHCP, TFTP, diskless images, scheduler handoff.",
+    help="Bare-metal provisioning for HPC clusters: DHCP, TFTP, diskless images, "
+    "scheduler handoff.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

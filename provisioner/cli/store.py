@@ -1,4 +1,4 @@
-"""`provisioner store status`: which backend, where, its revision and size, and whether it answers."""
+"""`provisioner store status`: backend, location, revision, size, and whether it answers."""
 
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ def open_store(settings: Settings) -> KeyValueStore:
     if backend == "etcd":
         from provisioner.store.etcd import EtcdStore
 
-        return EtcdStore(list(settings.store.endpoints), namespace=settings.store.namespace,
-                         timeout=settings.store.timeout)
+        etcd: KeyValueStore = EtcdStore(list(settings.store.endpoints),
+                                        namespace=settings.store.namespace,
+                                        timeout=settings.store.timeout)
+        return etcd
     from provisioner.store.sqlite import SqliteStore
 
     return SqliteStore(settings.store_path, timeout=max(settings.store.timeout, 5.0))

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from provisioner.errors import NotFound
+from provisioner.errors import Conflict, NotFound
 from provisioner.store.base import (
     Compacted,
     EventType,
@@ -21,7 +21,6 @@ from provisioner.store.base import (
     conflict_message,
     expect_matches,
 )
-from provisioner.errors import Conflict
 
 HISTORY = 100_000  # watch events kept for `watch(start=...)`
 

@@ -49,7 +49,9 @@ CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS log (
     rev INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
@@ -210,7 +212,7 @@ class SqliteStore:
                 if rev // 1024 != start // 1024:
                     _prune(db, rev - self._history)
             db.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
+        except Exception as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             error = StoreUnavailable(f"store {self.path} write failed: {exc}")
@@ -233,7 +235,8 @@ class SqliteStore:
         compacted, revision = self._meta()
         next_rev = revision + 1 if start is None else start
         if next_rev <= compacted:
-            raise Compacted(f"revision {next_rev} was compacted; the oldest kept is {compacted + 1}")
+            raise Compacted(
+                f"revision {next_rev} was compacted; the oldest kept is {compacted + 1}")
         end = _prefix_end(prefix)
         while True:
             changed = self._changed

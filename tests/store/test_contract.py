@@ -107,7 +107,9 @@ async def test_bad_keys_are_refused(store: KeyValueStore) -> None:
         await store.put("/bad\nkey", b"x")
 
 
-async def _collect(store: KeyValueStore, prefix: str, start: int | None, count: int) -> list[WatchEvent]:
+async def _collect(
+    store: KeyValueStore, prefix: str, start: int | None, count: int
+) -> list[WatchEvent]:
     events: list[WatchEvent] = []
     async with asyncio.timeout(10):
         async for event in store.watch(prefix, start):

@@ -1,0 +1,64 @@
+"""Settings: defaults on a fresh machine, TOML file, PROVISIONER_* environment, clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.config import load_settings
+from provisioner.errors import ConfigError
+
+
+def test_defaults_work_with_no_file(tmp_path: Path) -> None:
+    settings = load_settings(env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "d")})
+    assert settings.store.backend == "sqlite"
+    assert settings.store_path == tmp_path / "d" / "provisioner" / "store.db"
+    assert settings.api.listen == "127.0.0.1"
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text('data_dir = "/srv/prov"\n[store]\nbackend = "etcd"\n'
+                    'endpoints = ["10.1.1.1:2379", "10.1.1.2:2379"]\ntimeout = 1.5\n'
+                    '[api]\nport = 9000\n[defaults]\nkernel_args = "quiet"\n')
+    settings = load_settings(file, env={"PROVISIONER_API_PORT": "9100",
+                                        "PROVISIONER_STORE_ENDPOINTS": "127.0.0.1:2379, ::1:2379"})
+    assert settings.data_dir == Path("/srv/prov")
+    assert settings.store.backend == "etcd" and settings.store.timeout == 1.5
+    assert settings.store.endpoints == ("127.0.0.1:2379", "::1:2379")
+    assert settings.api.port == 9100
+    assert settings.defaults == {"kernel_args": "quiet"}
+    assert settings.source == str(file)
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text('[store]\nbackend = "memory"\n')
+    assert load_settings(env={"PROVISIONER_CONFIG": str(file)}).store.backend == "memory"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[store]\nbackend = 'mysql'\n", {}, r"store\.backend: 'mysql' is not one of"),
+        ("[store]\nbakend = 'sqlite'\n", {}, r"\[store\] unknown setting\(s\) bakend"),
+        ("colour = 1\n", {}, r"unknown setting\(s\) colour"),
+        ("[api]\nport = 'http'\n", {}, r"api\.port: expected int"),
+        ("", {"PROVISIONER_API_PORT": "70000"}, r"api\.port: 70000 is not a TCP port"),
+        ("", {"PROVISIONER_STORE_TIMEOUT": "0"}, r"store\.timeout"),
+        ("[defaults]\nnope = 1\n", {}, r"defaults\.settings\.nope: unknown setting"),
+        ("[store\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, env: dict[str, str],
+                                          message: str) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(file, env=env)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", env={})

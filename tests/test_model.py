@@ -1,0 +1,112 @@
+"""The pure model: MAC forms, RFC 1123 names, settings validation and effective resolution."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from provisioner.errors import ValidationError
+from provisioner.model import (
+    REDACTED,
+    BootEvent,
+    Group,
+    Lease,
+    MacAddress,
+    Node,
+    NodeState,
+    check_hostname,
+    effective_settings,
+    parse_enum,
+    redact,
+)
+
+MAC = MacAddress("52:54:00:12:34:56")
+
+
+@pytest.mark.parametrize("text", ["52:54:00:12:34:56", "52-54-00-12-34-56", "5254.0012.3456",
+                                  "525400123456", "52:54:00:12:34:56 ",
+                                  "52-54-00-12-34-56".upper()])
+def test_mac_forms_are_canonicalised(text: str) -> None:
+    assert MacAddress(text).value == "52:54:00:12:34:56"
+
+
+@pytest.mark.parametrize("text", ["", "52:54:00:12:34", "52:54-00:12:34:56", "5254.0012.345g",
+                                  "52:54:00:12:34:56:78", "gg:54:00:12:34:56", "5254:0012:3456"])
+def test_bad_macs_name_the_field_and_the_forms(text: str) -> None:
+    with pytest.raises(ValidationError, match=r"^mac: .*aa:bb:cc:dd:ee:ff"):
+        MacAddress(text)
+
+
+@given(st.binary(min_size=6, max_size=6))
+def test_mac_bytes_roundtrip(raw: bytes) -> None:
+    mac = MacAddress.from_bytes(raw)
+    assert mac.packed == raw
+    assert MacAddress(mac.dashed) == mac
+
+
+@pytest.mark.parametrize("name", ["node001", "a", "n-1", "1node", "x" * 63, "NODE7"])
+def test_valid_hostnames(name: str) -> None:
+    assert check_hostname(name) == name.lower()
+
+
+@pytest.mark.parametrize("name", ["", "-node", "node-", "no_de", "node.example", "x" * 64,
+                                  "nöde", "node\n"])
+def test_invalid_hostnames_quote_rfc1123(name: str) -> None:
+    with pytest.raises(ValidationError, match="RFC 1123"):
+        check_hostname(name)
+
+
+def test_node_validates_every_field() -> None:
+    with pytest.raises(ValidationError, match=r"^ip: "):
+        Node(MAC, "n1", ip="10.0.0.300")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^groups: "):
+        Node(MAC, "n1", groups=("a", "a"))
+    with pytest.raises(ValidationError, match=r"^groups: "):
+        Node(MAC, "n1", groups=("Bad Name",))
+    with pytest.raises(ValidationError, match=r"^settings\.power_driver: .*ipmi"):
+        Node(MAC, "n1", settings={"power_driver": "telnet"})
+    with pytest.raises(ValidationError, match=r"^settings\.callback_timeout: .*int"):
+        Node(MAC, "n1", settings={"callback_timeout": "soon"})
+    with pytest.raises(ValidationError, match=r"^state: .*discovered"):
+        parse_enum(NodeState, "asleep", "state")
+
+
+def test_settings_are_coerced_from_strings() -> None:
+    node = Node(MAC, "n1", settings={"callback_timeout": "60", "discovery": "yes"})
+    assert node.settings == {"callback_timeout": 60, "discovery": True}
+
+
+def test_effective_settings_layer_defaults_groups_in_order_then_node() -> None:
+    groups = {
+        "base": Group("base", {"kernel_args": "quiet", "console": "ttyS0", "image": "base"}),
+        "gpu": Group("gpu", {"kernel_args": "nomodeset"}),
+    }
+    node = Node(MAC, "n1", groups=("base", "gpu", "deleted"), image="gpu-image",
+                settings={"console": "ttyS1"})
+    resolved = effective_settings(node, groups, {"kernel_args": "", "callback_timeout": 600})
+    assert {k: (e.value, e.source) for k, e in resolved.items()} == {
+        "callback_timeout": (600, "default"),
+        "console": ("ttyS1", "node"),
+        "image": ("gpu-image", "node"),
+        "kernel_args": ("nomodeset", "group:gpu"),
+    }
+
+
+def test_secrets_are_redacted() -> None:
+    shown = redact(Group("g", {"power_password": "hunter2", "power_user": "admin"}).settings)
+    assert shown == {"power_password": REDACTED, "power_user": "admin"}
+
+
+def test_lease_activity_uses_the_given_clock() -> None:
+    lease = Lease(ipaddress.IPv4Address("10.0.0.5"), MAC, expires=100.0)
+    assert lease.active(now=99.0) and not lease.active(now=100.0)
+    assert not Lease(lease.ip, MAC, 100.0, state="released").active(now=0.0)
+
+
+def test_boot_event_kind_is_snake_case() -> None:
+    assert BootEvent(MAC, "dhcp_offered", 1.0).kind == "dhcp_offered"
+    with pytest.raises(ValidationError, match=r"^kind: "):
+        BootEvent(MAC, "DHCP offered", 1.0)
