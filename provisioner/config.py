@@ -53,10 +53,39 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class BootSettings:
+    """The HTTP boot plane: kernels, images, overlays and iPXE scripts (no auth, no secrets)."""
+
+    listen: str = "0.0.0.0"
+    port: int = 80
+    #: built images, NAME/VERSION/{vmlinuz,image.cpio.xz,manifest.json}; empty: DATA_DIR/bootimages
+    images: str = ""
+    max_connections: int = 2048
+
+
+@dataclass(frozen=True)
+class TftpSettings:
+    enabled: bool = True
+    listen: str = "0.0.0.0"
+    port: int = 69
+    #: files served by name; empty means DATA_DIR/tftp (the iPXE binaries go here)
+    root: str = ""
+    max_blksize: int = 1468  # RFC 2348 blksize ceiling; also capped by mtu - 32
+    mtu: int = 1500
+    max_windowsize: int = 64  # RFC 7440
+    timeout: float = 1.0  # first retransmit, doubled up to 8 s
+    max_retries: int = 5
+    max_transfers: int = 512
+    max_per_client: int = 16
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     store: StoreSettings = field(default_factory=StoreSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    tftp: TftpSettings = field(default_factory=TftpSettings)
+    boot: BootSettings = field(default_factory=BootSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -66,8 +95,17 @@ class Settings:
     def store_path(self) -> Path:
         return Path(self.store.path) if self.store.path else self.data_dir / "store.db"
 
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.boot.images) if self.boot.images else self.data_dir / "bootimages"
 
-SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings}
+    @property
+    def tftp_root(self) -> Path:
+        return Path(self.tftp.root) if self.tftp.root else self.data_dir / "tftp"
+
+
+SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
+                             "boot": BootSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,5 +204,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("store.timeout: must be more than 0 seconds")
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
-    if not 0 < settings.api.port < 65536:
-        raise ConfigError(f"api.port: {settings.api.port} is not a TCP port (1-65535)")
+    ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
+             ("boot.port", settings.boot.port))
+    for name, port in ports:
+        if not 0 <= port < 65536:
+            raise ConfigError(f"{name}: {port} is not a port (0-65535; 0 picks a free one)")

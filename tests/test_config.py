@@ -45,7 +45,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("[store]\nbakend = 'sqlite'\n", {}, r"\[store\] unknown setting\(s\) bakend"),
         ("colour = 1\n", {}, r"unknown setting\(s\) colour"),
         ("[api]\nport = 'http'\n", {}, r"api\.port: expected int"),
-        ("", {"PROVISIONER_API_PORT": "70000"}, r"api\.port: 70000 is not a TCP port"),
+        ("", {"PROVISIONER_API_PORT": "70000"}, r"api\.port: 70000 is not a port"),
         ("", {"PROVISIONER_STORE_TIMEOUT": "0"}, r"store\.timeout"),
         ("[defaults]\nnope = 1\n", {}, r"defaults\.settings\.nope: unknown setting"),
         ("[store\n", {}, "not valid TOML"),
