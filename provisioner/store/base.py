@@ -7,11 +7,13 @@ in tests/store/test_contract.py. The rules:
   it (`mod_revision`); `create_revision` is the revision that created the key.
 - `expect` is a compare-and-swap: `None` writes unconditionally, `0` requires the key to be
   absent, `N > 0` requires the key's `mod_revision == N`. A mismatch raises `Conflict`.
-- `watch(prefix, start)` yields every change under the prefix with revision >= start, in
-  revision order, then follows new changes. A start older than the retained history raises
-  `Compacted` (a `Conflict`): the caller re-reads with `range` and watches from there.
+  `delete(key, expect=0)` of an absent key is a no-op that returns the current revision.
+- `watch(prefix, start)` (start >= 1) yields every change under the prefix with revision >=
+  start, in revision order, then follows new changes. A start older than the retained history
+  raises `Compacted` (a `Conflict`): the caller re-reads with `range` and watches from there.
 - Leases: `grant(ttl)` returns an id; keys put with `lease=id` are deleted when the lease
-  expires or is revoked (a DELETE event is emitted). `keepalive(id)` renews it.
+  expires or is revoked (a DELETE event is emitted). `keepalive(id)` renews it. A lease lasts
+  at least `ttl` seconds: etcd rounds up to whole seconds and to its minimum TTL.
 - A backend that cannot answer within its timeout raises `StoreUnavailable`.
 """
 

@@ -68,6 +68,8 @@ class MemoryStore:
             raise NotFound(f"{key} does not exist")
         if not expect_matches(current, expect):
             raise Conflict(conflict_message(key, current, expect))
+        if current is None:
+            return self._revision  # expect=0 and absent: nothing to do
         return self._remove(key)
 
     def _remove(self, key: str) -> int:

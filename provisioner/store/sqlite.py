@@ -179,6 +179,8 @@ class SqliteStore:
                 return rev, NotFound(f"{key} does not exist")
             if not expect_matches(current, expect):
                 return rev, Conflict(conflict_message(key, current, expect))
+            if current is None:
+                return rev, rev  # expect=0 and absent: nothing to do
             return _delete(db, key, rev), rev + 1
 
         result: int = await self._submit(apply)

@@ -100,6 +100,12 @@ async def test_delete_and_delete_cas(store: KeyValueStore) -> None:
         await store.delete("/t/d")
 
 
+async def test_delete_expecting_absent_is_a_no_op(store: KeyValueStore) -> None:
+    rev = await store.put("/t/other", b"1")
+    assert await store.delete("/t/never", expect=0) == rev
+    assert (await store.range("/t/")).revision == rev
+
+
 async def test_bad_keys_are_refused(store: KeyValueStore) -> None:
     with pytest.raises(ValidationError, match="key"):
         await store.put("relative", b"x")
