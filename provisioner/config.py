@@ -13,6 +13,8 @@ Unknown keys in the file are refused: a typo must not be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import os
 import tomllib
 import types
@@ -53,6 +55,44 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class SubnetSettings:
+    """One subnet we are authoritative for. A relayed subnet names its relay's giaddr."""
+
+    network: str
+    pool_start: str = ""  # default: the 10th address of the network
+    pool_end: str = ""  # default: the last address before broadcast
+    routers: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    domain: str = ""
+    mtu: int = 0
+    ntp: tuple[str, ...] = ()
+    relay: str = ""  # giaddr of the relay agent serving this subnet; empty: directly attached
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    #: full (authoritative), proxy (ProxyDHCP beside a site server), off. Off by default: a
+    #: DHCP server must never start answering on a network by surprise.
+    mode: str = "off"
+    interface: str = ""  # the provisioning interface; only packets arriving on it are seen
+    listen: str = "0.0.0.0"
+    port: int = 67
+    server_ip: str = ""  # option 54 / siaddr; default: the interface's address
+    subnets: tuple[SubnetSettings, ...] = ()
+    lease_time: int = 3600
+    offer_hold: int = 30  # seconds an offered address is held for the client's REQUEST
+    decline_time: int = 600  # seconds a DECLINEd address is quarantined
+    discovery: bool = False  # unknown MACs become `discovered` nodes
+    discovery_dry_run: bool = False  # log what discovery would do; do not answer unknown MACs
+    name_pattern: str = "node{index:03}"
+    circuit_names: tuple[str, ...] = ()  # "CIRCUIT-ID=NAME": names follow switch ports (opt 82)
+    bios_file: str = "undionly.kpxe"
+    uefi_x64_file: str = "ipxe.efi"
+    uefi_arm64_file: str = "ipxe-arm64.efi"
+    detect_other_servers: bool = True  # listen on port 68 for other servers' OFFER/ACK
+
+
+@dataclass(frozen=True)
 class BootSettings:
     """The HTTP boot plane: kernels, images, overlays and iPXE scripts (no auth, no secrets)."""
 
@@ -86,6 +126,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     tftp: TftpSettings = field(default_factory=TftpSettings)
     boot: BootSettings = field(default_factory=BootSettings)
+    dhcp: DhcpSettings = field(default_factory=DhcpSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -105,7 +146,7 @@ class Settings:
 
 
 SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
-                             "boot": BootSettings}
+                             "boot": BootSettings, "dhcp": DhcpSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -160,7 +201,7 @@ def _table(name: str, value: object) -> dict[str, Any]:
     return value
 
 
-def _section(name: str, kind: type, table: object, env: Mapping[str, str]) -> Any:
+def _section(name: str, kind: type, table: object, env: Mapping[str, str] | None) -> Any:
     values = dict(_table(name, table))
     known = {f.name: f for f in dataclasses.fields(kind)}
     unknown = sorted(set(values) - set(known))
@@ -168,16 +209,23 @@ def _section(name: str, kind: type, table: object, env: Mapping[str, str]) -> An
         raise ConfigError(f"[{name}] unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(known)}")
     for key in known:
-        env_value = env.get(f"PROVISIONER_{name.upper()}_{key.upper()}")
+        env_value = None if env is None else env.get(f"PROVISIONER_{name.upper()}_{key.upper()}")
         if env_value is not None:
             values[key] = env_value
     hints = typing.get_type_hints(kind)
+    missing = [f.name for f in dataclasses.fields(kind) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"[{name}] needs {', '.join(missing)}")
     return kind(**{key: _convert(f"{name}.{key}", hints[key], v) for key, v in values.items()})
 
 
 def _convert(where: str, hint: Any, value: object) -> Any:
     """Coerce a TOML value or an environment string to the field's declared type."""
     origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is tuple and args and dataclasses.is_dataclass(args[0]):
+        return _tables(where, args[0], value)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -195,6 +243,18 @@ def _convert(where: str, hint: Any, value: object) -> Any:
     raise ConfigError(f"{where}: unsupported setting type {hint}")
 
 
+def _tables(where: str, kind: Any, value: object) -> tuple[Any, ...]:
+    """A list of tables (`[[dhcp.subnets]]`), or the same as JSON in an environment variable."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a JSON list of tables") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of tables")
+    return tuple(_section(f"{where}[{i}]", kind, item, None) for i, item in enumerate(value))
+
+
 def _check(settings: Settings) -> None:
     store = settings.store
     if store.backend not in STORE_BACKENDS:
@@ -202,10 +262,38 @@ def _check(settings: Settings) -> None:
                           f"{', '.join(STORE_BACKENDS)}")
     if store.timeout <= 0:
         raise ConfigError("store.timeout: must be more than 0 seconds")
+    _check_dhcp(settings.dhcp)
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
-             ("boot.port", settings.boot.port))
+             ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:
         if not 0 <= port < 65536:
             raise ConfigError(f"{name}: {port} is not a port (0-65535; 0 picks a free one)")
+
+
+def _check_dhcp(dhcp: DhcpSettings) -> None:
+    if dhcp.mode not in ("full", "proxy", "off"):
+        raise ConfigError(f"dhcp.mode: {dhcp.mode!r} is not one of full, proxy, off")
+    if dhcp.mode == "full" and not dhcp.subnets:
+        raise ConfigError("dhcp.subnets: full mode needs at least one [[dhcp.subnets]] "
+                          "with a network (e.g. network = \"10.10.0.0/24\")")
+    for i, subnet in enumerate(dhcp.subnets):
+        try:
+            network = ipaddress.IPv4Network(subnet.network)
+            for name in ("pool_start", "pool_end"):
+                value = getattr(subnet, name)
+                if value and ipaddress.IPv4Address(value) not in network:
+                    raise ConfigError(f"dhcp.subnets[{i}].{name}: {value} is outside {network}")
+            for address in (*subnet.routers, *subnet.dns, *subnet.ntp, subnet.relay or "0.0.0.0"):
+                ipaddress.IPv4Address(address)
+        except ValueError as exc:
+            raise ConfigError(f"dhcp.subnets[{i}]: {exc}") from None
+    for entry in dhcp.circuit_names:
+        if "=" not in entry:
+            raise ConfigError(f"dhcp.circuit_names: {entry!r} is not CIRCUIT-ID=NAME")
+    try:
+        dhcp.name_pattern.format(index=1)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ConfigError(f"dhcp.name_pattern: {dhcp.name_pattern!r} is not a pattern "
+                          f"with {{index}} ({exc})") from None

@@ -13,6 +13,7 @@ import uvicorn
 from provisioner.api.app import create_app
 from provisioner.boot.server import BootHttpServer
 from provisioner.config import Settings
+from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
 from provisioner.inventory import Inventory
 from provisioner.model import BootEvent, MacAddress
@@ -96,6 +97,7 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
     inventory = Inventory(store)
     tftp: TftpServer | None = None
     boot: BootHttpServer | None = None
+    dhcp: DhcpServer | None = None
     try:
         await inventory.start()
         status = await store.status()
@@ -110,6 +112,15 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
                                   f"{settings.tftp.port}: {exc.strerror}; set [tftp] listen/port "
                                   "or enabled = false") from None
         boot = await _start_boot_plane(settings)
+        if settings.dhcp.mode != "off":
+            dhcp = DhcpServer(settings.dhcp, inventory, boot_port=settings.boot.port,
+                              defaults=dict(settings.defaults))
+            try:
+                await dhcp.start()
+            except OSError as exc:
+                raise ConfigError(f"dhcp: cannot listen on {settings.dhcp.interface or 'any'} "
+                                  f"port {settings.dhcp.port}: {exc.strerror}; check [dhcp] "
+                                  "interface and that no other DHCP server runs here") from None
         config = uvicorn.Config(create_app(inventory), host=listen, port=port, log_level="info",
                                 access_log=False)
         server = uvicorn.Server(config)
@@ -119,6 +130,8 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
             raise ConfigError(f"could not listen on {listen}:{port}; is the port in use? "
                               "choose another with --port")
     finally:
+        if dhcp is not None:
+            await dhcp.close()
         if boot is not None:
             await boot.close()
         if tftp is not None:

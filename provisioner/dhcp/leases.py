@@ -1,0 +1,210 @@
+"""Address leases: offers held in memory, bindings written to the store with compare-and-swap.
+
+- An OFFER costs no write: the address is held in memory for `offer_hold` seconds.
+- A binding (the ACK) is a CAS on /leases/<ip>: `expect=0` for a free address, the current
+  revision for one this client held or one that expired. Two head nodes sharing one etcd can
+  offer the same address, but only one CAS wins; the other client is NAKed and starts over. So
+  two head nodes never *bind* the same address, and the ACK goes out only after the write is
+  durable (the sqlite backend group-commits concurrent binds into one fsync).
+- The view of all leases is kept in memory and fed by `watch`, so choosing an address never
+  waits on the store; another head node's bindings arrive through the same watch.
+- A node keeps its address across PXE ROM, iPXE and the booted OS: leases are keyed by MAC,
+  not by client identifier (option 61 differs between those three).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+from collections.abc import Callable, Iterator, Set
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from provisioner.dhcp.policy import pick_address
+from provisioner.errors import Conflict, ProvisionerError
+from provisioner.inventory import LEASES, Inventory, Versioned, lease_from_dict
+from provisioner.model import Lease, MacAddress
+from provisioner.store.base import EventType, WatchEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    first: IPv4Address
+    last: IPv4Address
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4Address) and self.first <= ip <= self.last
+
+
+class _Busy(Set[IPv4Address]):
+    """Addresses not free for `mac` at `now`: membership is computed per address, so choosing
+    from a pool of millions costs what the search probes, not the pool's size."""
+
+    def __init__(self, book: LeaseBook, mac: MacAddress, now: float) -> None:
+        self._book, self._mac, self._now = book, mac, now
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4Address) and not self._book.free_for(ip, self._mac, self._now)
+
+    def __iter__(self) -> Iterator[IPv4Address]:
+        return iter(())  # pick_address only asks for membership
+
+    def __len__(self) -> int:
+        return 0
+
+
+class LeaseBook:
+    def __init__(self, inventory: Inventory, *, offer_hold: float = 30.0,
+                 reserved: Callable[[IPv4Address], MacAddress | None] | None = None) -> None:
+        self.inventory = inventory
+        self.offer_hold = offer_hold
+        self._reserved = reserved or (lambda ip: None)
+        self._leases: dict[IPv4Address, Versioned[Lease]] = {}
+        self._by_mac: dict[MacAddress, IPv4Address] = {}
+        self._holds: dict[IPv4Address, tuple[MacAddress, float]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- the in-memory view --------------------------------------------------------------
+
+    async def start(self) -> None:
+        result = await self.inventory.store.range(LEASES)
+        for kv in result.items:
+            self._apply(WatchEvent(EventType.PUT, kv.key, kv.value, kv.mod_revision))
+        self._watcher = asyncio.create_task(self._follow(result.revision + 1))
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def _follow(self, start: int) -> None:
+        async for event in self.inventory.store.watch(LEASES, start):
+            self._apply(event)
+
+    def _apply(self, event: WatchEvent) -> None:
+        try:
+            ip = ipaddress.IPv4Address(event.key.removeprefix(LEASES))
+            if event.type is EventType.DELETE:
+                self._forget(ip)
+                return
+            lease = lease_from_dict(json.loads(event.value))
+        except (ValueError, KeyError, ProvisionerError) as exc:
+            log.warning("dhcp: skipping unreadable lease %s: %s", event.key, exc)
+            return
+        current = self._leases.get(ip)
+        if current is None or current.revision < event.revision:
+            self._remember(Versioned(lease, event.revision))
+
+    def _remember(self, entry: Versioned[Lease]) -> None:
+        self._forget(entry.value.ip)
+        self._leases[entry.value.ip] = entry
+        if entry.value.state != "declined":
+            self._by_mac[entry.value.mac] = entry.value.ip
+
+    def _forget(self, ip: IPv4Address) -> None:
+        old = self._leases.pop(ip, None)
+        if old is not None and self._by_mac.get(old.value.mac) == ip:
+            del self._by_mac[old.value.mac]
+
+    def lease_of(self, mac: MacAddress) -> Lease | None:
+        ip = self._by_mac.get(mac)
+        return self._leases[ip].value if ip is not None else None
+
+    def holder(self, ip: IPv4Address) -> Lease | None:
+        entry = self._leases.get(ip)
+        return entry.value if entry else None
+
+    def free_for(self, ip: IPv4Address, mac: MacAddress, now: float) -> bool:
+        """Whether `mac` may have `ip` now: no other client's active lease, hold or
+        reservation, and not quarantined."""
+        owner = self._reserved(ip)
+        if owner is not None and owner != mac:
+            return False
+        entry = self._leases.get(ip)
+        if entry is not None and entry.value.active(now) and (
+                entry.value.state == "declined" or entry.value.mac != mac):
+            return False
+        hold = self._holds.get(ip)
+        return hold is None or hold[0] == mac or hold[1] <= now
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def offer(self, mac: MacAddress, pool: Pool, now: float, *,
+              requested: IPv4Address | None = None,
+              reserved: IPv4Address | None = None) -> IPv4Address | None:
+        """Choose an address for `mac` and hold it; None when nothing is free."""
+        choice = self.choose(mac, pool, now, requested=requested, reserved=reserved)
+        if choice is not None:
+            self._holds[choice] = (mac, now + self.offer_hold)
+        return choice
+
+    def choose(self, mac: MacAddress, pool: Pool, now: float, *,
+               requested: IPv4Address | None = None,
+               reserved: IPv4Address | None = None) -> IPv4Address | None:
+        if reserved is not None:
+            return reserved if self.free_for(reserved, mac, now) else None
+        previous = self._by_mac.get(mac)
+        if previous is not None and previous in pool and self.free_for(previous, mac, now):
+            return previous  # RFC 2131 4.3.1: the client's current or previous address
+        return pick_address(pool.first, pool.last, _Busy(self, mac, now), mac=mac,
+                            requested=requested)
+
+    async def bind(self, mac: MacAddress, ip: IPv4Address, now: float, lease_time: int, *,
+                   hostname: str | None = None, client_id: str | None = None) -> Lease | None:
+        """Bind `ip` to `mac` durably; None if someone else has it (the caller NAKs)."""
+        lease = Lease(ip, mac, now + lease_time, hostname, client_id, "bound")
+        for _ in range(2):
+            if not self.free_for(ip, mac, now):
+                return None
+            entry = self._leases.get(ip)
+            try:
+                revision = await self.inventory.put_lease(
+                    lease, expect=entry.revision if entry else 0)
+            except Conflict:
+                await self._reload(ip)  # another head node won; look again
+                continue
+            self._remember(Versioned(lease, revision))
+            self._holds.pop(ip, None)
+            return lease
+        return None
+
+    async def _reload(self, ip: IPv4Address) -> None:
+        fresh = await self.inventory.get_lease(ip)
+        if fresh is None:
+            self._forget(ip)
+        else:
+            self._remember(fresh)
+
+    async def end(self, mac: MacAddress, ip: IPv4Address, now: float, *,
+                  quarantine: float = 0.0) -> bool:
+        """RELEASE (quarantine 0) or DECLINE (quarantine > 0: nobody gets it until then)."""
+        entry = self._leases.get(ip)
+        if quarantine <= 0 and (entry is None or entry.value.mac != mac):
+            return False
+        state = "declined" if quarantine > 0 else "released"
+        lease = Lease(ip, mac, now + quarantine, state=state)
+        try:
+            revision = await self.inventory.put_lease(lease, expect=entry.revision if entry else 0)
+        except Conflict:
+            await self._reload(ip)
+            return False
+        self._remember(Versioned(lease, revision))
+        self._holds.pop(ip, None)
+        return True
+
+    def drop_hold(self, mac: MacAddress) -> None:
+        """The client chose another server (RFC 2131 4.3.2): free what we offered it."""
+        for ip, (holder, _) in list(self._holds.items()):
+            if holder == mac:
+                del self._holds[ip]
+
+    def expire_holds(self, now: float) -> None:
+        for ip, (_, until) in list(self._holds.items()):
+            if until <= now:
+                del self._holds[ip]
