@@ -117,6 +117,8 @@ class TftpSettings:
     max_retries: int = 5
     max_transfers: int = 512
     max_per_client: int = 16
+    #: iPXE binaries copied into the root at start (Debian package ipxe); empty: none
+    ipxe_dir: str = "/usr/lib/ipxe"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Awaitable
+from pathlib import Path
 
 import uvicorn
 
@@ -20,7 +22,7 @@ from provisioner.model import BootEvent, MacAddress
 from provisioner.store import open_store
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
 from provisioner.tftp.session import SessionConfig, TransferCompleted
-from provisioner.tftp.sources import SourceResolver
+from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe_chain_provider
 
 log = logging.getLogger("provisioner")
 
@@ -31,15 +33,26 @@ def run_service(settings: Settings, *, listen: str, port: int) -> None:
     asyncio.run(_serve(settings, listen, port))
 
 
-def tftp_server(settings: Settings, inventory: Inventory) -> TftpServer:
+def tftp_server(settings: Settings, inventory: Inventory, http_base: str) -> TftpServer:
     t = settings.tftp
     session = SessionConfig(max_blksize=t.max_blksize, mtu=t.mtu, timeout=t.timeout,
                             max_retries=t.max_retries, max_windowsize=t.max_windowsize)
     config = TftpServerConfig(listen=t.listen, port=t.port, max_transfers=t.max_transfers,
                               max_per_client=t.max_per_client, session=session)
     settings.tftp_root.mkdir(parents=True, exist_ok=True)
-    recorder = _TransferRecorder(inventory)
-    return TftpServer(SourceResolver(settings.tftp_root), config, recorder)
+    if t.ipxe_dir:
+        copied = install_boot_binaries(Path(t.ipxe_dir), settings.tftp_root)
+        if copied:
+            log.info("tftp: copied %s from %s", ", ".join(copied), t.ipxe_dir)
+    resolver = SourceResolver(settings.tftp_root, [ipxe_chain_provider(http_base)])
+    return TftpServer(resolver, config, _TransferRecorder(inventory))
+
+
+def boot_http_base(settings: Settings, server_ip: str | None) -> str:
+    """The boot plane's URL as nodes reach it: its listen address, else the DHCP server's."""
+    candidates = (settings.boot.listen, server_ip or "", settings.tftp.listen)
+    host = next((h for h in candidates if h and h != "0.0.0.0"), "127.0.0.1")
+    return f"http://{host}" + ("" if settings.boot.port == 80 else f":{settings.boot.port}")
 
 
 class _TransferRecorder:
@@ -81,60 +94,65 @@ class _TransferRecorder:
         return lease.value.mac if lease is not None else None
 
 
-async def _start_boot_plane(settings: Settings) -> BootHttpServer:
-    settings.images_dir.mkdir(parents=True, exist_ok=True)
-    boot = BootHttpServer(settings.images_dir, max_connections=settings.boot.max_connections)
+class Appliance:
+    """Everything `provisioner serve` runs, started in order and stopped in reverse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.inventory = Inventory(self.store)
+        self.dhcp: DhcpServer | None = None
+        self.tftp: TftpServer | None = None
+        self.boot: BootHttpServer | None = None
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        parts = {"dhcp": self.dhcp, "tftp": self.tftp, "boot": self.boot}
+        return {name: dict(part.counters) for name, part in parts.items() if part is not None}
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        stack.push_async_callback(self.store.close)
+        await self.inventory.start()
+        stack.push_async_callback(self.inventory.stop)
+        status = await self.store.status()
+        log.info("store %s at %s, revision %d, %d keys", status.backend, status.endpoint,
+                 status.revision, status.keys)
+        s = self.settings
+        if s.dhcp.mode != "off":
+            self.dhcp = DhcpServer(s.dhcp, self.inventory, boot_port=s.boot.port,
+                                   defaults=dict(s.defaults))
+            await _bind("dhcp", f"{s.dhcp.interface or 'any interface'} port {s.dhcp.port}",
+                        self.dhcp.start(), "check [dhcp] interface and that no other DHCP "
+                        "server runs here")
+            stack.push_async_callback(self.dhcp.close)
+        server_ip = str(self.dhcp.server_ip) if self.dhcp else None
+        if s.tftp.enabled:
+            self.tftp = tftp_server(s, self.inventory, boot_http_base(s, server_ip))
+            await _bind("tftp", f"{s.tftp.listen}:{s.tftp.port}", self.tftp.start(),
+                        "set [tftp] listen/port, or enabled = false")
+            stack.push_async_callback(self.tftp.close)
+        s.images_dir.mkdir(parents=True, exist_ok=True)
+        self.boot = BootHttpServer(s.images_dir, max_connections=s.boot.max_connections)
+        await _bind("boot http", f"{s.boot.listen}:{s.boot.port}",
+                    self.boot.start(s.boot.listen, s.boot.port), "set [boot] listen/port")
+        stack.push_async_callback(self.boot.close)
+
+
+async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -> None:
     try:
-        await boot.start(settings.boot.listen, settings.boot.port)
+        await starting
     except OSError as exc:
-        raise ConfigError(f"boot http: cannot listen on {settings.boot.listen}:"
-                          f"{settings.boot.port}: {exc.strerror}; set [boot] listen/port") from None
-    return boot
+        raise ConfigError(f"{what}: cannot listen on {where}: {exc.strerror}; {advice}") from None
 
 
 async def _serve(settings: Settings, listen: str, port: int) -> None:
-    store = open_store(settings)
-    inventory = Inventory(store)
-    tftp: TftpServer | None = None
-    boot: BootHttpServer | None = None
-    dhcp: DhcpServer | None = None
-    try:
-        await inventory.start()
-        status = await store.status()
-        log.info("store %s at %s, revision %d, %d keys", status.backend, status.endpoint,
-                 status.revision, status.keys)
-        if settings.tftp.enabled:
-            tftp = tftp_server(settings, inventory)
-            try:
-                await tftp.start()
-            except OSError as exc:
-                raise ConfigError(f"tftp: cannot listen on {settings.tftp.listen}:"
-                                  f"{settings.tftp.port}: {exc.strerror}; set [tftp] listen/port "
-                                  "or enabled = false") from None
-        boot = await _start_boot_plane(settings)
-        if settings.dhcp.mode != "off":
-            dhcp = DhcpServer(settings.dhcp, inventory, boot_port=settings.boot.port,
-                              defaults=dict(settings.defaults))
-            try:
-                await dhcp.start()
-            except OSError as exc:
-                raise ConfigError(f"dhcp: cannot listen on {settings.dhcp.interface or 'any'} "
-                                  f"port {settings.dhcp.port}: {exc.strerror}; check [dhcp] "
-                                  "interface and that no other DHCP server runs here") from None
-        config = uvicorn.Config(create_app(inventory), host=listen, port=port, log_level="info",
-                                access_log=False)
-        server = uvicorn.Server(config)
+    async with contextlib.AsyncExitStack() as stack:
+        appliance = Appliance(settings)
+        await appliance.start(stack)
+        app = create_app(appliance.inventory, counters=appliance.counters)
+        server = uvicorn.Server(uvicorn.Config(app, host=listen, port=port, log_level="info",
+                                               access_log=False))
         log.info("serving the API on http://%s:%d (Ctrl-C to stop)", listen, port)
         await server.serve()
         if not server.started:
             raise ConfigError(f"could not listen on {listen}:{port}; is the port in use? "
                               "choose another with --port")
-    finally:
-        if dhcp is not None:
-            await dhcp.close()
-        if boot is not None:
-            await boot.close()
-        if tftp is not None:
-            await tftp.close()
-        await inventory.stop()
-        await store.close()

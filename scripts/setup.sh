@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(etcd-server etcd-client iproute2 sqlite3)
+# etcd for the etcd store and its tests; the rest are the real clients the protocol tests run:
+# busybox udhcpc, ISC dhclient, Kea's perfdhcp, tftp-hpa's tftp, atftp, curl.
+DEBIAN_PACKAGES=(etcd-server etcd-client iproute2 sqlite3 busybox-static isc-dhcp-client
+                 kea-admin tftp-hpa atftp curl)
 VENV=${PROVISIONER_VENV:-.venv}
 
 need_apt=()
@@ -17,8 +20,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-    # Debian starts etcd as a service on install; provisioner runs its own etcd when it needs one.
-    if [ -d /run/systemd/system ]; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+    # Debian starts some of these as services on install; provisioner runs its own when it
+    # needs one, on ports and addresses it chooses.
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,10 +12,18 @@ from provisioner.api import errors
 from provisioner.inventory import Inventory, node_to_dict
 from provisioner.model import NodeState, parse_enum, redact
 
+Counters = Callable[[], Mapping[str, Mapping[str, int]]]
 
-def create_app(inventory: Inventory) -> FastAPI:
+
+def create_app(inventory: Inventory, counters: Counters | None = None) -> FastAPI:
     app = FastAPI(title="provisioner", version=__version__)
     errors.install(app)
+
+    @app.get("/api/v1/counters")
+    async def get_counters() -> Mapping[str, Mapping[str, int]]:
+        """Per-service counters: DHCP messages by type and drops by reason, TFTP transfers
+        and refusals by reason, boot-plane requests."""
+        return counters() if counters is not None else {}
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""HTTP/1.1 for the boot plane, sans-IO: parse a request head, decide a Range, build a response head.
+"""HTTP/1.1 for the boot plane, sans-IO: parse a request head, choose a Range, build a reply head.
 
 The boot plane only ever answers GET and HEAD for files and small rendered scripts, so this is
 deliberately small: no request bodies, no chunked encoding, no multipart ranges.
@@ -77,7 +77,12 @@ def parse_head(head: bytes) -> Request:
         if not sep or not name or name != name.strip():
             raise BadRequest(f"bad header line {line[:80]!r}")
         headers[name.lower()] = value.strip()
-    path = unquote(target.partition("?")[0], errors="strict")
+    try:
+        path = unquote(target.partition("?")[0], errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("request target is not UTF-8 once percent-decoded") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise BadRequest("control character (NUL, CR, LF, ...) in the request target")
     return Request(method, path, version, headers)
 
 
@@ -111,17 +116,30 @@ def choose_span(range_header: str | None, size: int) -> Span:
     return spans[0]
 
 
+def _digits(text: str) -> bool:
+    return text == "" or (text.isascii() and text.isdigit())  # not superscripts, not other scripts
+
+
+def _int(digits: str) -> int:
+    # int() refuses more than 4300 digits (and is slow well before): any position past
+    # 10**18 is past the end of every file we serve, so it is clamped there.
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 18 else 10**18
+
+
 def _one_range(text: str, size: int) -> Span:
     first, sep, last = text.partition("-")
-    if not sep or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not sep or not _digits(first) or not _digits(last):
         raise Unsatisfiable(f"invalid range {text[:40]!r}")
     if first == "":  # suffix: the last N bytes
-        if last == "" or int(last) == 0:
+        if last == "" or _int(last) == 0:
             raise Unsatisfiable(f"invalid range {text[:40]!r}")
-        return Span(max(size - int(last), 0), size, partial=True)
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
+        if size == 0:
+            raise Unsatisfiable("suffix range of an empty file")
+        return Span(max(size - _int(last), 0), size, partial=True)
+    start = _int(first)
+    end = size if last == "" else min(_int(last) + 1, size)
+    if last != "" and _int(last) < start:
         raise Unsatisfiable(f"invalid range {text[:40]!r}")
     if start >= size:
         raise Unsatisfiable(f"range starts at {start}, the file has {size} bytes")
