@@ -27,8 +27,8 @@ from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe
 log = logging.getLogger("provisioner")
 
 
-def run_service(settings: Settings, *, listen: str, port: int) -> None:
-    logging.basicConfig(level=logging.INFO,
+def run_service(settings: Settings, *, listen: str, port: int, log_level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_serve(settings, listen, port))
 

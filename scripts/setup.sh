@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # etcd for the etcd store and its tests; the rest are the real clients the protocol tests run:
-# busybox udhcpc, ISC dhclient, Kea's perfdhcp, tftp-hpa's tftp, atftp, curl.
+# busybox udhcpc, ISC dhclient, Kea's perfdhcp, tftp-hpa's tftp, atftp, curl. ipxe provides the
+# first-stage binaries TFTP serves (undionly.kpxe, ipxe.efi, snponly.efi).
 DEBIAN_PACKAGES=(etcd-server etcd-client iproute2 sqlite3 busybox-static isc-dhcp-client
-                 kea-admin tftp-hpa atftp curl)
+                 kea-admin tftp-hpa atftp curl ipxe)
 VENV=${PROVISIONER_VENV:-.venv}
 
 need_apt=()
