@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,8 @@ GROUPS = ROOT + "groups/"
 LEASES = ROOT + "leases/"
 EVENTS = ROOT + "events/"
 CAS_RETRIES = 20
+#: seconds before a name claim without its node counts as left over from a crash
+CLAIM_GRACE = 30.0
 T = TypeVar("T")
 
 
@@ -107,6 +110,19 @@ def event_to_dict(event: BootEvent) -> dict[str, Any]:
 
 def event_from_dict(data: Mapping[str, Any]) -> BootEvent:
     return BootEvent(MacAddress(data["mac"]), data["kind"], data["at"], data.get("detail", {}))
+
+
+def _claim(mac: MacAddress) -> bytes:
+    """A name claim: the owner's MAC and when it was claimed ("aa:bb:.. 1700000000.0")."""
+    return f"{mac.value} {time.time():.3f}".encode()
+
+
+def _parse_claim(value: bytes) -> tuple[str, float]:
+    mac, _, at = value.decode().partition(" ")
+    try:
+        return mac, float(at)
+    except ValueError:
+        return mac, 0.0
 
 
 def _dump(data: Mapping[str, Any]) -> bytes:
@@ -211,7 +227,7 @@ class Inventory:
         kv = await self.store.get(NAMES + name)
         if kv is None:
             raise NotFound(f"no node named {ref!r}; see `provisioner node list`")
-        return kv.value.decode()
+        return _parse_claim(kv.value)[0]
 
     async def list_nodes(self, *, state: NodeState | None = None, group: str | None = None,
                          image: str | None = None) -> list[Node]:
@@ -274,25 +290,28 @@ class Inventory:
 
     async def _claim_name(self, name: str, mac: MacAddress) -> None:
         """Names are unique: the name key is created by CAS. A claim left behind by a crash
-        (its node gone or renamed) is taken over."""
+        (its node absent or renamed, and older than CLAIM_GRACE) is taken over; a younger one
+        may belong to an add still in flight, so it is refused like a live one."""
         key = NAMES + name
         try:
-            await self.store.put(key, mac.value.encode(), expect=0)
+            await self.store.put(key, _claim(mac), expect=0)
             return
         except Conflict:
             pass
         kv = await self.store.get(key)
-        if kv is not None and kv.value.decode() != mac.value:
-            owner = await self.store.get(NODES + kv.value.decode())
-            if owner is not None and json.loads(owner.value).get("name") == name:
-                raise Conflict(f"the name {name!r} belongs to node {kv.value.decode()}; "
-                               "choose another name") from None
-        await self.store.put(key, mac.value.encode(),
-                             expect=kv.mod_revision if kv is not None else 0)
+        if kv is not None:
+            owner_mac, claimed_at = _parse_claim(kv.value)
+            if owner_mac != mac.value:
+                owner = await self.store.get(NODES + owner_mac)
+                alive = owner is not None and json.loads(owner.value).get("name") == name
+                if alive or time.time() - claimed_at < CLAIM_GRACE:
+                    raise Conflict(f"the name {name!r} belongs to node {owner_mac}; "
+                                   "choose another name")
+        await self.store.put(key, _claim(mac), expect=kv.mod_revision if kv is not None else 0)
 
     async def _release_name(self, name: str, mac: MacAddress) -> None:
         kv = await self.store.get(NAMES + name)
-        if kv is not None and kv.value.decode() == mac.value:
+        if kv is not None and _parse_claim(kv.value)[0] == mac.value:
             with contextlib.suppress(Conflict, NotFound):
                 await self.store.delete(NAMES + name, expect=kv.mod_revision)
 

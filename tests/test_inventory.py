@@ -133,3 +133,21 @@ async def test_leases_cas_and_events_in_order(store: KeyValueStore) -> None:
     await inv.add_event(BootEvent(MAC1, "ready_again", 103.0))  # same timestamp: still kept
     assert [e.kind for e in await inv.list_events(MAC1)] == [
         "dhcp_offered", "dhcp_acked", "booted", "ready", "ready_again"]
+
+
+async def test_concurrent_adds_of_one_name_admit_exactly_one(store: KeyValueStore) -> None:
+    """An in-flight claim (node not written yet) must not look like a crash leftover."""
+    inv = Inventory(store)
+    macs = [MacAddress(f"52:54:00:00:01:{i:02x}") for i in range(8)]
+    results = await asyncio.gather(*(inv.add_node(Node(m, "same")) for m in macs),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, int) for r in results) == 1, results
+    assert all(isinstance(r, Conflict) for r in results if not isinstance(r, int))
+    assert len(await inv.list_nodes()) == 1
+
+
+async def test_a_stale_claim_is_taken_over(store: KeyValueStore) -> None:
+    await store.put("/provisioner/v1/names/orphan", b"52:54:00:00:00:99 1.0")  # crashed add
+    inv = Inventory(store)
+    await inv.add_node(Node(MAC1, "orphan"))
+    assert (await inv.get_node("orphan")).value.mac == MAC1

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
-import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -21,7 +21,7 @@ from typing import Any
 from provisioner.config import DhcpSettings, SubnetSettings
 from provisioner.dhcp import policy
 from provisioner.dhcp.leases import LeaseBook, Pool
-from provisioner.dhcp.options import Opt, encode_text
+from provisioner.dhcp.options import MessageType, Opt, encode_text
 from provisioner.dhcp.packet import DhcpPacket, decode, encode
 from provisioner.dhcp.sockets import RawSender, interface_address, open_raw_sender, server_socket
 from provisioner.errors import ConfigError, Conflict, MalformedPacket, ProvisionerError
@@ -37,6 +37,9 @@ from provisioner.model import (
 
 log = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
+BURST = 64  # datagrams read per wake-up of the loop
+RECV_SIZE = 65536  # over the largest UDP payload: oversized datagrams arrive whole and are dropped
+BACKLOG = 4096  # replies queued while the socket's send buffer is full; more are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class DhcpServer:
         self._raw: RawSender | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._discovering: set[MacAddress] = set()
+        self._discovery_lock = asyncio.Lock()
         self._foreign_seen: dict[IPv4Address, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -111,10 +115,7 @@ class DhcpServer:
 
     async def _listen(self, port: int, *, pxe_port: bool) -> None:
         sock = server_socket(self.settings.interface or None, self.settings.listen, port)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self, pxe_port), sock=sock)
-        self._transports.append(transport)
+        self._transports.append(_Socket(self, sock, pxe_port, asyncio.get_running_loop()))
 
     async def close(self) -> None:
         for transport in self._transports:
@@ -137,8 +138,7 @@ class DhcpServer:
             log.debug("dhcp: dropped %d bytes from %s:%d: %s", len(data), *source, exc.reason)
             return
         decision = policy.classify(packet, self._segment, pxe_port=pxe_port)
-        kind = type(decision).__name__.lower()
-        self.counters[f"received:{kind}"] += 1
+        self.counters[_received_key(type(decision))] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dhcp: %s from %s xid %08x -> %s", packet.message_type, packet.mac,
                       packet.xid, decision)
@@ -179,12 +179,17 @@ class DhcpServer:
     # -- decisions -------------------------------------------------------------------------
 
     def _subnet_for(self, packet: DhcpPacket) -> Subnet | None:
-        """RFC 2131 4.3.1: the relay's giaddr selects the subnet; else the attached one."""
+        """RFC 2131 4.3.1: the relay's giaddr selects the subnet; else the attached one. A
+        subnet naming giaddr as its relay wins over one whose network merely contains it."""
         giaddr = packet.giaddr
+        if giaddr != _ZERO:
+            for subnet in self.subnets:
+                if subnet.relay == giaddr:
+                    return subnet
         for subnet in self.subnets:
             if giaddr == _ZERO and subnet.relay is None:
                 return subnet
-            if giaddr != _ZERO and (subnet.relay == giaddr or giaddr in subnet.network):
+            if giaddr != _ZERO and giaddr in subnet.network:
                 return subnet
         return None
 
@@ -291,9 +296,12 @@ class DhcpServer:
                                      quarantine=quarantine)
         kind = "declined" if quarantine else "released"
         self.counters[f"lease_{kind}"] += int(done)
-        if quarantine:
+        if quarantine and done:
             log.warning("dhcp: %s declined %s (in use?); quarantined for %ds", decision.mac,
                         decision.address, quarantine)
+        elif quarantine:
+            log.warning("dhcp: %s declined %s, which is not its lease; ignored", decision.mac,
+                        decision.address)
 
     def _on_inform(self, decision: policy.Inform, transport: asyncio.DatagramTransport) -> None:
         subnet = self._subnet_for(decision.packet)
@@ -340,6 +348,9 @@ class DhcpServer:
         if ip is None:
             self.counters["pool_exhausted"] += 1
             return
+        # Held for this MAC while its node is stored, so that a DISCOVER from another unknown
+        # MAC meanwhile cannot choose the same address.
+        self.leases.offer(mac, subnet.pool, self._clock(), reserved=ip)
         self._discovering.add(mac)
         self._spawn(self._add_discovered(decision, ip, name, transport))
 
@@ -351,6 +362,14 @@ class DhcpServer:
 
     async def _add_discovered(self, decision: policy.Discover, ip: IPv4Address,
                               name: str | None, transport: asyncio.DatagramTransport) -> None:
+        # One at a time: two concurrent add_node calls for the same next name can both succeed
+        # (Inventory._claim_name takes over a claim whose node is not stored yet).
+        async with self._discovery_lock:
+            await self._add_discovered_node(decision, ip, name, transport)
+
+    async def _add_discovered_node(self, decision: policy.Discover, ip: IPv4Address,
+                                   name: str | None,
+                                   transport: asyncio.DatagramTransport) -> None:
         mac = decision.mac
         firmware = policy.classify_firmware(decision.packet)
         try:
@@ -397,34 +416,114 @@ class DhcpServer:
               origin: tuple[IPv4Address, int] | None = None) -> None:
         data = encode(reply)
         dest = policy.reply_destination(request, reply, source=origin)
-        mtype = reply.message_type
-        self.counters[f"sent:{mtype.name.lower() if mtype else 'bootp'}"] += 1
+        self.counters[_SENT_KEY[reply.message_type]] += 1
         if dest.raw and self._raw is not None:
             try:
                 self._raw.send(request.chaddr[:6], self.server_ip, dest.ip, data)
                 return
             except OSError as exc:
                 log.debug("dhcp: raw send failed (%s); broadcasting", exc)
-        ip = "255.255.255.255" if dest.raw else str(dest.ip)
+        ip = "255.255.255.255" if dest.raw else _text(dest.ip)
         transport.sendto(data, (ip, dest.port))
 
     def _record(self, mac: MacAddress, kind: str, detail: dict[str, object]) -> None:
         self._spawn(self.inventory.add_event(BootEvent(mac, kind, self._clock(), detail)))
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, server: DhcpServer, pxe_port: bool) -> None:
-        self.server = server
-        self.pxe_port = pxe_port
-        self.transport: asyncio.DatagramTransport | None = None
+_SENT_KEY: dict[MessageType | None, str] = {
+    None: "sent:bootp", **{m: f"sent:{m.name.lower()}" for m in MessageType}}
+_RECEIVED_KEY: dict[type, str] = {}
+_TEXT: dict[IPv4Address, str] = {}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = typing.cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        assert self.transport is not None
-        self.server.handle(data, (addr[0], addr[1]), self.transport, self.pxe_port)
+def _received_key(kind: type) -> str:
+    key = _RECEIVED_KEY.get(kind)
+    if key is None:
+        key = _RECEIVED_KEY[kind] = f"received:{kind.__name__.lower()}"
+    return key
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("dhcp: socket error: %s", exc)
 
+def _text(ip: IPv4Address) -> str:
+    """str(ip), remembered: formatting an address costs more than the rest of a send."""
+    text = _TEXT.get(ip)
+    if text is None:
+        if len(_TEXT) >= 4096:
+            _TEXT.clear()
+        text = _TEXT[ip] = str(ip)
+    return text
+
+
+class _Socket(asyncio.DatagramTransport):
+    """One server socket, read in bursts. asyncio's datagram transport reads one datagram per
+    wake-up of the loop (an epoll_wait and a callback each); here every wake-up drains up to
+    BURST datagrams, so under load the loop's cost is shared by a burst of packets. Replies are
+    sent at once; only if the socket buffer is full are they queued until it drains."""
+
+    def __init__(self, server: DhcpServer, sock: socket.socket, pxe_port: bool,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._server = server
+        self._sock = sock
+        self._pxe_port = pxe_port
+        self._loop = loop
+        self._backlog: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._closed = False
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock, handle, pxe_port = self._sock, self._server.handle, self._pxe_port
+        for _ in range(BURST):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                log.debug("dhcp: socket error: %s", exc)
+                return
+            try:
+                handle(data, (addr[0], addr[1]), self, pxe_port)
+            except Exception:  # one bad packet must not stop the others
+                self._server.counters["errors"] += 1
+                log.exception("dhcp: bug while handling a packet")
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closed:
+            return
+        if not self._backlog:
+            try:
+                self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._sock.fileno(), self._writable)
+            except OSError as exc:
+                log.debug("dhcp: send to %s failed: %s", addr, exc)
+                return
+        if len(self._backlog) >= BACKLOG:
+            self._server.counters["dropped:send_backlog"] += 1
+            return
+        self._backlog.append((bytes(data), addr))
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("dhcp: send to %s failed: %s", addr, exc)
+            self._backlog.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        if self._backlog:
+            self._loop.remove_writer(self._sock.fileno())
+            self._backlog.clear()
+        self._sock.close()
