@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import socket
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +69,7 @@ class TftpServer:
         self.counters: collections.Counter[str] = collections.Counter()
         self._on_transfer = on_transfer
         self._listener: asyncio.DatagramTransport | None = None
+        self._family: int = socket.AF_INET  # of the listener; transfer sockets use the same
         self._transfers: set[_Transfer] = set()
         self._per_client: collections.Counter[str] = collections.Counter()
 
@@ -80,6 +83,7 @@ class TftpServer:
         loop = asyncio.get_running_loop()
         self._listener, _ = await loop.create_datagram_endpoint(
             lambda: _Listener(self), local_addr=(self.config.listen, self.config.port))
+        self._family = self._listener.get_extra_info("socket").family
         log.info("tftp: listening on %s:%d, root %s", *self.address, self.resolver.root)
 
     async def close(self) -> None:
@@ -124,7 +128,7 @@ class TftpServer:
         transfer = _Transfer(self, session, client, name)
         self._transfers.add(transfer)
         self._per_client[client[0]] += 1
-        asyncio.get_running_loop().create_task(transfer.open())
+        transfer.open(self._family)
 
     def _refuse(self, client: Address, reason: str, message: str, reply: bytes | None) -> None:
         self.counters[f"rejected:{reason}"] += 1
@@ -162,8 +166,20 @@ class _Listener(asyncio.DatagramProtocol):
         log.debug("tftp: listener socket error: %s", exc)
 
 
-class _Transfer(asyncio.DatagramProtocol):
-    """One transfer: its own socket (the TID), its session, its timer."""
+class _Transfer:
+    """One transfer: its own socket (the TID), its session, its timer.
+
+    The transfer socket is a plain non-blocking socket watched with `loop.add_reader`, not an
+    asyncio datagram transport: this is the per-block hot path, and the transport's layers
+    (a 256 KiB receive buffer per datagram, a protocol callback, checks and buffering in
+    `sendto`) add to what is mostly the kernel's work. Each wake-up reads one datagram, asks the
+    session for what to send and sends it straight to the socket; only when the kernel has no
+    room are datagrams queued, in order, for `add_writer`.
+    """
+
+    #: datagrams queued while the socket buffer is full; beyond this they are dropped and the
+    #: session's retransmit timer recovers them, as for any lost datagram
+    MAX_BACKLOG: typing.ClassVar[int] = 1024
 
     def __init__(self, server: TftpServer, session: TftpSession, client: Address,
                  name: str) -> None:
@@ -172,42 +188,97 @@ class _Transfer(asyncio.DatagramProtocol):
         self.client = client
         self.name = name
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._backlog: collections.deque[bytes] = collections.deque()
         self._ended = False
 
-    async def open(self) -> None:
+    def open(self, family: int) -> None:
         try:
-            await self._loop.create_datagram_endpoint(
-                lambda: self, local_addr=(self.server.config.listen, 0))
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as exc:
             self.abort(f"cannot open a transfer socket: {exc}")
+            return
+        try:
+            sock.setblocking(False)
+            sock.bind((self.server.config.listen, 0))
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            self.abort(f"cannot open a transfer socket: {exc}")
+            return
+        self._sock = sock
+        self._pump(self._loop.time())
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Python 3.11's selector transport does not subclass DatagramTransport; it is one.
-        self._transport = typing.cast(asyncio.DatagramTransport, transport)
-        self._pump()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def _on_readable(self) -> None:
+        # One datagram per wake-up, as the selector is level-triggered: draining until
+        # EAGAIN would cost a failed recvfrom (and an exception) for each ACK of a lock-step
+        # transfer, the common case.
+        sock = self._sock
+        if sock is None or self._ended:
+            return
+        try:
+            data, addr = sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ICMP errors on an unconnected socket; the timer ends the transfer if the client
+            # has gone.
+            log.debug("tftp: %s to %s:%d: %s", self.name, *self.client, exc)
+            return
         if (addr[0], addr[1]) != self.client:
             self.server.counters["unknown_tid"] += 1
-            if self._transport is not None:
-                self._transport.sendto(UNKNOWN_TID, addr)
+            with contextlib.suppress(OSError):
+                sock.sendto(UNKNOWN_TID, addr)
             return
-        self.session.receive_datagram(data, self._loop.time())
-        self._pump()
+        now = self._loop.time()
+        self.session.receive_datagram(data, now)
+        self._pump(now)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable: the client has gone. The timer ends the transfer.
-        log.debug("tftp: %s to %s:%d: %s", self.name, *self.client, exc)
+    def _send(self, datagrams: list[bytes]) -> None:
+        sock = self._sock
+        if sock is None or not datagrams:
+            return
+        if self._backlog:  # keep the order: behind what is already waiting
+            self._queue(datagrams)
+            return
+        client = self.client
+        for index, datagram in enumerate(datagrams):
+            try:
+                sock.sendto(datagram, client)
+            except (BlockingIOError, InterruptedError):
+                self._queue(datagrams[index:])
+                self._loop.add_writer(sock.fileno(), self._on_writable)
+                return
+            except OSError as exc:
+                # Like a datagram lost on the wire: the session's timer retransmits or gives up.
+                log.debug("tftp: %s to %s:%d: send: %s", self.name, *client, exc)
 
-    def _pump(self) -> None:
+    def _queue(self, datagrams: list[bytes]) -> None:
+        room = self.MAX_BACKLOG - len(self._backlog)
+        self._backlog.extend(datagrams[:room])
+        if len(datagrams) > room:
+            self.server.counters["send_dropped"] += len(datagrams) - room
+
+    def _on_writable(self) -> None:
+        sock, backlog = self._sock, self._backlog
+        if sock is None:
+            return
+        while backlog:
+            try:
+                sock.sendto(backlog[0], self.client)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("tftp: %s to %s:%d: send: %s", self.name, *self.client, exc)
+            backlog.popleft()
+        self._loop.remove_writer(sock.fileno())
+
+    def _pump(self, now: float) -> None:
         """Send what the session has, keep a timer armed, and finish on its event."""
-        transport = self._transport
-        if transport is None or self._ended:
+        if self._sock is None or self._ended:
             return
-        for datagram in self.session.datagrams_to_send(self._loop.time()):
-            transport.sendto(datagram, self.client)
+        self._send(self.session.datagrams_to_send(now))
         event = self.session.next_event()
         if event is not None:
             self._end(event)
@@ -226,13 +297,12 @@ class _Transfer(asyncio.DatagramProtocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
         self.session.handle_timer(now)
-        self._pump()
+        self._pump(now)
 
     def abort(self, message: str) -> None:
-        self.session.abort(self._loop.time(), message)
-        if self._transport is not None:
-            for datagram in self.session.datagrams_to_send(self._loop.time()):
-                self._transport.sendto(datagram, self.client)
+        now = self._loop.time()
+        self.session.abort(now, message)
+        self._send(self.session.datagrams_to_send(now))
         event = self.session.next_event()
         if event is not None:
             self._end(event)
@@ -243,6 +313,16 @@ class _Transfer(asyncio.DatagramProtocol):
         self._ended = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        sock = self._sock
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            if self._backlog:
+                # Last datagrams (the final ERROR, say) get one more try, then go.
+                self._loop.remove_writer(sock.fileno())
+                for datagram in self._backlog:
+                    with contextlib.suppress(OSError):
+                        sock.sendto(datagram, self.client)
+                self._backlog.clear()
+            sock.close()
+            self._sock = None
         self.server.finished(self, event)
