@@ -36,7 +36,7 @@ def open_boot_file(root: Path, url_path: str) -> BootFile:
     real_root = root.resolve()
     try:
         real = root.joinpath(*parts).resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the name
         raise NotFound(f"{url_path}: no such file") from None
     if not real.is_relative_to(real_root):
         raise NotFound(f"{url_path}: no such file")
