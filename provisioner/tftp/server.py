@@ -13,7 +13,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import resource
 import socket
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +74,9 @@ class TftpServer:
         self._family: int = socket.AF_INET  # of the listener; transfer sockets use the same
         self._transfers: set[_Transfer] = set()
         self._per_client: collections.Counter[str] = collections.Counter()
+        #: every transfer socket is read into this one buffer (one thread, and what is not an
+        #: ACK is copied out before anything else runs): no 64 KiB allocation per datagram
+        self.receive_buffer = bytearray(65536)
 
     @property
     def address(self) -> Address:
@@ -84,6 +89,7 @@ class TftpServer:
         self._listener, _ = await loop.create_datagram_endpoint(
             lambda: _Listener(self), local_addr=(self.config.listen, self.config.port))
         self._family = self._listener.get_extra_info("socket").family
+        _raise_file_limit(3 * self.config.max_transfers + 64)
         log.info("tftp: listening on %s:%d, root %s", *self.address, self.resolver.root)
 
     async def close(self) -> None:
@@ -175,11 +181,28 @@ class _Transfer:
     `sendto`) add to what is mostly the kernel's work. Each wake-up reads one datagram, asks the
     session for what to send and sends it straight to the socket; only when the kernel has no
     room are datagrams queued, in order, for `add_writer`.
+
+    The transfer socket is connect()ed to the client: send/recv without an address to parse
+    and check, and the kernel routes once per transfer instead of once per block. A connected
+    UDP socket no longer sees other senders, so a second, unconnected socket is bound to the
+    same port (SO_REUSEADDR, set on the first socket only after its port-0 bind, so that no
+    other transfer can be given that port): the kernel delivers the client's datagrams to the
+    connected socket, which matches them better, and everyone else's to the second one, which
+    answers ERROR 5 (RFC 1350 section 4) and changes nothing. Two sockets and a file per
+    transfer: TftpServer.start lifts the soft RLIMIT_NOFILE toward 3 x max_transfers (at most
+    to the hard limit).
     """
 
     #: datagrams queued while the socket buffer is full; beyond this they are dropped and the
     #: session's retransmit timer recovers them, as for any lost datagram
     MAX_BACKLOG: typing.ClassVar[int] = 1024
+    #: how long a lone transfer polls for the client's next datagram (see _busy_poll); 0: never
+    BUSY_POLL: typing.ClassVar[float] = 0.0002
+    #: how long one wake-up may keep the event loop busy with polling
+    INLINE_LIMIT: typing.ClassVar[float] = 0.005
+    #: after a poll that waited in vain (a client further away than BUSY_POLL), this many
+    #: wake-ups go without polling
+    POLL_BACKOFF: typing.ClassVar[int] = 32
 
     def __init__(self, server: TftpServer, session: TftpSession, client: Address,
                  name: str) -> None:
@@ -188,52 +211,123 @@ class _Transfer:
         self.client = client
         self.name = name
         self._loop = asyncio.get_running_loop()
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = None  # connected to the client
+        self._stray: socket.socket | None = None  # same port, unconnected: the other senders
         self._timer: asyncio.TimerHandle | None = None
         self._backlog: collections.deque[bytes] = collections.deque()
         self._ended = False
+        self._buffer = server.receive_buffer
+        self._poll_skip = 0  # wake-ups left without busy polling (see _busy_poll)
 
     def open(self, family: int) -> None:
+        """Two sockets on one ephemeral port: the transfer's, connected to the client, and one
+        that gets every other sender's datagrams, to answer them ERROR 5 (see the class)."""
+        sock = stray = None
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
+            sock.setblocking(False)
+            sock.bind((self.server.config.listen, 0))  # a port no other socket has
+            # Only now: a later bind to this port with SO_REUSEADDR (the stray socket's) is
+            # allowed, and no other transfer's port-0 bind (without it) can land here.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            stray = socket.socket(family, socket.SOCK_DGRAM)
+            stray.setblocking(False)
+            stray.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            stray.bind(sock.getsockname())
+            sock.connect(self.client)
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+            self._loop.add_reader(stray.fileno(), self._on_stray)
+        except (OSError, ValueError) as exc:
+            for opened in (sock, stray):
+                if opened is not None:
+                    with contextlib.suppress(ValueError):
+                        self._loop.remove_reader(opened.fileno())
+                    opened.close()
             self.abort(f"cannot open a transfer socket: {exc}")
+            return
+        self._sock, self._stray = sock, stray
+        self._pump(self._loop.time())
+
+    def _on_stray(self) -> None:
+        """A datagram to our port from anyone but the client: ERROR 5 to the sender only."""
+        stray = self._stray
+        if stray is None:
             return
         try:
-            sock.setblocking(False)
-            sock.bind((self.server.config.listen, 0))
-            self._loop.add_reader(sock.fileno(), self._on_readable)
-        except (OSError, ValueError) as exc:
-            sock.close()
-            self.abort(f"cannot open a transfer socket: {exc}")
+            data, addr = stray.recvfrom(65536)
+        except OSError:
             return
-        self._sock = sock
-        self._pump(self._loop.time())
+        if (addr[0], addr[1]) == self.client:  # only before connect() took effect
+            if not self._ended:
+                now = self._loop.time()
+                self.session.receive_datagram(data, now)
+                self._pump(now)
+            return
+        self.server.counters["unknown_tid"] += 1
+        with contextlib.suppress(OSError):
+            stray.sendto(UNKNOWN_TID, addr)
 
     def _on_readable(self) -> None:
         # One datagram per wake-up, as the selector is level-triggered: draining until
         # EAGAIN would cost a failed recvfrom (and an exception) for each ACK of a lock-step
-        # transfer, the common case.
+        # transfer, the common case. The datagram is read into the server's buffer (no 64 KiB
+        # allocation per ACK); an ACK goes straight to the session's ACK path.
+        if self._receive() and len(self.server._transfers) == 1 and self.BUSY_POLL > 0:
+            if self._poll_skip:
+                self._poll_skip -= 1
+            else:
+                self._busy_poll()
+
+    def _receive(self) -> bool:
+        """Read and handle one datagram; False when there was none (or the transfer ended)."""
         sock = self._sock
         if sock is None or self._ended:
-            return
+            return False
+        buffer = self._buffer
         try:
-            data, addr = sock.recvfrom(65536)
+            size = sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
-            # ICMP errors on an unconnected socket; the timer ends the transfer if the client
-            # has gone.
+            # ICMP errors (the client's port is closed, say); the timer ends the transfer if
+            # the client has gone.
             log.debug("tftp: %s to %s:%d: %s", self.name, *self.client, exc)
-            return
-        if (addr[0], addr[1]) != self.client:
-            self.server.counters["unknown_tid"] += 1
-            with contextlib.suppress(OSError):
-                sock.sendto(UNKNOWN_TID, addr)
-            return
+            return False
         now = self._loop.time()
-        self.session.receive_datagram(data, now)
+        session = self.session
+        if size == 4 and buffer[1] == 4 and buffer[0] == 0:  # ACK, the hot path
+            session.receive_ack((buffer[2] << 8) | buffer[3], now)
+        else:
+            session.receive_datagram(bytes(buffer[:size]), now)
         self._pump(now)
+        return not self._ended
+
+    def _busy_poll(self) -> None:
+        """A lone transfer polls its socket for the next ACK instead of going back to sleep.
+
+        With one lock-step client every block costs a round trip, and two wake-ups of it are
+        the event loop's: the return to epoll and the wake-up of this CPU. Polling the socket
+        for up to BUSY_POLL s after each block (in the kernel's busy_poll manner) takes both
+        out, for the CPU time of the wait. Bounded: INLINE_LIMIT s per wake-up, then back to
+        the loop (requests on port 69 and timers wait at most that long); only while this is
+        the server's only transfer; not while datagrams wait for room in the socket buffer;
+        and a client slower than BUSY_POLL stops it for POLL_BACKOFF wake-ups. The datagrams
+        and their order are the same as without it; only when they are read changes.
+        """
+        clock = time.monotonic
+        limit = clock() + self.INLINE_LIMIT
+        receive, transfers = self._receive, self.server._transfers
+        while not self._backlog and len(transfers) == 1:
+            start = clock()
+            if start >= limit:
+                return
+            give_up = start + self.BUSY_POLL
+            while not receive():
+                if self._ended:
+                    return
+                if clock() >= give_up:
+                    self._poll_skip = self.POLL_BACKOFF
+                    return
 
     def _send(self, datagrams: list[bytes]) -> None:
         sock = self._sock
@@ -243,9 +337,10 @@ class _Transfer:
             self._queue(datagrams)
             return
         client = self.client
+        send = sock.send
         for index, datagram in enumerate(datagrams):
             try:
-                sock.sendto(datagram, client)
+                send(datagram)
             except (BlockingIOError, InterruptedError):
                 self._queue(datagrams[index:])
                 self._loop.add_writer(sock.fileno(), self._on_writable)
@@ -266,7 +361,7 @@ class _Transfer:
             return
         while backlog:
             try:
-                sock.sendto(backlog[0], self.client)
+                sock.send(backlog[0])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -321,8 +416,22 @@ class _Transfer:
                 self._loop.remove_writer(sock.fileno())
                 for datagram in self._backlog:
                     with contextlib.suppress(OSError):
-                        sock.sendto(datagram, self.client)
+                        sock.send(datagram)
                 self._backlog.clear()
             sock.close()
             self._sock = None
+        stray = self._stray
+        if stray is not None:
+            self._loop.remove_reader(stray.fileno())
+            stray.close()
+            self._stray = None
         self.server.finished(self, event)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Two sockets and a file per transfer: lift the soft descriptor limit toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -339,7 +339,7 @@ class TftpSession:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one datagram from the client's TID; never raises on its content."""
         if len(data) >= 4 and data[0] == 0 and data[1] == 4:  # ACK, the hot path
-            self._receive_ack((data[2] << 8) | data[3], now)
+            self.receive_ack((data[2] << 8) | data[3], now)
             return
         try:
             packet = decode(data)
@@ -385,7 +385,9 @@ class TftpSession:
 
     # -- classification --------------------------------------------------------------------
 
-    def _receive_ack(self, wire_block: int, now: float) -> None:
+    def receive_ack(self, wire_block: int, now: float) -> None:
+        """An ACK datagram from the client's TID, already decoded: `receive_datagram`'s hot path,
+        for a server that reads the two bytes of the block number itself."""
         state = self._state
         if state is State.SENDING:
             acked = self._acked
@@ -399,7 +401,12 @@ class TftpSession:
             elif block == self._last:
                 self._process(Input.ACK_FINAL, now, block)
             else:
-                self._process(Input.ACK_WINDOW, now, block)
+                # The common case, run without the table lookups of _process: the entry is
+                # (SENDING, ACK_WINDOW) -> (SENDING, SEND_WINDOW), asserted after the class.
+                try:
+                    self._send_window(now, block, _NO_FAILURE)
+                except (OSError, ProvisionerError) as exc:
+                    self._source_failed(now, exc)
         elif state is State.SENT_OACK:
             self._process(Input.ACK_OACK if wire_block == 0 else Input.ACK_IGNORED, now)
         # START cannot be observed; DONE and FAILED ignore everything.
@@ -420,12 +427,15 @@ class TftpSession:
         try:
             self._ACTIONS[action](self, now, block, failure)
         except (OSError, ProvisionerError) as exc:  # only the Source raises these
-            message = "the server could not read the file"
-            self._process(
-                Input.SOURCE_FAILED,
-                now,
-                failure=_Failure("source_error", ErrorCode.NOT_DEFINED, f"{message}: {exc}"),
-            )
+            self._source_failed(now, exc)
+
+    def _source_failed(self, now: float, exc: OSError | ProvisionerError) -> None:
+        message = "the server could not read the file"
+        self._process(
+            Input.SOURCE_FAILED,
+            now,
+            failure=_Failure("source_error", ErrorCode.NOT_DEFINED, f"{message}: {exc}"),
+        )
 
     def _send_oack(self, now: float, block: int, failure: _Failure) -> None:
         self._window.append(encode_oack(self.negotiated.oack))
@@ -511,6 +521,10 @@ class TftpSession:
         Action.FAIL_QUIETLY: _fail_quietly,
         Action.FAIL_WITH_ERROR: _fail_with_error,
     }
+
+
+# receive_ack's shortcut for ACK_WINDOW stands for this entry of the table.
+assert TRANSITIONS[State.SENDING][Input.ACK_WINDOW] == (State.SENDING, Action.SEND_WINDOW)
 
 
 # -- for the server: answering a request without a session ------------------------------------
