@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, bench/ itself is sys.path[0], and bench/http.py would shadow the standard
+# library's http package: put the repository root there instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from provisioner.lab.netns import NetnsPair  # noqa: E402
 
