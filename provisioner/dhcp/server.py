@@ -100,6 +100,7 @@ class DhcpServer:
         self._segment = policy.Segment(frozenset({self.server_ip}), self._segment.relays,
                                        self._segment.mode)
         await self.leases.start()
+        self._spawn(self._sweep_holds())
         await self._listen(s.port, pxe_port=False)
         if self._segment.mode is policy.Mode.PROXY:
             await self._listen(policy.PXE_PORT, pxe_port=True)
@@ -116,6 +117,13 @@ class DhcpServer:
     async def _listen(self, port: int, *, pxe_port: bool) -> None:
         sock = server_socket(self.settings.interface or None, self.settings.listen, port)
         self._transports.append(_Socket(self, sock, pxe_port, asyncio.get_running_loop()))
+
+    async def _sweep_holds(self) -> None:
+        """Forget offers whose hold has run out, so a flood of DISCOVERs from made-up MACs
+        cannot grow the hold table past what one offer_hold period brings in."""
+        while True:
+            await asyncio.sleep(max(self.settings.offer_hold / 2, 1.0))
+            self.leases.expire_holds(self._clock())
 
     async def close(self) -> None:
         for transport in self._transports:

@@ -289,3 +289,19 @@ async def test_watch_keeps_the_other_book_current(inventory: Inventory,
     await eventually(lambda: (lease := b.holder(ip)) is not None and lease.state == "released",
                      "B sees A's release")
     assert b.free_for(ip, mac(2), now + 401)
+
+
+async def test_expired_holds_are_forgotten(store: KeyValueStore) -> None:
+    book = LeaseBook(Inventory(store), offer_hold=30)
+    await book.start()
+    try:
+        pool = Pool(IPv4Address("10.0.0.10"), IPv4Address("10.0.0.20"))
+        first = book.offer(MacAddress("52:54:00:00:aa:01"), pool, now=100.0)
+        assert first is not None
+        other = MacAddress("52:54:00:00:aa:02")
+        assert not book.free_for(first, other, now=110.0)  # held for the first client
+        book.expire_holds(now=131.0)
+        assert book.free_for(first, other, now=131.0)
+        assert not book._holds  # the table itself is emptied, not just ignored
+    finally:
+        await book.stop()
