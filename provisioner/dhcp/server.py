@@ -85,6 +85,7 @@ class DhcpServer:
         self._transports: list[asyncio.DatagramTransport] = []
         self._raw: RawSender | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self._discovering: set[MacAddress] = set()
         self._discovery_lock = asyncio.Lock()
         self._foreign_seen: dict[IPv4Address, float] = {}
@@ -100,7 +101,8 @@ class DhcpServer:
         self._segment = policy.Segment(frozenset({self.server_ip}), self._segment.relays,
                                        self._segment.mode)
         await self.leases.start()
-        self._spawn(self._sweep_holds())
+        # Its own task, not in _tasks: those are requests in flight, this runs until close.
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_holds())
         await self._listen(s.port, pxe_port=False)
         if self._segment.mode is policy.Mode.PROXY:
             await self._listen(policy.PXE_PORT, pxe_port=True)
@@ -126,6 +128,8 @@ class DhcpServer:
             self.leases.expire_holds(self._clock())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for transport in self._transports:
             transport.close()
         for task in list(self._tasks):
