@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # library's http package: put the repository root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from provisioner.lab.netns import NetnsPair  # noqa: E402
+from provisioner.lab.netns import NetnsPair, stop_process  # noqa: E402
 
 MIB = 1024 * 1024
 PORT = 8080
@@ -133,15 +133,7 @@ class Place:
         return list(argv)
 
     def stop(self, proc: subprocess.Popen[Any]) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and workers
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc)  # its own session: the server and its workers
 
     def close(self) -> None:
         for proc in self._procs:

@@ -129,6 +129,33 @@ def _dump(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+class Follower:
+    """Keeps an in-memory view of everything under `prefix`: `start()` feeds the current keys to
+    `apply` as PUT events, then every later change from `watch`, so the view never misses one.
+    Used by the inventory's node cache and by the DHCP lease book."""
+
+    def __init__(self, store: KeyValueStore, prefix: str,
+                 apply: Callable[[WatchEvent], None]) -> None:
+        self.store, self.prefix, self._apply = store, prefix, apply
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        result = await self.store.range(self.prefix)
+        for kv in result.items:
+            self._apply(WatchEvent(EventType.PUT, kv.key, kv.value, kv.mod_revision))
+        self._task = asyncio.create_task(self._follow(result.revision + 1))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, start: int) -> None:
+        async for event in self.store.watch(self.prefix, start):
+            self._apply(event)
+
+
 class Inventory:
     """Nodes, groups, leases and events, over any KeyValueStore."""
 
@@ -138,27 +165,16 @@ class Inventory:
         self._by_name: dict[str, str] = {}
         self._by_ip: dict[ipaddress.IPv4Address, str] = {}
         self._groups: dict[str, Group] = {}
-        self._watcher: asyncio.Task[None] | None = None
-        self._synced = asyncio.Event()
+        self._follower = Follower(store, ROOT, self._apply)
 
     # -- the cache -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load nodes and groups, then follow changes. Lookups are current from here on."""
-        result = await self.store.range(ROOT)
-        for kv in result.items:
-            self._apply(WatchEvent(EventType.PUT, kv.key, kv.value, kv.mod_revision))
-        self._watcher = asyncio.create_task(self._follow(result.revision + 1))
+        await self._follower.start()
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-
-    async def _follow(self, start: int) -> None:
-        async for event in self.store.watch(ROOT, start):
-            self._apply(event)
+        await self._follower.stop()
 
     def _apply(self, event: WatchEvent) -> None:
         try:

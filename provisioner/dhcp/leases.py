@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -26,7 +24,14 @@ from ipaddress import IPv4Address
 
 from provisioner.dhcp.policy import pick_address
 from provisioner.errors import Conflict, ProvisionerError
-from provisioner.inventory import LEASES, Inventory, Versioned, lease_from_dict, lease_to_dict
+from provisioner.inventory import (
+    LEASES,
+    Follower,
+    Inventory,
+    Versioned,
+    lease_from_dict,
+    lease_to_dict,
+)
 from provisioner.model import Lease, MacAddress
 from provisioner.store.base import EventType, WatchEvent
 
@@ -99,7 +104,7 @@ class LeaseBook:
         self._leases: dict[IPv4Address, Versioned[Lease]] = {}
         self._by_mac: dict[MacAddress, IPv4Address] = {}
         self._holds: dict[IPv4Address, tuple[MacAddress, float]] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        self._follower = Follower(inventory.store, LEASES, self._apply)
         # Revisions of our own writes, already in the view: their watch events are skipped
         # unparsed (json.loads + lease_from_dict cost more than the rest of a bind).
         self._own: set[int] = set()
@@ -111,20 +116,10 @@ class LeaseBook:
     # -- the in-memory view --------------------------------------------------------------
 
     async def start(self) -> None:
-        result = await self.inventory.store.range(LEASES)
-        for kv in result.items:
-            self._apply(WatchEvent(EventType.PUT, kv.key, kv.value, kv.mod_revision))
-        self._watcher = asyncio.create_task(self._follow(result.revision + 1))
+        await self._follower.start()
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-
-    async def _follow(self, start: int) -> None:
-        async for event in self.inventory.store.watch(LEASES, start):
-            self._apply(event)
+        await self._follower.stop()
 
     def _apply(self, event: WatchEvent) -> None:
         revision = event.revision

@@ -33,6 +33,20 @@ def _ip(*args: str) -> None:
                           "(network namespaces need root and iproute2)")
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    """Stop a process started in its own session, and its children, by PID: `sig`, then
+    SIGKILL after 10 s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 @dataclass
 class NetnsPair:
     server_ns: str
@@ -91,15 +105,7 @@ class NetnsPair:
         return proc
 
     def stop(self, proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc, sig)
 
     def close(self) -> None:
         for proc in self._procs:
