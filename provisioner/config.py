@@ -50,8 +50,46 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """The FastAPI app: the admin plane /api/v1/ and the node plane /node/v1/."""
+
     listen: str = "127.0.0.1"
     port: int = 8080
+    #: bearer tokens with roles on /api/v1/; off is refused unless listen is loopback only
+    auth: bool = True
+    #: the URL booted nodes use to reach /node/v1/; empty: http://<boot host>:<port>
+    public_url: str = ""
+    max_body: int = 1 << 20  # bytes; larger request bodies get 413
+    boot_token_ttl: int = 3600  # seconds a one-boot token stays valid
+
+
+@dataclass(frozen=True)
+class ImagesSettings:
+    """Image builds: templates, the kernel, and how many versions to keep."""
+
+    #: a site template directory searched before the shipped templates/; empty: none
+    templates: str = ""
+    keep: int = 3  # versions kept per image name; older ones are pruned after a publish
+    kernel_package: str = "linux-image-cloud-amd64"
+    #: downloads and unpacked kernels; empty means DATA_DIR/cache
+    cache: str = ""
+    xz_threads: int = 0  # 0: one per core
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The small scheduler service (`provisioner scheduler serve`)."""
+
+    listen: str = "127.0.0.1"
+    port: int = 8090
+    #: where the appliance and the CLI find it; empty: http://<listen>:<port>
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class HandoffSettings:
+    """How a booted node is handed to the scheduler."""
+
+    kind: str = "builtin"  # builtin (our scheduler) | slurm | none
 
 
 @dataclass(frozen=True)
@@ -129,6 +167,9 @@ class Settings:
     tftp: TftpSettings = field(default_factory=TftpSettings)
     boot: BootSettings = field(default_factory=BootSettings)
     dhcp: DhcpSettings = field(default_factory=DhcpSettings)
+    images: ImagesSettings = field(default_factory=ImagesSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    handoff: HandoffSettings = field(default_factory=HandoffSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -143,12 +184,18 @@ class Settings:
         return Path(self.boot.images) if self.boot.images else self.data_dir / "bootimages"
 
     @property
+    def cache_dir(self) -> Path:
+        return Path(self.images.cache) if self.images.cache else self.data_dir / "cache"
+
+    @property
     def tftp_root(self) -> Path:
         return Path(self.tftp.root) if self.tftp.root else self.data_dir / "tftp"
 
 
 SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
-                             "boot": BootSettings, "dhcp": DhcpSettings}
+                             "boot": BootSettings, "dhcp": DhcpSettings,
+                             "images": ImagesSettings, "scheduler": SchedulerSettings,
+                             "handoff": HandoffSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

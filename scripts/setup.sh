@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # busybox udhcpc, ISC dhclient, Kea's perfdhcp, tftp-hpa's tftp, atftp, curl. ipxe provides the
 # first-stage binaries TFTP serves (undionly.kpxe, ipxe.efi, snponly.efi).
 DEBIAN_PACKAGES=(etcd-server etcd-client iproute2 sqlite3 busybox-static isc-dhcp-client
-                 kea-admin tftp-hpa atftp curl ipxe)
+                 kea-admin tftp-hpa atftp curl ipxe
+                 qemu-system-x86 ipxe-qemu ovmf kmod cpio xz-utils debootstrap
+                 openipmi ipmitool slurmctld slurm-client munge)
 VENV=${PROVISIONER_VENV:-.venv}
 
 need_apt=()
