@@ -1,0 +1,1 @@
+"""Diskless images: cpio archives, xz compression, kickstart parsing, kernels and their modules."""
