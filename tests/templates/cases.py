@@ -1,0 +1,43 @@
+"""Fixed boot contexts for the template tests: a BIOS node with a static address and an SSH
+key, a UEFI node on DHCP with scheduler features, and a node with no image yet."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from provisioner.model import Effective, Firmware, MacAddress, Node
+from provisioner.render import BootContext, Network
+
+BOOT = "http://10.10.0.1:8081"
+API = "http://10.10.0.1:8080"
+SCHEDULER = "http://10.10.0.1:8090"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGolden admin@head"
+
+
+def bios_context(token: str | None = None) -> BootContext:
+    node = Node(mac=MacAddress("52:54:00:00:00:01"), name="node001",
+                ip=ipaddress.IPv4Address("10.10.0.11"), firmware=Firmware.BIOS,
+                groups=("compute",))
+    settings = {"console": Effective("ttyS0,115200", "group:compute"),
+                "power_driver": Effective("ipmi", "group:compute"),
+                "power_password": Effective("hunter2", "node"),
+                "scheduler_partition": Effective("batch", "group:compute")}
+    network = Network(ip="10.10.0.11", prefix=24, gateway="10.10.0.1", dns=("10.10.0.1",),
+                      domain="cluster.example", mtu=9000)
+    return BootContext.for_node(node, settings, boot_base=BOOT, api_base=API,
+                                image_name="compute", image_version="3", network=network,
+                                scheduler_url=SCHEDULER, ssh_keys=[KEY], token=token)
+
+
+def uefi_context(token: str | None = None) -> BootContext:
+    node = Node(mac=MacAddress("52:54:00:00:00:02"), name="node002", firmware=Firmware.UEFI)
+    settings = {"console": "ttyS1,57600", "kernel_args": "panic=-1 quiet",
+                "scheduler_features": "gpu, ib"}
+    return BootContext.for_node(node, settings, boot_base=BOOT, api_base=API,
+                                image_name="compute", image_version="4",
+                                scheduler_url=SCHEDULER, token=token)
+
+
+def noimage_context() -> BootContext:
+    node = Node(mac=MacAddress("52:54:00:00:00:03"), name="node003", firmware=Firmware.BIOS)
+    return BootContext.for_node(node, {}, boot_base=BOOT, api_base=API)

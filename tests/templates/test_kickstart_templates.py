@@ -1,0 +1,33 @@
+"""The shipped compute kickstart renders to text the kickstart parser accepts, with variables
+given as lists (from code) or as strings (from `--var k=v`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from provisioner.images.kickstart import parse
+from provisioner.render import Renderer
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKickstart admin@head"
+
+
+@pytest.mark.parametrize(("variables", "modules", "services", "keys"), [
+    ({"name": "compute"}, ("virtio_net",), ("syslogd",), 0),
+    ({"name": "c2", "modules": "virtio_net e1000", "services": "syslogd,crond",
+      "ssh_keys": KEY}, ("virtio_net", "e1000"), ("syslogd", "crond"), 1),
+    ({"name": "c3", "modules": ["virtio_net", "e1000"], "ssh_keys": [KEY, KEY],
+      "root_password_hash": "$6$salt$hash"}, ("virtio_net", "e1000"), ("syslogd",), 2),
+])
+def test_compute_kickstart_parses(variables: dict[str, Any], modules: tuple[str, ...],
+                                  services: tuple[str, ...], keys: int) -> None:
+    text = Renderer().render("kickstart/compute.ks.j2", variables, node="image")
+    kickstart = parse(text, source="kickstart/compute.ks.j2")
+    assert kickstart.base.kind == "busybox"
+    assert kickstart.kernel == "linux-image-cloud-amd64"
+    assert kickstart.modules == modules
+    assert kickstart.services_enabled == services
+    assert len(kickstart.sshkeys) == keys
+    assert (kickstart.rootpw is not None) == ("root_password_hash" in variables)
+    assert f"{variables['name']}: diskless compute image" in kickstart.posts[0].body
