@@ -32,6 +32,13 @@ def test_file_then_environment(tmp_path: Path) -> None:
     assert settings.source == str(file)
 
 
+def test_environment_data_dir_wins_over_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text('data_dir = "/srv/prov"\n')
+    settings = load_settings(file, env={"PROVISIONER_DATA_DIR": str(tmp_path / "env")})
+    assert settings.data_dir == tmp_path / "env"
+
+
 def test_config_file_from_environment(tmp_path: Path) -> None:
     file = tmp_path / "p.toml"
     file.write_text('[store]\nbackend = "memory"\n')
