@@ -91,6 +91,10 @@ class SchedulerSettings:
     #: processes committing to one sqlite file wait on each other's write lock (handoff p99
     #: 5.5 s at 200 registrations/s, against 55 ms with two files). etcd is always shared.
     sqlite_path: str = ""
+    #: bearer token for every /sched/v1/ route but the node agent's poll and done (register,
+    #: drain, jobs); needed to listen beyond loopback: jobs run as root on the nodes. A secret:
+    #: prefer PROVISIONER_SCHEDULER_TOKEN to the file.
+    token: str = ""
 
     @property
     def client_url(self) -> str:

@@ -7,7 +7,9 @@
     ├── TemplateError: TemplateNotFound, RenderError
     ├── PowerError, HandoffError
     ├── ValidationError
-    └── ConfigError
+    ├── ConfigError
+    └── AuthError: Unauthorized, Forbidden
+    (InvalidTransition is a Conflict: the node is not in a state that allows the change)
 
 Each class's docstring is its default message (the dnspython way), so `raise Conflict()` already
 says something useful; pass a message to say more. Messages tell the operator what to do next.
@@ -126,3 +128,29 @@ class ConfigError(ProvisionerError):
     """The configuration is invalid; fix the named setting in the file or environment."""
 
     exit_code = 2
+
+
+class InvalidTransition(Conflict):
+    """The node is not in a state that allows this change; see its state with `node show`."""
+
+    def __init__(self, node: str, current: str, target: str, allowed: tuple[str, ...]) -> None:
+        self.node, self.current, self.target, self.allowed = node, current, target, allowed
+        targets = ", ".join(allowed) if allowed else "none (it is final)"
+        super().__init__(f"node {node} is {current}: it cannot go to {target}; "
+                         f"from {current} it can go to: {targets}")
+
+
+class AuthError(ProvisionerError):
+    """Authentication or authorisation failed."""
+
+    exit_code = 7
+
+
+class Unauthorized(AuthError):
+    """Missing, wrong or expired token; create one with `provisioner token create`."""
+
+
+class Forbidden(AuthError):
+    """The token is valid but its role does not allow this; use a token with a higher role."""
+
+    exit_code = 8

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from provisioner.errors import Conflict, NotFound, StoreError, ValidationError
+from provisioner.errors import Conflict, NotFound, ProvisionerError, StoreError, ValidationError
 from provisioner.model import (
     BootEvent,
     Effective,
@@ -138,11 +138,15 @@ class Follower:
                  apply: Callable[[WatchEvent], None]) -> None:
         self.store, self.prefix, self._apply = store, prefix, apply
         self._task: asyncio.Task[None] | None = None
+        #: the newest store revision applied to the view (read-your-writes waits on it)
+        self.applied = 0
+        self._advanced = asyncio.Event()
 
     async def start(self) -> None:
         result = await self.store.range(self.prefix)
         for kv in result.items:
             self._apply(WatchEvent(EventType.PUT, kv.key, kv.value, kv.mod_revision))
+        self.applied = result.revision
         self._task = asyncio.create_task(self._follow(result.revision + 1))
 
     async def stop(self) -> None:
@@ -154,6 +158,23 @@ class Follower:
     async def _follow(self, start: int) -> None:
         async for event in self.store.watch(self.prefix, start):
             self._apply(event)
+            self.applied = max(self.applied, event.revision)
+            self._advanced.set()
+
+    async def wait_applied(self, revision: int, timeout: float = 2.0) -> bool:
+        """Wait (bounded) until the view includes `revision`; False if it did not in time."""
+        if self._task is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied < revision:
+            self._advanced.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True
 
 
 class Inventory:
@@ -165,16 +186,22 @@ class Inventory:
         self._by_name: dict[str, str] = {}
         self._by_ip: dict[ipaddress.IPv4Address, str] = {}
         self._groups: dict[str, Group] = {}
-        self._follower = Follower(store, ROOT, self._apply)
+        # Two narrow watches rather than one on ROOT: events, audit entries, tokens and the
+        # outbox are written several times per boot callback, and on etcd every one of them
+        # would otherwise come back through the watch stream to be decoded and dropped.
+        self._follower = Follower(store, NODES, self._apply)
+        self._groups_follower = Follower(store, GROUPS, self._apply)
 
     # -- the cache -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load nodes and groups, then follow changes. Lookups are current from here on."""
+        await self._groups_follower.start()
         await self._follower.start()
 
     async def stop(self) -> None:
         await self._follower.stop()
+        await self._groups_follower.stop()
 
     def _apply(self, event: WatchEvent) -> None:
         try:
@@ -207,6 +234,10 @@ class Inventory:
         entry = self._nodes.get(mac.value if isinstance(mac, MacAddress) else mac)
         return entry.value if entry else None
 
+    def cached_node(self, mac: MacAddress) -> Versioned[Node] | None:
+        """A node and the revision it was written at, from the cache."""
+        return self._nodes.get(mac.value)
+
     def node_by_name(self, name: str) -> Node | None:
         mac = self._by_name.get(name)
         return self.node_by_mac(mac) if mac else None
@@ -220,6 +251,27 @@ class Inventory:
 
     def cached_groups(self) -> dict[str, Group]:
         return dict(self._groups)
+
+    async def settle(self, revision: int) -> None:
+        """After a write at `revision`, let the cached view catch up so a following list
+        shows it (bounded; the cache is eventually consistent either way)."""
+        await self._follower.wait_applied(revision)
+
+    def page_nodes(self, *, limit: int, cursor: str | None = None,
+                   state: NodeState | None = None, group: str | None = None,
+                   image: str | None = None) -> tuple[list[Node], str | None]:
+        """A page of cached nodes sorted by name, after the name `cursor`; the next cursor is
+        the last name shown, or None on the last page. `image` matches NAME and NAME:VERSION."""
+        names = sorted(n for n in self._by_name if cursor is None or n > cursor)
+        page: list[Node] = []
+        for name in names:
+            node = self.node_by_name(name)
+            if node is None or not _matches(node, state, group, image):
+                continue
+            if len(page) == limit:
+                return page, page[-1].name
+            page.append(node)
+        return page, None
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -268,9 +320,15 @@ class Inventory:
 
     async def update_node(self, ref: str, change: Callable[[Node], Node]) -> Node:
         """Apply `change` to the current node and write it back with CAS, retrying on races."""
-        for _ in range(CAS_RETRIES):
-            current = await self.get_node(ref)
-            updated = change(current.value)
+        return (await self.update_node_versioned(ref, change)).value
+
+    async def update_node_versioned(self, ref: str,
+                                    change: Callable[[Node], Node]) -> Versioned[Node]:
+        """`update_node`, returning the revision written too."""
+        for attempt in range(CAS_RETRIES):
+            # The first try starts from the watch-fed cache (no store round trip); a stale
+            # entry only costs a Conflict, and every retry reads the store.
+            current, updated = await self._apply_change(ref, change, cached=attempt == 0)
             if updated.mac != current.value.mac:
                 raise ValidationError("mac", "a node's MAC cannot change; delete and add it")
             if updated.ip != current.value.ip:
@@ -279,15 +337,16 @@ class Inventory:
             if renamed:
                 await self._claim_name(updated.name, updated.mac)
             try:
-                await self.store.put(NODES + updated.mac.value, _dump(node_to_dict(updated)),
-                                     expect=current.revision)
+                revision = await self.store.put(NODES + updated.mac.value,
+                                                _dump(node_to_dict(updated)),
+                                                expect=current.revision)
             except Conflict:
                 if renamed:
                     await self._release_name(updated.name, updated.mac)
                 continue
             if renamed:
                 await self._release_name(current.value.name, updated.mac)
-            return updated
+            return Versioned(updated, revision)
         raise Conflict(f"node {ref!r} kept changing under us; try again")
 
     async def delete_node(self, ref: str) -> Node:
@@ -295,6 +354,28 @@ class Inventory:
         await self.store.delete(NODES + current.value.mac.value, expect=current.revision)
         await self._release_name(current.value.name, current.value.mac)
         return current.value
+
+    async def _apply_change(self, ref: str, change: Callable[[Node], Node], *,
+                            cached: bool) -> tuple[Versioned[Node], Node]:
+        """(the node read, change applied to it). A refusal by `change` of a cached copy is
+        checked again against the store: the cache may be behind."""
+        entry = self._cached_ref(ref) if cached else None
+        if entry is not None:
+            try:
+                return entry, change(entry.value)
+            except ProvisionerError:
+                pass
+        current = await self.get_node(ref)
+        return current, change(current.value)
+
+    def _cached_ref(self, ref: str) -> Versioned[Node] | None:
+        mac = self._by_name.get(ref)
+        if mac is None:
+            try:
+                mac = MacAddress(ref).value
+            except ValidationError:
+                return None
+        return self._nodes.get(mac)
 
     def _check_ip_free(self, node: Node) -> None:
         """Best effort from the cache (when started); DHCP leases are the authority for IPs."""
@@ -408,3 +489,15 @@ class Inventory:
     async def list_events(self, mac: MacAddress) -> list[BootEvent]:
         result = await self.store.range(f"{EVENTS}{mac.value}/")
         return [event_from_dict(json.loads(kv.value)) for kv in result.items]
+
+
+def image_matches(node_image: str | None, wanted: str) -> bool:
+    """`compute` matches nodes on compute and compute:N; `compute:2` only compute:2."""
+    if node_image is None:
+        return False
+    return node_image == wanted or (":" not in wanted and node_image.startswith(wanted + ":"))
+
+
+def _matches(node: Node, state: NodeState | None, group: str | None, image: str | None) -> bool:
+    return ((state is None or node.state is state) and (group is None or group in node.groups)
+            and (image is None or image_matches(node.image, image)))

@@ -162,6 +162,7 @@ SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
         "power_address": SettingSpec(str, "BMC address, Redfish URL or QMP socket path"),
         "power_user": SettingSpec(str, "BMC user name"),
         "power_password": SettingSpec(str, "BMC password", secret=True),
+        "power_tls_verify": SettingSpec(str, "Redfish TLS: true, false (self-signed) or CA file"),
         "scheduler_partition": SettingSpec(str, "partition the node joins in the scheduler"),
         "scheduler_features": SettingSpec(str, "comma-separated features for the scheduler"),
         "callback_timeout": SettingSpec(int, "seconds to wait for the boot callback"),

@@ -1,4 +1,10 @@
-"""Composition root: the store, the inventory, TFTP and the HTTP API on one event loop."""
+"""Composition root: the store, the inventory, DHCP, TFTP, the boot plane, the lifecycle, the
+handoff outbox and the HTTP API, all on one event loop.
+
+The loop is the standard asyncio one, not uvloop: uvloop has no `loop.sendfile` (it raises
+NotImplementedError), and the boot plane sends every image with sendfile. uvicorn still uses
+httptools for HTTP parsing.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,39 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
 
 from provisioner.api.app import create_app
+from provisioner.api.context import ApiContext
+from provisioner.audit import AuditLog
+from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
 from provisioner.config import Settings
 from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
+from provisioner.handoff import open_handoff
+from provisioner.handoff.outbox import HandoffQueue
+from provisioner.images.catalog import ImageCatalog
+from provisioner.images.overlay import OverlayBuilder
 from provisioner.inventory import Inventory
+from provisioner.lifecycle import Lifecycle
 from provisioner.model import BootEvent, MacAddress
+from provisioner.render import Renderer
 from provisioner.store import open_store
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
 from provisioner.tftp.session import SessionConfig, TransferCompleted
 from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe_chain_provider
+from provisioner.tokens import ApiTokens, BootTokens
 
 log = logging.getLogger("provisioner")
+SWEEP_INTERVAL = 5.0  # seconds between looks for nodes whose boot callback is overdue
+#: deliveries to the scheduler in flight at once. Measured (bench/api.py, 200 callbacks/s):
+#: with 64, httpcore's pool spent most of the appliance's CPU scanning its connections and
+#: callback-to-ready took seconds; a few kept-alive connections keep up with the scheduler.
+HANDOFF_CONCURRENCY = 8
 
 
 def run_service(settings: Settings, *, listen: str, port: int, log_level: str = "INFO") -> None:
@@ -53,6 +74,29 @@ def boot_http_base(settings: Settings, server_ip: str | None) -> str:
     candidates = (settings.boot.listen, server_ip or "", settings.tftp.listen)
     host = next((h for h in candidates if h and h != "0.0.0.0"), "127.0.0.1")
     return f"http://{host}" + ("" if settings.boot.port == 80 else f":{settings.boot.port}")
+
+
+def api_public_base(settings: Settings, server_ip: str | None) -> str:
+    """The API's URL as booted nodes reach it (their callback goes to /node/v1/booted)."""
+    if settings.api.public_url:
+        return settings.api.public_url.rstrip("/")
+    host = boot_http_base(settings, server_ip).removeprefix("http://").rsplit(":", 1)[0]
+    if settings.api.listen not in ("", "0.0.0.0", "::"):
+        host = settings.api.listen
+    return f"http://{host}:{settings.api.port}"
+
+
+def check_exposure(settings: Settings, listen: str) -> None:
+    """Admin auth may be off only when the API is reachable from this machine alone."""
+    if settings.api.auth:
+        return
+    try:
+        loopback = listen == "localhost" or ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"api.auth is off but the API would listen on {listen}: turn "
+                          "[api] auth on, or listen on 127.0.0.1 only")
 
 
 class _TransferRecorder:
@@ -97,13 +141,21 @@ class _TransferRecorder:
 class Appliance:
     """Everything `provisioner serve` runs, started in order and stopped in reverse."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = open_store(settings)
         self.inventory = Inventory(self.store)
+        self.audit = AuditLog(self.store)
+        self.boot_tokens = BootTokens(self.store)
+        self.api_tokens = ApiTokens(self.store)
+        self.lifecycle = Lifecycle(self.inventory, None, clock, settings.defaults)
+        self.catalog = ImageCatalog(settings.images_dir, settings.images.keep)
+        self.handoff: HandoffQueue | None = None
         self.dhcp: DhcpServer | None = None
         self.tftp: TftpServer | None = None
         self.boot: BootHttpServer | None = None
+        self.boot_plane: BootPlane | None = None
 
     def counters(self) -> dict[str, dict[str, int]]:
         parts = {"dhcp": self.dhcp, "tftp": self.tftp, "boot": self.boot}
@@ -130,11 +182,61 @@ class Appliance:
             await _bind("tftp", f"{s.tftp.listen}:{s.tftp.port}", self.tftp.start(),
                         "set [tftp] listen/port, or enabled = false")
             stack.push_async_callback(self.tftp.close)
+        await self.lifecycle.start()
+        await self._start_handoff(stack)
         s.images_dir.mkdir(parents=True, exist_ok=True)
         self.boot = BootHttpServer(s.images_dir, max_connections=s.boot.max_connections)
+        self.boot_plane = self._boot_plane(server_ip)
+        self.boot_plane.register(self.boot)
         await _bind("boot http", f"{s.boot.listen}:{s.boot.port}",
                     self.boot.start(s.boot.listen, s.boot.port), "set [boot] listen/port")
         stack.push_async_callback(self.boot.close)
+        sweeper = asyncio.create_task(self._sweep(), name="lifecycle sweeper")
+        stack.push_async_callback(_cancel, sweeper)
+
+    def _boot_plane(self, server_ip: str | None) -> BootPlane:
+        s = self.settings
+        renderer = Renderer.from_settings(s.images.templates)
+        return BootPlane(s, self.inventory, self.lifecycle, self.boot_tokens, self.audit,
+                         renderer, OverlayBuilder(renderer), self.catalog,
+                         boot_base=boot_http_base(s, server_ip),
+                         api_base=api_public_base(s, server_ip),
+                         scheduler_url=s.scheduler.client_url, clock=self.clock)
+
+    async def _start_handoff(self, stack: contextlib.AsyncExitStack) -> None:
+        """The durable outbox to the scheduler, unless `[handoff] kind = "none"`: then booted
+        nodes are ready at once (their timeline says the handoff is off)."""
+        s = self.settings
+        if s.handoff.kind == "none":
+            return
+        handoff = open_handoff(s)
+        stack.push_async_callback(handoff.close)
+        self.handoff = HandoffQueue(self.store, handoff, self.lifecycle.confirmed,
+                                    first_delay=s.handoff.first_delay,
+                                    max_delay=s.handoff.max_delay,
+                                    concurrency=HANDOFF_CONCURRENCY)
+        self.lifecycle.handoff = self.handoff
+        await self.handoff.start()
+        stack.push_async_callback(self.handoff.stop)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                for mac in await self.lifecycle.sweep():
+                    log.warning("node %s: no boot callback in time; it is failed", mac)
+            except ProvisionerError as exc:
+                log.warning("lifecycle sweep: %s", exc)
+
+    def api_context(self) -> ApiContext:
+        return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
+                          self.api_tokens, self.audit, self.catalog, self.counters, self.clock)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -> None:
@@ -145,12 +247,15 @@ async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -
 
 
 async def _serve(settings: Settings, listen: str, port: int) -> None:
+    check_exposure(settings, listen)
     async with contextlib.AsyncExitStack() as stack:
         appliance = Appliance(settings)
         await appliance.start(stack)
-        app = create_app(appliance.inventory, counters=appliance.counters)
+        app = create_app(appliance.api_context())
+        # loop="asyncio": we already run inside the loop (see the module docstring on uvloop).
         server = uvicorn.Server(uvicorn.Config(app, host=listen, port=port, log_level="info",
-                                               access_log=False))
+                                               access_log=False, http="httptools",
+                                               loop="asyncio"))
         log.info("serving the API on http://%s:%d (Ctrl-C to stop)", listen, port)
         await server.serve()
         if not server.started:

@@ -8,11 +8,14 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from provisioner.api.app import create_app
 from provisioner.config import load_settings
-from provisioner.service import Appliance, boot_http_base
+from provisioner.errors import ConfigError
+from provisioner.service import Appliance, api_public_base, boot_http_base, check_exposure
 from provisioner.tftp.packet import Mode, Opcode, encode_request
+from provisioner.tokens import Role
 
 
 async def test_appliance_starts_tftp_and_boot_and_reports_counters(tmp_path: Path) -> None:
@@ -20,7 +23,7 @@ async def test_appliance_starts_tftp_and_boot_and_reports_counters(tmp_path: Pat
         "PROVISIONER_DATA_DIR": str(tmp_path), "PROVISIONER_STORE_BACKEND": "memory",
         "PROVISIONER_TFTP_LISTEN": "127.0.0.1", "PROVISIONER_TFTP_PORT": "0",
         "PROVISIONER_TFTP_IPXE_DIR": "", "PROVISIONER_BOOT_LISTEN": "127.0.0.1",
-        "PROVISIONER_BOOT_PORT": "0"})
+        "PROVISIONER_BOOT_PORT": "0", "PROVISIONER_HANDOFF_KIND": "none"})
     async with contextlib.AsyncExitStack() as stack:
         appliance = Appliance(settings)
         await appliance.start(stack)
@@ -28,12 +31,18 @@ async def test_appliance_starts_tftp_and_boot_and_reports_counters(tmp_path: Pat
         request = encode_request(Opcode.RRQ, "missing.bin", Mode.OCTET)
         reply = await asyncio.to_thread(_ask, request, appliance.tftp.address)
         assert reply[:4] == b"\x00\x05\x00\x01"  # ERROR 1: file not found
-        app = create_app(appliance.inventory, counters=appliance.counters)
+        app = create_app(appliance.api_context())
+        _, token = await appliance.api_tokens.create(Role.VIEWER, "test", 0.0)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://test") as api:
+                                     base_url="http://test",
+                                     headers={"Authorization": f"Bearer {token}"}) as api:
             counters = (await api.get("/api/v1/counters")).json()
         assert counters["tftp"]["rejected:not_found"] == 1
         assert "boot" in counters and "dhcp" not in counters
+        host, port = appliance.boot.address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as boot:
+            script = await boot.get("/boot/52:54:00:00:00:01.ipxe")
+        assert script.status_code == 200 and "not a registered node" in script.text
 
 
 def _ask(datagram: bytes, address: tuple[str, int]) -> bytes:
@@ -49,3 +58,23 @@ def test_boot_url_prefers_a_reachable_address() -> None:
     assert boot_http_base(settings, None) == "http://10.0.0.1:8069"
     assert boot_http_base(settings, "10.9.9.9") == "http://10.9.9.9:8069"
     assert boot_http_base(load_settings(env={}), None) == "http://127.0.0.1"
+
+
+def test_the_callback_url_follows_the_boot_host_or_the_public_url() -> None:
+    settings = load_settings(env={"PROVISIONER_BOOT_PORT": "8069",
+                                  "PROVISIONER_TFTP_LISTEN": "10.0.0.1",
+                                  "PROVISIONER_API_LISTEN": "0.0.0.0"})
+    assert api_public_base(settings, None) == "http://10.0.0.1:8080"
+    public = load_settings(env={"PROVISIONER_API_PUBLIC_URL": "https://head.example/"})
+    assert api_public_base(public, None) == "https://head.example"
+
+
+def test_auth_may_be_off_only_on_loopback() -> None:
+    off = load_settings(env={"PROVISIONER_API_AUTH": "false"})
+    check_exposure(off, "127.0.0.1")
+    check_exposure(off, "::1")
+    check_exposure(load_settings(env={}), "0.0.0.0")
+    for exposed in ("0.0.0.0", "10.0.0.1", "head.example"):
+        with pytest.raises(ConfigError, match=r"api\.auth is off") as refused:
+            check_exposure(off, exposed)
+        assert "\n" not in str(refused.value)

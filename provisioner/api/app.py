@@ -1,49 +1,40 @@
-"""create_app(): the appliance's HTTP API over an Inventory that is already started."""
+"""create_app(): the FastAPI app with the admin plane (/api/v1/) and the node plane (/node/v1/).
+
+The boot plane (/boot/) is not here: it is served by boot/server.py with sendfile, and its
+rendered routes live in boot/routes.py. Request bodies are capped and depth-checked by
+api/limits.py before any route runs; errors are translated once by api/errors.py.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-from typing import Any
 
 from fastapi import FastAPI
 
 from provisioner import __version__
 from provisioner.api import errors
-from provisioner.inventory import Inventory, node_to_dict
-from provisioner.model import NodeState, parse_enum, redact
+from provisioner.api.auth import Authority
+from provisioner.api.context import ApiContext
+from provisioner.api.limits import BodyLimit
+from provisioner.api.routes import config, node, nodes, reimage
 
-Counters = Callable[[], Mapping[str, Mapping[str, int]]]
+DESCRIPTION = """Bare-metal provisioning appliance.
+
+* **Admin plane** `/api/v1/`: bearer tokens with roles viewer < operator < admin
+  (`provisioner token create --role ...`).
+* **Node plane** `/node/v1/`: boot callbacks, authenticated by each node's one-boot token.
+
+Every error answers `{"error": CODE, "message": ...}`; the message says what to do next.
+"""
 
 
-def create_app(inventory: Inventory, counters: Counters | None = None) -> FastAPI:
-    app = FastAPI(title="provisioner", version=__version__)
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(title="provisioner", version=__version__, description=DESCRIPTION)
+    app.add_middleware(BodyLimit, max_body=ctx.settings.api.max_body)
     errors.install(app)
-
-    @app.get("/api/v1/counters")
-    async def get_counters() -> Mapping[str, Mapping[str, int]]:
-        """Per-service counters: DHCP messages by type and drops by reason, TFTP transfers
-        and refusals by reason, boot-plane requests."""
-        return counters() if counters is not None else {}
-
-    @app.get("/healthz")
-    async def health() -> dict[str, Any]:
-        status = await inventory.store.status()
-        return {"status": "ok", "store": status.backend, "revision": status.revision}
-
-    @app.get("/api/v1/nodes")
-    async def list_nodes(state: str | None = None) -> list[dict[str, Any]]:
-        wanted = parse_enum(NodeState, state, "state") if state else None
-        nodes = sorted(inventory.cached_nodes(), key=lambda n: n.name)
-        return [_shown(n) for n in nodes if wanted is None or n.state is wanted]
-
-    @app.get("/api/v1/nodes/{ref}")
-    async def get_node(ref: str) -> dict[str, Any]:
-        return _shown((await inventory.get_node(ref)).value)
-
+    auth = Authority(ctx.api_tokens, ctx.audit, ctx.clock, enabled=ctx.settings.api.auth)
+    app.include_router(config.health_router(ctx))
+    app.include_router(nodes.router(ctx, auth))
+    app.include_router(reimage.router(ctx, auth))
+    app.include_router(config.router(ctx, auth))
+    app.include_router(node.router(ctx))
+    app.state.context = ctx
     return app
-
-
-def _shown(node: Any) -> dict[str, Any]:
-    data = node_to_dict(node)
-    data["settings"] = redact(node.settings)
-    return data

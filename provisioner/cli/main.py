@@ -14,7 +14,9 @@ import typer
 from typer.core import TyperGroup
 
 from provisioner import __version__
-from provisioner.cli import group, node, serve, store
+from provisioner.cli import group, image, node, serve, store
+from provisioner.cli import scheduler as scheduler_cli
+from provisioner.cli import token as token_cli
 from provisioner.cli.common import CliState
 from provisioner.errors import ProvisionerError
 
@@ -44,6 +46,9 @@ app = typer.Typer(
 app.add_typer(node.app, name="node")
 app.add_typer(group.app, name="group")
 app.add_typer(store.app, name="store")
+app.add_typer(token_cli.app, name="token")
+app.add_typer(image.app, name="image")
+app.add_typer(scheduler_cli.app, name="scheduler")
 app.command("serve")(serve.serve)
 
 

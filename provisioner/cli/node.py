@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import typer
 
+from provisioner.cli import power as power_cli
+from provisioner.cli import reimage as reimage_cli
 from provisioner.cli.common import (
     JSON_OPTION,
     parse_assignments,
@@ -18,6 +21,7 @@ from provisioner.cli.common import (
 from provisioner.errors import ValidationError
 from provisioner.inventory import Inventory, node_to_dict
 from provisioner.model import (
+    BootEvent,
     Effective,
     Firmware,
     MacAddress,
@@ -30,6 +34,8 @@ from provisioner.model import (
 )
 
 app = typer.Typer(help="Compute nodes: add, list, show, set, delete.", no_args_is_help=True)
+app.command("power")(power_cli.power)
+app.command("reimage")(reimage_cli.reimage)
 
 NODE_ARG = typer.Argument(..., help="Node name or MAC address.", show_default=False)
 
@@ -194,3 +200,48 @@ def delete(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
 
     for node in with_inventory(ctx, act):
         typer.echo(f"deleted node {node.name} ({node.mac})")
+
+
+@app.command("events")
+def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION) -> None:
+    """The node's timeline: every event, and how long it stayed in each state."""
+    import time
+
+    from provisioner.lifecycle import timeline
+
+    async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
+        node = (await inv.get_node(ref)).value
+        return node, await inv.list_events(node.mac)
+
+    node, found = with_inventory(ctx, act)
+    entries = timeline(found, time.time())
+    if as_json:
+        print_json([{"kind": e.event.kind, "at": e.event.at, "offset": e.offset,
+                     "state": e.state, "duration": e.duration, "detail": dict(e.event.detail)}
+                    for e in entries])
+        return
+    typer.echo(f"{node.name} ({node.mac}) is {node.state}")
+    print_table(["time", "offset", "event", "in state", "detail"],
+                [[_clock(e.event.at), f"+{e.offset:.3f}s", e.event.kind,
+                  _span(e.duration), _detail(e.event.detail)] for e in entries])
+
+
+def _clock(at: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.3f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{rest:02d}s" if minutes >= 60 \
+        else f"{minutes}m{rest:02d}s"
+
+
+def _detail(detail: Mapping[str, Any]) -> str:
+    text = " ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, "", [], {}))
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,70 @@
+"""Bearer tokens with roles on the admin plane: viewer reads, operator changes nodes, power and
+reimage, admin manages groups, images, tokens, settings and the audit log.
+
+`Authority.need(role)` is a FastAPI dependency returning the caller (a Principal); it is also
+what puts the bearer security scheme into the OpenAPI schema. Every refusal is audited. With
+`[api] auth = false` (allowed on loopback only, service.py checks) every caller is an admin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from provisioner.audit import AuditLog
+from provisioner.errors import Forbidden, Unauthorized
+from provisioner.tokens import API_TOKEN_REFUSED, ApiTokens, Role
+
+BEARER = HTTPBearer(auto_error=False, description="a token from `provisioner token create`")
+_CREDENTIALS = Security(BEARER)
+NO_TOKEN = ("this API needs a bearer token: create one with `provisioner token create --role "
+            "viewer` and send `Authorization: Bearer TOKEN`")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    who: str  # for the audit log: "token:NAME(ID)" or "anonymous"
+    role: Role
+
+
+class Authority:
+    def __init__(self, tokens: ApiTokens, audit: AuditLog, clock: Callable[[], float], *,
+                 enabled: bool) -> None:
+        self.tokens, self.audit, self.clock, self.enabled = tokens, audit, clock, enabled
+
+    def need(self, role: Role) -> Any:
+        async def check(request: Request, credentials: HTTPAuthorizationCredentials | None =
+                        _CREDENTIALS) -> Principal:
+            return await self.authorise(request, credentials, role)
+
+        return Depends(check)
+
+    async def authorise(self, request: Request,
+                        credentials: HTTPAuthorizationCredentials | None,
+                        role: Role) -> Principal:
+        if not self.enabled:
+            return Principal("anonymous", Role.ADMIN)
+        target = f"{request.method} {request.url.path}"
+        client = request.client.host if request.client else "?"
+        if credentials is None:
+            await self._denied(f"client:{client}", target, "no bearer token")
+            raise Unauthorized(NO_TOKEN)
+        try:
+            token = await self.tokens.authenticate(credentials.credentials)
+        except Unauthorized:
+            await self._denied(f"client:{client}", target, "bad bearer token")
+            raise Unauthorized(API_TOKEN_REFUSED) from None
+        principal = Principal(f"token:{token.name}({token.id})", token.role)
+        if token.role < role:
+            await self._denied(principal.who, target, f"role {token.role.label} < {role.label}")
+            raise Forbidden(f"this needs the {role.label} role and token {token.name!r} is "
+                            f"{token.role.label}; use a token created with --role {role.label}")
+        return principal
+
+    async def _denied(self, who: str, target: str, reason: str) -> None:
+        await self.audit.record(who, "auth", target, "denied", self.clock(),
+                                detail={"reason": reason})

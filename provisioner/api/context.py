@@ -1,0 +1,43 @@
+"""What the API routes work with, built once by service.py (or a test) and passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from provisioner.audit import AuditLog
+from provisioner.config import Settings
+from provisioner.images.catalog import ImageCatalog
+from provisioner.inventory import Inventory
+from provisioner.lifecycle import Lifecycle
+from provisioner.tokens import ApiTokens, BootTokens
+
+Counters = Callable[[], Mapping[str, Mapping[str, int]]]
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    inventory: Inventory
+    lifecycle: Lifecycle
+    boot_tokens: BootTokens
+    api_tokens: ApiTokens
+    audit: AuditLog
+    catalog: ImageCatalog
+    counters: Counters | None = None
+    clock: Callable[[], float] = field(default=time.time)
+    #: background work started by requests (rollouts), kept so it is not garbage-collected
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, settings: Settings, inventory: Inventory, *,
+              lifecycle: Lifecycle | None = None, counters: Counters | None = None,
+              clock: Callable[[], float] = time.time) -> ApiContext:
+        """The usual wiring over one inventory (its store holds tokens and audit too)."""
+        store = inventory.store
+        return cls(settings, inventory,
+                   lifecycle or Lifecycle(inventory, None, clock, settings.defaults),
+                   BootTokens(store), ApiTokens(store), AuditLog(store),
+                   ImageCatalog(settings.images_dir, settings.images.keep), counters, clock)

@@ -1,0 +1,1 @@
+"""Route modules: admin plane (nodes.py, config.py) and node plane (node.py)."""

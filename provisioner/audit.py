@@ -1,0 +1,81 @@
+"""The append-only audit log: who did what to which object, and whether it was allowed.
+
+    /provisioner/v1/audit/<seq>   {"seq", "who", "action", "target", "outcome", "at", "detail"}
+
+`seq` is the entry's time in nanoseconds, zero-padded so that keys sort in time order; entries
+are created with `expect=0` (never overwritten) and this module has no delete. Every admin
+change, every authentication failure and every one-boot token use is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from provisioner.errors import Conflict, StoreError
+from provisioner.store.base import KeyValueStore
+
+log = logging.getLogger(__name__)
+
+AUDIT: Final = "/provisioner/v1/audit/"
+_BUMPS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: str
+    who: str  # "token:NAME(ID)", "node:MAC", "cli:USER", "anonymous"
+    action: str  # "node.create", "auth", "boot_token.redeem", ...
+    target: str
+    outcome: str  # "ok", "denied", "failed"
+    at: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "who": self.who, "action": self.action, "target": self.target,
+                "outcome": self.outcome, "at": self.at, "detail": dict(self.detail)}
+
+
+class AuditLog:
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+
+    async def record(self, who: str, action: str, target: str, outcome: str, at: float, *,
+                     detail: Mapping[str, Any] | None = None) -> AuditEntry | None:
+        """Append one entry. A store failure is logged, not raised: the audit log must not
+        turn a refused request into a 500, nor undo a change that already happened."""
+        base = int(at * 1e9)
+        for bump in range(_BUMPS):
+            entry = AuditEntry(f"{base + bump:020d}", who, action, target, outcome, at,
+                               dict(detail or {}))
+            try:
+                await self.store.put(AUDIT + entry.seq, json.dumps(
+                    entry.to_dict(), separators=(",", ":"), default=str).encode(), expect=0)
+                return entry
+            except Conflict:
+                continue
+            except StoreError as exc:
+                log.error("audit: could not record %s %s %s: %s", who, action, target, exc)
+                return None
+        log.error("audit: no free sequence number for %s %s", action, target)
+        return None
+
+    async def entries(self, *, limit: int = 100, before: str | None = None,
+                      action: str | None = None) -> list[AuditEntry]:
+        """Newest first; `before` is a seq from an earlier page."""
+        result = await self.store.range(AUDIT)
+        found: list[AuditEntry] = []
+        for kv in reversed(result.items):
+            data = json.loads(kv.value)
+            if before is not None and data["seq"] >= before:
+                continue
+            if action is not None and data["action"] != action:
+                continue
+            found.append(AuditEntry(data["seq"], data["who"], data["action"], data["target"],
+                                    data["outcome"], data["at"], data.get("detail", {})))
+            if len(found) >= limit:
+                break
+        return found

@@ -1,0 +1,206 @@
+"""Boot-plane routes rendered per node, registered on BootHttpServer by service.py.
+
+    /boot/<mac>.ipxe                     the node's iPXE script; marks it provisioning
+    /boot/nodes/<mac>/overlay.cpio.xz    its overlay, with a fresh one-boot token appended
+    /boot/nodes/<mac>/install.ks         its install kickstart, only while provisioning
+
+iPXE never gets a 404 for a script: an unknown MAC, a node with no (or a missing) image and a
+retired node all get a script that says why, waits and asks again, so a node racked before
+it is registered boots as soon as it is. A failed render fails that node only: 500 with the
+one-line reason, and the reason on its timeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from provisioner.audit import AuditLog
+from provisioner.boot.httpcore import Request
+from provisioner.boot.server import BootHttpServer, Reply
+from provisioner.config import Settings
+from provisioner.errors import (
+    ImageError,
+    InvalidTransition,
+    NotFound,
+    TemplateError,
+    ValidationError,
+)
+from provisioner.images.catalog import ImageCatalog, ImageVersion
+from provisioner.images.overlay import OverlayBuilder
+from provisioner.inventory import Inventory
+from provisioner.lifecycle import BOOTABLE, Lifecycle
+from provisioner.model import BootEvent, MacAddress, Node, NodeState, effective_settings
+from provisioner.render import BootContext, Network, Renderer
+from provisioner.tokens import BootTokens
+
+log = logging.getLogger(__name__)
+
+SCRIPT: Final = re.compile(r"/boot/([0-9A-Fa-f:.-]{12,17})\.ipxe")
+NODE_FILE: Final = re.compile(
+    r"/boot/nodes/([0-9A-Fa-f:.-]{12,17})/(overlay\.cpio\.xz|install\.ks)")
+IPXE: Final = "text/plain; charset=utf-8"
+WAIT_SECONDS: Final = 30
+
+
+def wait_script(script_url: str, reason: str) -> str:
+    """A script that says why it cannot boot yet, then asks again (never a dead end)."""
+    reason = reason.replace("\n", " ")
+    return (f"#!ipxe\n:wait\necho provisioner: {reason}\n"
+            f"echo provisioner: asking again in {WAIT_SECONDS} s\nsleep {WAIT_SECONDS}\n"
+            f"chain --replace --autofree {script_url} || goto wait\n")
+
+
+@dataclass
+class BootPlane:
+    """Everything the routes need; `boot_base` and `api_base` are URLs as nodes reach them."""
+
+    settings: Settings
+    inventory: Inventory
+    lifecycle: Lifecycle
+    tokens: BootTokens
+    audit: AuditLog
+    renderer: Renderer
+    overlays: OverlayBuilder
+    catalog: ImageCatalog
+    boot_base: str
+    api_base: str
+    scheduler_url: str = ""
+    clock: Callable[[], float] = time.time
+
+    def register(self, server: BootHttpServer) -> None:
+        server.route("/boot/nodes/", self.node_file)
+        server.route("/boot/", self.script)
+
+    # -- /boot/<mac>.ipxe -----------------------------------------------------------------
+
+    async def script(self, request: Request, client: str) -> Reply:
+        match = SCRIPT.fullmatch(request.path)
+        if match is None:
+            raise NotFound(f"{request.path}: no such boot resource")
+        mac = _mac(match.group(1), request.path)
+        url = f"{self.boot_base}/boot/{mac.value}.ipxe"
+        node = self.inventory.node_by_mac(mac)
+        if node is None:
+            return _ipxe(wait_script(url, f"{mac} is not a registered node; add it with "
+                                     f"`provisioner node add {mac} --name NAME`"))
+        if node.state not in BOOTABLE:
+            return _ipxe(wait_script(url, f"node {node.name} is {node.state}; boots resume "
+                                     "when it is registered again"))
+        image = self._image(node)
+        try:
+            context = self.context(node, image)
+            template = str(context.settings.get("ipxe_script") or "ipxe/boot.ipxe.j2")
+            text = self.renderer.render(template, context.variables(), node=node.name)
+        except TemplateError as exc:
+            return await self._render_failed(node, "ipxe", exc)
+        if image is not None:
+            await self._served(node, image)
+        return _ipxe(text)
+
+    async def _served(self, node: Node, image: ImageVersion) -> None:
+        try:
+            await self.lifecycle.boot_script_served(node.mac, image.name, image.version)
+        except InvalidTransition as exc:  # it moved meanwhile; the script is still right
+            log.info("boot: %s", exc)
+
+    def _image(self, node: Node) -> ImageVersion | None:
+        """The image version the node boots, or None (no image set, or it does not exist:
+        the script then waits, and the node's timeline says why)."""
+        ref = self._effective(node).get("image")
+        if not ref:
+            return None
+        try:
+            return self.catalog.resolve(str(ref))
+        except (ImageError, ValueError) as exc:
+            log.warning("boot: node %s: %s", node.name, exc)
+            return None
+
+    def _effective(self, node: Node) -> dict[str, object]:
+        resolved = effective_settings(node, self.inventory.cached_groups(),
+                                      self.settings.defaults)
+        return {k: e.value for k, e in resolved.items()}
+
+    def context(self, node: Node, image: ImageVersion | None, token: str | None = None,
+                ) -> BootContext:
+        resolved = effective_settings(node, self.inventory.cached_groups(),
+                                      self.settings.defaults)
+        return BootContext.for_node(
+            node, resolved, boot_base=self.boot_base, api_base=self.api_base,
+            image_name=image.name if image else None,
+            image_version=image.version if image else None,
+            network=Network.for_ip(node.ip, self.settings.dhcp.subnets),
+            scheduler_url=self.scheduler_url, token=token)
+
+    # -- /boot/nodes/<mac>/... ------------------------------------------------------------
+
+    async def node_file(self, request: Request, client: str) -> Reply:
+        match = NODE_FILE.fullmatch(request.path)
+        if match is None:
+            raise NotFound(f"{request.path}: no such boot resource")
+        mac = _mac(match.group(1), request.path)
+        cached = self.inventory.cached_node(mac)
+        if cached is None:
+            raise NotFound(f"{mac} is not a registered node")
+        node = cached.value
+        if match.group(2) == "install.ks":
+            return await self.kickstart(node)
+        return await self.overlay(node, cached.revision)
+
+    async def overlay(self, node: Node, revision: int) -> Reply:
+        image = self._image(node)
+        token = await self.tokens.issue(node.mac, self.settings.api.boot_token_ttl,
+                                        self.clock())
+        try:
+            data = self.overlays.build(self.context(node, image, token), node_revision=revision)
+        except TemplateError as exc:
+            return await self._render_failed(node, "overlay", exc)
+        await self.audit.record(f"node:{node.mac}", "boot_token.issue", node.mac.value, "ok",
+                                self.clock())
+        await self._event(node, "overlay_served", {"bytes": len(data)})
+        return Reply(data, "application/octet-stream")
+
+    async def kickstart(self, node: Node) -> Reply:
+        if node.state is not NodeState.PROVISIONING:
+            return Reply(f"node {node.name} is {node.state}: its kickstart is served only "
+                         "while it is provisioning; reboot it into its boot script first\n"
+                         .encode(), status=403)
+        try:
+            text = self.renderer.render("kickstart/install.ks.j2",
+                                        self.context(node, self._image(node)).variables(),
+                                        node=node.name)
+        except TemplateError as exc:
+            return await self._render_failed(node, "kickstart", exc)
+        await self._event(node, "kickstart_served", {})
+        return Reply(text.encode())
+
+    # -- failures -------------------------------------------------------------------------
+
+    async def _render_failed(self, node: Node, what: str, exc: TemplateError) -> Reply:
+        reason = " ".join(str(exc).split())
+        log.warning("boot: %s for node %s failed: %s", what, node.name, reason)
+        await self._event(node, "render_failed", {"what": what, "error": reason})
+        # already failed, or in a state a render does not change: the event says it all
+        with contextlib.suppress(InvalidTransition):
+            await self.lifecycle.fail(node.mac, f"{what} render failed: {reason}")
+        return Reply(f"{what} render failed for node {node.name}: {reason}\n".encode(),
+                     status=500)
+
+    async def _event(self, node: Node, kind: str, detail: dict[str, object]) -> None:
+        await self.inventory.add_event(BootEvent(node.mac, kind, self.clock(), detail))
+
+
+def _mac(text: str, path: str) -> MacAddress:
+    try:
+        return MacAddress(text)
+    except ValidationError:
+        raise NotFound(f"{path}: no such boot resource") from None
+
+
+def _ipxe(text: str) -> Reply:
+    return Reply(text.encode(), IPXE)

@@ -1,0 +1,53 @@
+"""`provisioner node power NODE on|off|cycle|soft-off|status`."""
+
+from __future__ import annotations
+
+import typer
+
+from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
+from provisioner.inventory import Inventory
+from provisioner.power.base import (
+    PowerAction,
+    PowerState,
+    driver_for_node,
+    power_action,
+    wait_for_state,
+)
+
+WANTED = {PowerAction.ON: PowerState.ON, PowerAction.CYCLE: PowerState.ON,
+          PowerAction.OFF: PowerState.OFF, PowerAction.SOFT_OFF: PowerState.OFF}
+
+
+def power(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Node name or MAC address.", show_default=False),
+    action: PowerAction = typer.Argument(..., help="on, off (hard), cycle (hard reset), "
+                                         "soft-off (ACPI shutdown) or status.",
+                                         show_default=False),
+    wait: float = typer.Option(0.0, "--wait", help="Seconds to wait until the machine reaches "
+                               "the state asked for (BMCs apply changes after answering)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the BMC."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Power a node on, off or through a cycle, or show its power state, with the driver its
+    settings name (power_driver, power_address, power_user, power_password)."""
+    defaults = state(ctx).settings.defaults
+
+    async def act(inv: Inventory) -> tuple[str, str, PowerState]:
+        node = (await inv.get_node(ref)).value
+        driver = await driver_for_node(inv, node, defaults, timeout=timeout,
+                                       notify=lambda text: typer.echo(text, err=True))
+        result = await power_action(driver, action)
+        want = WANTED.get(action)
+        if wait > 0 and want is not None and result is not PowerState.UNKNOWN:
+            result = await wait_for_state(driver, want, timeout=wait)
+        return node.name, driver.kind, result
+
+    name, kind, result = with_inventory(ctx, act)
+    if as_json:
+        print_json({"node": name, "driver": kind, "action": action.value, "power": result.value})
+    elif action is PowerAction.STATUS:
+        typer.echo(f"{name}: {result.value}")
+    else:
+        typer.echo(f"{name}: {action.value} sent ({kind}); power is now {result.value}")
+

@@ -1,0 +1,177 @@
+"""A durable outbox for handoffs: a booted node is registered with the scheduler even if the
+scheduler (or the appliance) is down when the node boots.
+
+`submit(node)` writes `/provisioner/v1/outbox/<mac>` and returns; a worker per MAC delivers it
+with exponential backoff (0.2 s doubling to 30 s, each wait jittered to 50-100 % so a scheduler
+coming back is not hit by every node at the same instant). Delivery is at-least-once: register,
+then `on_confirmed(mac)`, then delete the entry with a compare-and-swap, so a crash in between
+delivers again rather than losing the node; register and on_confirmed must be idempotent. A
+newer submit for the same MAC replaces the entry; the CAS delete then fails and the newer entry
+is delivered too. `start()` picks up the entries a previous run left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from provisioner.errors import Conflict, HandoffError, NotFound, ProvisionerError, StoreUnavailable
+from provisioner.handoff.base import Handoff, HandoffNode, HandoffRejected
+from provisioner.model import MacAddress
+from provisioner.store.base import KeyValue, KeyValueStore
+
+OUTBOX = "/provisioner/v1/outbox/"
+log = logging.getLogger("provisioner.handoff")
+
+OnConfirmed = Callable[[MacAddress], Awaitable[None]]
+
+
+@dataclass
+class Delivery:
+    """What an operator sees about one queued handoff (kept in memory, not in the store: a
+    write per failed attempt would load the store exactly when things are already bad)."""
+
+    mac: str
+    name: str
+    attempts: int = 0
+    last_error: str = ""
+    next_try: float = 0.0
+
+
+class HandoffQueue:
+    def __init__(self, store: KeyValueStore, handoff: Handoff, on_confirmed: OnConfirmed, *,
+                 first_delay: float = 0.2, max_delay: float = 30.0,
+                 concurrency: int = 64) -> None:
+        self.store = store
+        self.handoff = handoff
+        self.on_confirmed = on_confirmed
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self._limit = asyncio.Semaphore(concurrency)
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self.deliveries: dict[str, Delivery] = {}
+        self._written: dict[str, tuple[HandoffNode, int]] = {}  # just submitted, by MAC
+        self._running = False
+
+    async def start(self) -> None:
+        """Deliver what is queued, including entries left by a previous run."""
+        self._running = True
+        for kv in (await self.store.range(OUTBOX)).items:
+            self._spawn(kv.key.removeprefix(OUTBOX))
+
+    async def submit(self, node: HandoffNode) -> None:
+        """Queue the node's registration durably; delivery happens in the background."""
+        entry = {"node": node.to_dict(), "submitted": time.time()}
+        revision = await self.store.put(OUTBOX + str(node.mac), json.dumps(entry).encode())
+        self._written[str(node.mac)] = (node, revision)  # spares the worker a read
+        if self._running:
+            self._spawn(str(node.mac))
+
+    async def queued(self) -> list[HandoffNode]:
+        """Every handoff not yet confirmed, from the store."""
+        return [HandoffNode.from_dict(json.loads(kv.value)["node"])
+                for kv in (await self.store.range(OUTBOX)).items]
+
+    async def stop(self) -> None:
+        """Stop delivering; queued entries stay in the store for the next start()."""
+        self._running = False
+        workers = list(self._workers.values())
+        for task in workers:
+            task.cancel()
+        for task in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _spawn(self, mac: str) -> None:
+        task = self._workers.get(mac)
+        if task is not None and not task.done():
+            self._wake[mac].set()  # a newer entry: try it now instead of after the backoff
+            return
+        self._wake[mac] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._deliver(mac), name=f"handoff {mac}")
+        self._workers[mac] = task
+        task.add_done_callback(functools.partial(self._forget, mac))
+
+    def _forget(self, mac: str, task: asyncio.Task[None]) -> None:
+        if self._workers.get(mac) is task:
+            del self._workers[mac]
+            self._wake.pop(mac, None)
+            self.deliveries.pop(mac, None)
+
+    async def _deliver(self, mac: str) -> None:
+        delay = self.first_delay
+        while self._running:
+            try:
+                if await self._attempt(mac):
+                    return
+                delay = self.first_delay  # the entry was replaced: deliver the new one now
+                continue
+            except (HandoffError, StoreUnavailable) as exc:
+                self._failed(mac, exc)
+                if isinstance(exc, HandoffRejected):
+                    delay = self.max_delay  # needs the operator; keep trying, slowly
+            except ProvisionerError as exc:  # a refusal: keep the entry, go slowly
+                self._failed(mac, exc)
+                delay = self.max_delay
+            except Exception as exc:  # a bug must not end delivery for good
+                log.exception("handoff of %s failed unexpectedly", mac)
+                self._failed(mac, ProvisionerError(f"unexpected: {exc!r}"))
+                delay = self.max_delay
+            wait = delay * random.uniform(0.5, 1.0)
+            self.deliveries[mac].next_try = time.time() + wait
+            wake = self._wake[mac]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), wait)
+            wake.clear()
+            delay = min(delay * 2, self.max_delay)
+
+    async def _attempt(self, mac: str) -> bool:
+        """One delivery. True when done (or nothing is left to deliver), False when a newer
+        entry replaced the one just delivered."""
+        written = self._written.pop(mac, None)
+        if written is not None:
+            node, revision = written
+        else:
+            kv = await self.store.get(OUTBOX + mac)
+            if kv is None:
+                return True
+            node, revision = _node(kv), kv.mod_revision
+        record = self.deliveries.setdefault(mac, Delivery(mac, node.name))
+        record.attempts += 1
+        async with self._limit:
+            await self.handoff.register(node)
+        try:
+            await self.on_confirmed(node.mac)
+        except StoreUnavailable:
+            raise
+        except ProvisionerError as exc:  # e.g. the node was retired meanwhile: nothing to do
+            log.warning("handoff of %s confirmed, but marking it ready failed: %s", mac, exc)
+        try:
+            await self.store.delete(OUTBOX + mac, expect=revision)
+        except Conflict:
+            return False
+        except NotFound:
+            pass
+        # A submit that landed after our delete has no other worker to deliver it.
+        return mac not in self._written
+
+    def _failed(self, mac: str, exc: ProvisionerError) -> None:
+        record = self.deliveries.setdefault(mac, Delivery(mac, ""))
+        if record.attempts <= 1 or str(exc) != record.last_error:
+            log.warning("handoff of %s not confirmed yet (attempt %d): %s", mac,
+                        record.attempts, exc)
+        record.last_error = str(exc)
+
+
+def _node(kv: KeyValue) -> HandoffNode:
+    data: dict[str, Any] = json.loads(kv.value)
+    return HandoffNode.from_dict(data["node"])

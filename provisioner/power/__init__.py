@@ -1,0 +1,1 @@
+"""Power control of nodes: IPMI (ipmitool), Redfish (httpx), QEMU (QMP) and manual."""

@@ -1,0 +1,192 @@
+"""What every power driver offers, and how a node's settings choose one.
+
+A driver is built from a node's *effective* settings (defaults, groups, node):
+
+    power_driver    ipmi | redfish | qemu | manual
+    power_address   BMC host[:port], Redfish URL, or QMP unix socket path
+    power_user      BMC user name
+    power_password  BMC password (a secret: never shown, logged or put in an error)
+    power_tls_verify  Redfish only: "true" (default), "false" (self-signed BMC), or a CA file
+
+The password is held in a `Secret`, whose str() and repr() are the redaction mark, so a driver
+can be logged or printed without leaking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol, runtime_checkable
+
+from provisioner.errors import PowerError
+from provisioner.inventory import Inventory
+from provisioner.model import REDACTED, Node, SettingValue
+
+DEFAULT_TIMEOUT: Final = 10.0
+
+
+class PowerState(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+class PowerAction(enum.StrEnum):
+    """What `node power` and the API accept."""
+
+    ON = "on"
+    OFF = "off"
+    CYCLE = "cycle"
+    SOFT_OFF = "soft-off"
+    STATUS = "status"
+
+
+class Secret:
+    """A string that does not show itself: str() and repr() give the redaction mark."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+
+class PowerDriver(Protocol):
+    """Power control of one node. Every method raises PowerError saying what to check."""
+
+    kind: str
+
+    async def status(self) -> PowerState: ...
+
+    async def on(self) -> None: ...
+
+    async def off(self) -> None:
+        """Hard off: the machine stops at once."""
+
+    async def cycle(self) -> None:
+        """Hard reset; a machine that is off is powered on. It boots afresh either way."""
+
+    async def soft_off(self) -> None:
+        """Ask the operating system to shut down (ACPI power button)."""
+
+
+@runtime_checkable
+class OneTimeBoot(Protocol):
+    """A driver that can make the next boot (only) a network boot: BMCs of nodes that would
+    otherwise boot from a local disk. A rollout calls it before the power-cycle."""
+
+    async def boot_pxe_once(self) -> None: ...
+
+
+def scrub(text: str, secret: Secret | None) -> str:
+    """`text` with the secret's value replaced: for tool output that may echo it back."""
+    if secret is None or not secret:
+        return text
+    return text.replace(secret.reveal(), REDACTED)
+
+
+def _text(settings: Mapping[str, SettingValue], key: str) -> str:
+    value = settings.get(key, "")
+    return str(value).strip() if value is not None else ""
+
+
+def _verify(settings: Mapping[str, SettingValue]) -> bool | str:
+    raw = settings.get("power_tls_verify", True)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip()
+    if text.lower() in {"", "true", "yes", "1"}:
+        return True
+    if text.lower() in {"false", "no", "0"}:
+        return False
+    return text  # a CA bundle path
+
+
+def driver_for(
+    settings: Mapping[str, SettingValue],
+    *,
+    node: str = "-",
+    timeout: float = DEFAULT_TIMEOUT,
+    notify: Callable[[str], None] | None = None,
+) -> PowerDriver:
+    """The driver a node's effective settings ask for. `node` is used in messages only;
+    `notify` receives the manual driver's instructions (default: logged as warnings)."""
+    kind = _text(settings, "power_driver")
+    address = _text(settings, "power_address")
+    user = _text(settings, "power_user")
+    password = Secret(_text(settings, "power_password"))
+    if not kind:
+        raise PowerError(f"node {node} has no power_driver setting; set one of ipmi, redfish, "
+                         "qemu, manual on the node or its group (--set power_driver=...)")
+    if kind == "manual":
+        from provisioner.power.manual import ManualDriver
+
+        return ManualDriver(node, address, notify=notify)
+    if not address:
+        raise PowerError(f"node {node} has power_driver={kind} but no power_address; "
+                         "set the BMC address, Redfish URL or QMP socket path")
+    if kind == "qemu":
+        from provisioner.power.qemu import QemuDriver
+
+        return QemuDriver(address, timeout=timeout)
+    if kind == "redfish":
+        from provisioner.power.redfish import RedfishDriver
+
+        return RedfishDriver(address, user, password, verify=_verify(settings), timeout=timeout)
+    if kind == "ipmi":
+        from provisioner.power.ipmi import IpmiDriver
+
+        return IpmiDriver(address, user, password, timeout=timeout)
+    raise PowerError(f"node {node}: unknown power_driver {kind!r}; use ipmi, redfish, qemu "
+                     "or manual")
+
+
+async def wait_for_state(driver: PowerDriver, want: PowerState, *, timeout: float,
+                         interval: float = 0.5) -> PowerState:
+    """Poll `status()` until it is `want`; BMCs apply changes seconds after accepting them."""
+    deadline = time.monotonic() + timeout
+    state = await driver.status()
+    while state is not want:
+        if time.monotonic() >= deadline:
+            raise PowerError(f"{driver!r} is still {state} after {timeout:.0f} s "
+                             f"(wanted {want}); check the BMC and the machine")
+        await asyncio.sleep(interval)
+        state = await driver.status()
+    return state
+
+
+async def power_action(driver: PowerDriver, action: PowerAction | str) -> PowerState:
+    """Run one action and return the state read afterwards (for the CLI and the API)."""
+    act = PowerAction(action)
+    if act is PowerAction.ON:
+        await driver.on()
+    elif act is PowerAction.OFF:
+        await driver.off()
+    elif act is PowerAction.CYCLE:
+        await driver.cycle()
+    elif act is PowerAction.SOFT_OFF:
+        await driver.soft_off()
+    return await driver.status()
+
+
+async def driver_for_node(inventory: Inventory, node: Node,
+                          defaults: Mapping[str, SettingValue], *,
+                          timeout: float = DEFAULT_TIMEOUT,
+                          notify: Callable[[str], None] | None = None) -> PowerDriver:
+    """The driver for a node from its effective settings (defaults, its groups, itself)."""
+    resolved = await inventory.effective(node, defaults)
+    return driver_for({k: e.value for k, e in resolved.items()}, node=node.name,
+                      timeout=timeout, notify=notify)

@@ -1,0 +1,1 @@
+"""The small scheduler service: nodes, jobs, a priority + EASY-backfill dispatcher, REST."""

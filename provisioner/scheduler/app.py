@@ -1,0 +1,211 @@
+"""The scheduler's REST API (its own FastAPI app, `provisioner scheduler serve`).
+
+Operators and the appliance's handoff use JSON. The node agent is busybox sh + wget, which can
+neither parse nor escape JSON, so its two routes also speak plain text: `poll?format=text`
+answers `JOB <id> <walltime>` then the script (or `KILL <id>`), and `done?exit_code=N` takes
+the raw output tail.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticError
+
+from provisioner import __version__
+from provisioner.errors import ValidationError
+from provisioner.scheduler import errors
+from provisioner.scheduler.errors import Unauthorized
+from provisioner.scheduler.models import (
+    OUTPUT_TAIL,
+    Job,
+    JobState,
+    SchedNode,
+    shown_state,
+    to_dict,
+)
+from provisioner.scheduler.state import SchedulerState
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class NodeIn(BaseModel):
+    cpus: int = Field(ge=1, le=1 << 20)
+    memory_mib: int = Field(ge=1, le=1 << 40)
+    features: list[str] = Field(default_factory=list, max_length=64)
+    partition: str = Field(default="", max_length=64)
+    mac: str = Field(default="", max_length=32)
+
+
+class DrainIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=256)
+
+
+class JobIn(BaseModel):
+    cpus: int = Field(ge=1, le=1 << 20)
+    memory_mib: int = Field(ge=1, le=1 << 40)
+    walltime: int = Field(ge=1, le=366 * 86400, description="seconds")
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    user: str = Field(default="root", min_length=1, max_length=64)
+    command: str = Field(default="", max_length=65536)
+    script: str = Field(default="", max_length=262144)
+
+
+class DoneIn(BaseModel):
+    exit_code: int = Field(ge=-255, le=255)
+    output: str = Field(default="", max_length=1 << 20)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not valid JSON"},
+    404: {"model": ErrorBody, "description": "No such node or job"},
+    409: {"model": ErrorBody, "description": "Changed concurrently; retry"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
+    422: {"model": ErrorBody, "description": "Invalid request"},
+    503: {"model": ErrorBody, "description": "The store is not answering"},
+}
+
+
+def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "") -> Any:
+    """The FastAPI app over a loaded SchedulerState, wrapped in the body-size cap. With a
+    `token`, every route but the agent's poll and done needs `Authorization: Bearer TOKEN`."""
+    app = FastAPI(title="provisioner scheduler", version=__version__, responses=ERRORS)
+    errors.install(app)
+    admin = APIRouter(dependencies=[Depends(_bearer(token))] if token else [],
+                      responses={401: {"model": ErrorBody, "description": "No or wrong token"}})
+    _node_routes(admin, state)
+    _job_routes(admin, state)
+    app.include_router(admin)
+    _agent_routes(app, state)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "nodes": len(state.nodes), "jobs": len(state.jobs)}
+
+    return errors.BodyLimit(app, max_body)
+
+
+def node_view(state: SchedulerState, node: SchedNode) -> dict[str, Any]:
+    data = to_dict(node)
+    data["state"] = str(shown_state(node, [j for j in state.running() if j.node == node.name]))
+    return data
+
+
+def _bearer(token: str) -> Callable[[Request], Awaitable[None]]:
+    expected = f"Bearer {token}".encode()
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("no or wrong token: send Authorization: Bearer <[scheduler] "
+                               "token> (the CLI sends PROVISIONER_SCHEDULER_TOKEN)")
+
+    return check
+
+
+def _node_routes(app: APIRouter, state: SchedulerState) -> None:
+    @app.put("/sched/v1/nodes/{name}")
+    async def register(name: str, body: NodeIn) -> dict[str, Any]:
+        """Add or update a node (idempotent). The answer is the scheduler's confirmation."""
+        node = await state.register(name, cpus=body.cpus, memory_mib=body.memory_mib,
+                                    features=body.features, partition=body.partition,
+                                    mac=body.mac)
+        return to_dict(node)
+
+    @app.get("/sched/v1/nodes")
+    async def list_nodes() -> list[dict[str, Any]]:
+        by_node: dict[str, list[Job]] = {}
+        for job in state.running():
+            by_node.setdefault(job.node, []).append(job)
+        return [dict(to_dict(n), state=str(shown_state(n, by_node.get(n.name, []))))
+                for n in state.node_list()]
+
+    @app.get("/sched/v1/nodes/{name}")
+    async def get_node(name: str) -> dict[str, Any]:
+        return node_view(state, state.node(name))
+
+    @app.post("/sched/v1/nodes/{name}/drain")
+    async def drain(name: str, body: DrainIn) -> dict[str, Any]:
+        """No new jobs; the node becomes drained when its running jobs end."""
+        return node_view(state, await state.drain(name, body.reason))
+
+    @app.post("/sched/v1/nodes/{name}/resume")
+    async def resume(name: str) -> dict[str, Any]:
+        return node_view(state, await state.resume(name))
+
+
+def _job_routes(app: APIRouter, state: SchedulerState) -> None:
+    @app.get("/sched/v1/jobs")
+    async def list_jobs(state_: Annotated[str | None, Query(alias="state")] = None
+                        ) -> list[dict[str, Any]]:
+        wanted = _job_state(state_) if state_ else None
+        return [to_dict(j) for j in state.job_list(wanted)]
+
+    @app.post("/sched/v1/jobs", status_code=201)
+    async def submit(body: JobIn) -> dict[str, Any]:
+        return to_dict(await state.submit(**body.model_dump()))
+
+    @app.get("/sched/v1/jobs/{job_id}")
+    async def get_job(job_id: int) -> dict[str, Any]:
+        return to_dict(state.job(job_id))
+
+    @app.delete("/sched/v1/jobs/{job_id}")
+    async def cancel(job_id: int) -> dict[str, Any]:
+        return to_dict(await state.cancel(job_id))
+
+
+def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
+    @app.post("/sched/v1/nodes/{name}/poll", responses={204: {"description": "No work"}})
+    async def poll(name: str, format: str = "json") -> Any:
+        """The node agent asks for work: a job to run, or a cancelled job of its own to kill
+        (state `cancelled`; in text, `KILL <id>`); 204 when there is nothing."""
+        job = await state.poll(name)
+        if job is None:
+            return Response(status_code=204)
+        if format != "text":
+            return to_dict(job)
+        if job.state is JobState.CANCELLED:
+            return PlainTextResponse(f"KILL {job.id}\n")
+        return PlainTextResponse(f"JOB {job.id} {job.walltime}\n{job.text}\n")
+
+    @app.post("/sched/v1/jobs/{job_id}/done", openapi_extra=DONE_BODY)
+    async def done(job_id: int, request: Request,
+                   exit_code: Annotated[int | None, Query(ge=-255, le=255)] = None
+                   ) -> dict[str, Any]:
+        """The agent reports a job's end: JSON {exit_code, output}, or ?exit_code=N with the
+        output tail as the body (busybox wget cannot escape JSON)."""
+        raw = await request.body()
+        if exit_code is not None:
+            report = DoneIn(exit_code=exit_code,
+                            output=raw[-OUTPUT_TAIL:].decode("utf-8", "replace"))
+        elif request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                report = DoneIn.model_validate_json(raw)
+            except PydanticError as exc:
+                raise ValidationError("body", str(exc.errors()[0].get("msg"))) from None
+        else:
+            raise ValidationError("exit_code", "send JSON {exit_code, output} or ?exit_code=N")
+        return to_dict(await state.done(job_id, report.exit_code, report.output))
+
+
+DONE_BODY: dict[str, Any] = {"requestBody": {"content": {
+    "application/json": {"schema": DoneIn.model_json_schema()},
+    "text/plain": {"schema": {"type": "string", "description": "output tail; "
+                              "with ?exit_code=N"}}}}}
+
+
+def _job_state(text: str) -> JobState:
+    try:
+        return JobState(text)
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise ValidationError("state", f"{text!r} is not one of {names}") from None
+

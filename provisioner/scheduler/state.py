@@ -1,0 +1,263 @@
+"""The scheduler's state: nodes and jobs, what each REST call and the dispatcher do to them.
+
+Records live in the store under /scheduler/v1/ (records.py: cached, compare-and-swap writes).
+Reads come from the cache loaded at start, so a registration costs one store write and no
+scan; an unchanged registration writes nothing. An agent's poll updates `last_seen` in memory
+only: polls every few seconds from every node must not become store writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from provisioner.errors import Conflict, NotFound, ValidationError
+from provisioner.scheduler import dispatcher
+from provisioner.scheduler.models import (
+    OUTPUT_TAIL,
+    Job,
+    JobState,
+    NodeState,
+    SchedNode,
+    new_job,
+    new_node,
+)
+from provisioner.scheduler.records import RETRIES, Records
+from provisioner.store.base import KeyValueStore
+
+
+class SchedulerState:
+    def __init__(self, store: KeyValueStore, *, clock: Callable[[], float] = time.time,
+                 node_timeout: float = 300.0, walltime_grace: float = 30.0) -> None:
+        self.records = Records(store)
+        self.nodes = self.records.nodes
+        self.jobs = self.records.jobs
+        self.clock = clock
+        self.node_timeout = node_timeout
+        self.walltime_grace = walltime_grace
+        self.seen: dict[str, float] = {}  # last poll per node, in memory only
+        #: cancelled jobs that agents still run, by node; in memory: after a scheduler restart
+        #: such a job runs on until its walltime, as the agent enforces that by itself
+        self.kills: dict[str, list[int]] = {}
+        self.changed = asyncio.Event()  # wakes the dispatcher loop
+
+    async def load(self) -> None:
+        await self.records.load()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def node(self, name: str) -> SchedNode:
+        if name not in self.nodes:
+            raise NotFound(f"no node {name!r} in the scheduler; see `provisioner scheduler nodes`")
+        node = self.nodes[name][0]
+        return dataclasses.replace(node, last_seen=max(node.last_seen, self.seen.get(name, 0.0)))
+
+    def node_list(self) -> list[SchedNode]:
+        return [self.node(name) for name in sorted(self.nodes)]
+
+    def job(self, job_id: int) -> Job:
+        if job_id not in self.jobs:
+            raise NotFound(f"no job {job_id}; see `provisioner scheduler jobs`")
+        return self.jobs[job_id][0]
+
+    def job_list(self, state: JobState | None = None) -> list[Job]:
+        if state is not None and not state.finished:
+            return sorted((j for j in self.jobs.active.values() if j.state is state),
+                          key=lambda j: j.id)
+        jobs = (j for j, _ in self.jobs.values())
+        return sorted((j for j in jobs if state is None or j.state is state), key=lambda j: j.id)
+
+    def has_pending(self) -> bool:
+        return bool(self.jobs.pending)
+
+    def running(self) -> list[Job]:
+        return self.job_list(JobState.RUNNING)
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def register(self, name: str, *, cpus: int, memory_mib: int,
+                       features: Sequence[str] = (), partition: str = "", mac: str = ""
+                       ) -> SchedNode:
+        """Add or update a node. The same registration twice writes nothing the second time."""
+        fresh = new_node(name, cpus, memory_mib, features=features, partition=partition,
+                         mac=mac, now=self.clock())
+
+        def change(cur: SchedNode | None) -> SchedNode:
+            if cur is None:
+                return fresh
+            # An operator's drain survives a reboot; a node that was down is back.
+            state = NodeState.IDLE if cur.state is NodeState.DOWN else cur.state
+            return dataclasses.replace(fresh, state=state, reason=cur.reason,
+                                       registered=cur.registered, last_seen=cur.last_seen)
+
+        node = await self.records.node(name, change)
+        if self.has_pending():  # a new node only matters to the dispatcher when jobs wait
+            self.changed.set()
+        return node
+
+    async def drain(self, name: str, reason: str) -> SchedNode:
+        def change(cur: SchedNode | None) -> SchedNode:
+            cur = self._existing(name, cur)
+            if cur.state in (NodeState.DRAINING, NodeState.DRAINED) and cur.reason == reason:
+                return cur
+            busy = any(j.node == name for j in self.running())
+            state = NodeState.DRAINING if busy else NodeState.DRAINED
+            return dataclasses.replace(cur, state=state, reason=reason)
+
+        if not reason.strip():
+            raise ValidationError("reason", "say why the node is drained (shown in `nodes`)")
+        return await self.records.node(name, change)
+
+    async def resume(self, name: str) -> SchedNode:
+        def change(cur: SchedNode | None) -> SchedNode:
+            return dataclasses.replace(self._existing(name, cur), state=NodeState.IDLE, reason="")
+
+        node = await self.records.node(name, change)
+        self.changed.set()
+        return node
+
+    async def set_node_state(self, name: str, state: NodeState, reason: str = "") -> SchedNode:
+        def change(cur: SchedNode | None) -> SchedNode:
+            return dataclasses.replace(self._existing(name, cur), state=state, reason=reason)
+
+        return await self.records.node(name, change)
+
+    def _existing(self, name: str, cur: SchedNode | None) -> SchedNode:
+        if cur is None:
+            raise NotFound(f"no node {name!r} in the scheduler; see `provisioner scheduler nodes`")
+        return cur
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def submit(self, *, cpus: int, memory_mib: int, walltime: int, priority: int = 0,
+                     user: str = "root", command: str = "", script: str = "") -> Job:
+        new_job(0, cpus=cpus, memory_mib=memory_mib, walltime=walltime, user=user,
+                command=command, script=script)  # validate before taking an id
+        for _ in range(RETRIES):
+            job_id = self.jobs.last_id + 1
+            job = new_job(job_id, cpus=cpus, memory_mib=memory_mib, walltime=walltime,
+                          priority=priority, user=user, command=command, script=script,
+                          now=self.clock())
+            if await self.records.create_job(job):
+                self.changed.set()
+                return job
+        raise Conflict("could not take a job id; another writer is submitting; retry")
+
+    async def cancel(self, job_id: int) -> Job:
+        def change(cur: Job | None) -> Job:
+            cur = self._existing_job(job_id, cur)
+            if cur.state.finished:
+                return cur
+            return dataclasses.replace(cur, state=JobState.CANCELLED, end_time=self.clock())
+
+        before = self.job(job_id) if job_id in self.jobs else None
+        job = await self.records.job(job_id, change)
+        if before is not None and before.state is JobState.RUNNING and before.delivered:
+            # Its agent runs it: the node's next poll answers with the cancelled job (KILL).
+            self.kills.setdefault(before.node, []).append(job_id)
+        self.changed.set()
+        return job
+
+    async def poll(self, name: str) -> Job | None:
+        """The agent on `name` asks for work: a cancelled job of its own to kill, else its next
+        job not yet handed over, else None."""
+        node = self.node(name)
+        self.seen[name] = self.clock()
+        if node.state is NodeState.DOWN:
+            await self.set_node_state(name, NodeState.IDLE)
+            self.changed.set()
+        if self.kills.get(name):
+            return self.job(self.kills[name].pop(0))
+        waiting = [j.id for j in self.running() if j.node == name and not j.delivered]
+        if waiting:
+            job_id = waiting[0]
+
+            def change(cur: Job | None) -> Job:
+                return dataclasses.replace(self._existing_job(job_id, cur), delivered=True)
+
+            return await self.records.job(job_id, change)
+        return None
+
+    async def done(self, job_id: int, exit_code: int, output: str) -> Job:
+        """The agent reports the end of a job. Reporting twice changes nothing."""
+        def change(cur: Job | None) -> Job:
+            cur = self._existing_job(job_id, cur)
+            if cur.state is not JobState.RUNNING:
+                return cur
+            state = JobState.COMPLETED if exit_code == 0 else JobState.FAILED
+            return dataclasses.replace(cur, state=state, exit_code=exit_code,
+                                       output=output[-OUTPUT_TAIL:], end_time=self.clock())
+
+        job = await self.records.job(job_id, change)
+        self.changed.set()
+        return job
+
+    def _existing_job(self, job_id: int, cur: Job | None) -> Job:
+        if cur is None:
+            raise NotFound(f"no job {job_id}; see `provisioner scheduler jobs`")
+        return cur
+
+    # -- the dispatcher's turn -------------------------------------------------------------
+
+    async def dispatch(self, now: float) -> dispatcher.Plan:
+        """Start what the dispatcher plans, drain idle draining nodes, end overdue jobs."""
+        nodes = [n for n, _ in self.nodes.values()]
+        running = self.running()
+        pending = self.job_list(JobState.PENDING)
+        plan = dispatcher.schedule(nodes, pending, running, now) if pending else dispatcher.Plan()
+        for a in plan.assignments:
+            await self._start(a, now)
+        for name in dispatcher.settle(nodes, running):
+            await self.records.node(name, _drained)
+        for job in running:
+            if now > job.expected_end() + self.walltime_grace:
+                await self._finish(job.id, JobState.TIMEOUT, now)
+        for name in self._silent(now):
+            await self.set_node_state(name, NodeState.DOWN, "agent stopped polling")
+        for job_id in plan.unfit:
+            await self._mark_unfit(job_id)
+        return plan
+
+    def _silent(self, now: float) -> list[str]:
+        """Idle nodes whose agent polled once and then stopped (never-polled nodes, e.g. ones
+        without an agent, are not judged)."""
+        return [name for name, seen in self.seen.items() if now - seen > self.node_timeout
+                and name in self.nodes and self.nodes[name][0].state is NodeState.IDLE]
+
+    async def _start(self, a: dispatcher.Assignment, now: float) -> None:
+        def change(cur: Job | None) -> Job:
+            cur = self._existing_job(a.job, cur)
+            if cur.state is not JobState.PENDING:
+                return cur
+            return dataclasses.replace(cur, state=JobState.RUNNING, node=a.node,
+                                       start_time=now, reason="")
+
+        await self.records.job(a.job, change)
+
+    async def _finish(self, job_id: int, state: JobState, now: float) -> None:
+        def change(cur: Job | None) -> Job:
+            cur = self._existing_job(job_id, cur)
+            if cur.state.finished:
+                return cur
+            return dataclasses.replace(cur, state=state, end_time=now)
+
+        await self.records.job(job_id, change)
+
+    async def _mark_unfit(self, job_id: int) -> None:
+        reason = "no schedulable node has enough CPUs and memory"
+
+        def change(cur: Job | None) -> Job:
+            return dataclasses.replace(self._existing_job(job_id, cur), reason=reason)
+
+        if self.job(job_id).reason != reason:
+            await self.records.job(job_id, change)
+
+
+def _drained(cur: SchedNode | None) -> SchedNode:
+    if cur is None:
+        raise NotFound("the draining node was removed")
+    if cur.state is not NodeState.DRAINING:
+        return cur
+    return dataclasses.replace(cur, state=NodeState.DRAINED)

@@ -1,0 +1,163 @@
+"""One-boot tokens for the node plane and bearer tokens for the admin plane, both stored hashed.
+
+    /provisioner/v1/boottokens/<mac>    {"sha256": HEX, "expires": EPOCH}   one per node
+    /provisioner/v1/apitokens/<id>      {"id", "name", "role", "sha256", "created"}
+
+A one-boot token is issued when a node's overlay is built and redeemed once by its boot
+callback: redeeming deletes the key with compare-and-swap, so of two concurrent callbacks with
+the same token exactly one wins. Every refusal (wrong, expired, replayed, another node's, none
+issued) raises the same Unauthorized with the same message, so a caller learns nothing about
+which it was; the reason is returned separately for the audit log only.
+
+An admin token reads "<id>.<secret>": the id finds the record, then the secret's sha256 is
+compared in constant time. Only hashes are stored; a token is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
+from provisioner.model import MacAddress
+from provisioner.store.base import KeyValueStore
+
+BOOT_TOKENS: Final = "/provisioner/v1/boottokens/"
+API_TOKENS: Final = "/provisioner/v1/apitokens/"
+BOOT_TOKEN_REFUSED: Final = ("the boot token is not valid for this node (wrong, expired or "
+                             "already used); reboot the node to get a new one")
+API_TOKEN_REFUSED: Final = ("the bearer token is not valid; create one with `provisioner token "
+                            "create --role viewer` and send `Authorization: Bearer TOKEN`")
+_ID: Final = re.compile(r"[0-9a-f]{12}")
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _dump(data: dict[str, object]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+class BootTokenRefused(Unauthorized):
+    """The one-boot token was refused; `reason` is for the audit log, never for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(BOOT_TOKEN_REFUSED)
+        self.reason = reason
+
+
+class BootTokens:
+    """Issue and redeem one-boot tokens. Time is passed in (`now`) so tests control expiry."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+
+    async def issue(self, mac: MacAddress, ttl: float, now: float) -> str:
+        """A fresh token for `mac`; it replaces any earlier one, which stops working."""
+        token = secrets.token_urlsafe(32)
+        await self.store.put(BOOT_TOKENS + mac.value,
+                             _dump({"sha256": digest(token), "expires": now + ttl}))
+        return token
+
+    async def redeem(self, mac: MacAddress, token: str, now: float) -> None:
+        """Accept `token` for `mac` once, or raise BootTokenRefused."""
+        kv = await self.store.get(BOOT_TOKENS + mac.value)
+        if kv is None:
+            raise BootTokenRefused("no token issued or already used")
+        record = json.loads(kv.value)
+        if not hmac.compare_digest(digest(token), str(record.get("sha256", ""))):
+            raise BootTokenRefused("wrong token")
+        if float(record.get("expires", 0)) <= now:
+            await self._discard(kv.key, kv.mod_revision)
+            raise BootTokenRefused("expired")
+        try:
+            await self.store.delete(kv.key, expect=kv.mod_revision)
+        except (Conflict, NotFound):
+            raise BootTokenRefused("replayed: redeemed concurrently") from None
+
+    async def _discard(self, key: str, revision: int) -> None:
+        with contextlib.suppress(Conflict, NotFound):
+            await self.store.delete(key, expect=revision)
+
+
+class Role(enum.IntEnum):
+    """Ordered: a higher role can do everything a lower one can."""
+
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValidationError("role", f"{text!r} is not one of viewer, operator, "
+                                  "admin") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A stored admin token, without its secret."""
+
+    id: str
+    name: str
+    role: Role
+    created: float
+
+
+class ApiTokens:
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+
+    async def create(self, role: Role, name: str, now: float) -> tuple[ApiToken, str]:
+        """A new token; the returned "<id>.<secret>" string is never stored or shown again."""
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+            raise ValidationError("name", f"{name!r}: use 1-64 letters, digits, _ . @ -")
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        record = ApiToken(token_id, name, role, now)
+        await self.store.put(API_TOKENS + token_id, _dump(
+            {"id": token_id, "name": name, "role": role.label, "sha256": digest(secret),
+             "created": now}), expect=0)
+        return record, f"{token_id}.{secret}"
+
+    async def list(self) -> list[ApiToken]:
+        result = await self.store.range(API_TOKENS)
+        return sorted((_token(json.loads(kv.value)) for kv in result.items),
+                      key=lambda t: (t.created, t.id))
+
+    async def revoke(self, token_id: str) -> ApiToken:
+        kv = await self.store.get(API_TOKENS + token_id) if _ID.fullmatch(token_id) else None
+        if kv is None:
+            raise NotFound(f"no token {token_id!r}; see `provisioner token list`")
+        await self.store.delete(kv.key, expect=kv.mod_revision)
+        return _token(json.loads(kv.value))
+
+    async def authenticate(self, presented: str) -> ApiToken:
+        """The token a bearer string belongs to, or Unauthorized (same message every time)."""
+        token_id, _, secret = presented.partition(".")
+        kv = await self.store.get(API_TOKENS + token_id) if _ID.fullmatch(token_id) else None
+        record = json.loads(kv.value) if kv is not None else {}
+        # Compare even when the id is unknown, so timing does not tell ids apart.
+        expected = str(record.get("sha256", "0" * 64))
+        if not hmac.compare_digest(digest(secret), expected) or kv is None:
+            raise Unauthorized(API_TOKEN_REFUSED)
+        return _token(record)
+
+
+def _token(data: dict[str, object]) -> ApiToken:
+    created = data.get("created", 0.0)
+    return ApiToken(str(data["id"]), str(data.get("name", "")), Role.parse(str(data["role"])),
+                    float(created) if isinstance(created, int | float) else 0.0)

@@ -1,0 +1,37 @@
+"""The audit log: append-only entries in time order, never overwritten, paged newest first."""
+
+from __future__ import annotations
+
+import json
+
+from provisioner.audit import AUDIT, AuditLog
+from provisioner.store.base import KeyValueStore
+
+
+async def test_entries_are_appended_and_listed_newest_first(store: KeyValueStore) -> None:
+    log = AuditLog(store)
+    for i in range(5):
+        await log.record("token:ci(abc)", "node.create", f"node{i}", "ok", 100.0 + i,
+                         detail={"i": i})
+    entries = await log.entries(limit=3)
+    assert [e.target for e in entries] == ["node4", "node3", "node2"]
+    older = await log.entries(limit=3, before=entries[-1].seq)
+    assert [e.target for e in older] == ["node1", "node0"]
+    assert older[0].detail == {"i": 1} and older[0].who == "token:ci(abc)"
+
+
+async def test_entries_at_the_same_instant_never_overwrite_each_other(
+        store: KeyValueStore) -> None:
+    log = AuditLog(store)
+    for outcome in ("ok", "denied", "failed"):
+        await log.record("cli:root", "auth", "GET /api/v1/nodes", outcome, 42.0)
+    stored = (await store.range(AUDIT)).items
+    assert sorted(json.loads(kv.value)["outcome"] for kv in stored) == ["denied", "failed", "ok"]
+    assert len({kv.key for kv in stored}) == 3
+
+
+async def test_entries_filter_by_action(store: KeyValueStore) -> None:
+    log = AuditLog(store)
+    await log.record("a", "auth", "x", "denied", 1.0)
+    await log.record("b", "node.delete", "y", "ok", 2.0)
+    assert [e.who for e in await log.entries(action="auth")] == ["a"]

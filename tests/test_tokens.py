@@ -1,0 +1,106 @@
+"""One-boot tokens and admin API tokens over every store backend: single use, expiry, other
+nodes' tokens, concurrent redeems, only hashes stored, roles ordered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from provisioner.errors import NotFound, Unauthorized, ValidationError
+from provisioner.model import MacAddress
+from provisioner.store.base import KeyValueStore
+from provisioner.tokens import (
+    API_TOKENS,
+    BOOT_TOKEN_REFUSED,
+    BOOT_TOKENS,
+    ApiTokens,
+    BootTokenRefused,
+    BootTokens,
+    Role,
+)
+
+A = MacAddress("52:54:00:00:00:01")
+B = MacAddress("52:54:00:00:00:02")
+NOW = 1_700_000_000.0
+
+
+async def _refused(tokens: BootTokens, mac: MacAddress, token: str, now: float) -> str:
+    with pytest.raises(BootTokenRefused) as refused:
+        await tokens.redeem(mac, token, now)
+    assert str(refused.value) == BOOT_TOKEN_REFUSED  # the same message, whatever the reason
+    return refused.value.reason
+
+
+async def test_a_boot_token_is_redeemed_once(store: KeyValueStore) -> None:
+    tokens = BootTokens(store)
+    token = await tokens.issue(A, 60, NOW)
+    assert len(token) >= 43
+    await tokens.redeem(A, token, NOW + 1)
+    assert "no token" in await _refused(tokens, A, token, NOW + 2)
+
+
+async def test_wrong_expired_and_other_nodes_tokens_are_refused_alike(
+        store: KeyValueStore) -> None:
+    tokens = BootTokens(store)
+    a_token = await tokens.issue(A, 60, NOW)
+    b_token = await tokens.issue(B, 60, NOW)
+    assert await _refused(tokens, A, b_token, NOW) == "wrong token"
+    assert await _refused(tokens, A, "x" * 43, NOW) == "wrong token"
+    assert await _refused(tokens, B, a_token, NOW) == "wrong token"
+    assert await _refused(tokens, A, a_token, NOW + 60) == "expired"
+    assert "no token" in await _refused(tokens, A, a_token, NOW)  # an expired one is gone
+    await tokens.redeem(B, b_token, NOW + 59)
+
+
+async def test_a_new_token_replaces_the_old_and_only_its_hash_is_stored(
+        store: KeyValueStore) -> None:
+    tokens = BootTokens(store)
+    old = await tokens.issue(A, 60, NOW)
+    new = await tokens.issue(A, 60, NOW)
+    kv = await store.get(BOOT_TOKENS + A.value)
+    assert kv is not None and new.encode() not in kv.value and old.encode() not in kv.value
+    assert await _refused(tokens, A, old, NOW) == "wrong token"
+    await tokens.redeem(A, new, NOW)
+
+
+async def test_of_concurrent_redeems_of_one_token_exactly_one_wins(store: KeyValueStore) -> None:
+    tokens = BootTokens(store)
+    token = await tokens.issue(A, 60, NOW)
+    results = await asyncio.gather(*(tokens.redeem(A, token, NOW) for _ in range(8)),
+                                   return_exceptions=True)
+    assert sum(1 for r in results if r is None) == 1
+    assert all(isinstance(r, BootTokenRefused) for r in results if r is not None)
+
+
+async def test_api_tokens_authenticate_by_id_and_secret_and_can_be_revoked(
+        store: KeyValueStore) -> None:
+    tokens = ApiTokens(store)
+    record, secret = await tokens.create(Role.OPERATOR, "ci", NOW)
+    token_id, _, raw = secret.partition(".")
+    assert token_id == record.id
+    kv = await store.get(API_TOKENS + record.id)
+    assert kv is not None and raw.encode() not in kv.value
+    found = await tokens.authenticate(secret)
+    assert found.role is Role.OPERATOR and found.name == "ci"
+    for bad in (f"{record.id}.wrong", "nodot", "", f"{'0' * 12}.{raw}", f"../../x.{raw}"):
+        with pytest.raises(Unauthorized):
+            await tokens.authenticate(bad)
+    assert [t.id for t in await tokens.list()] == [record.id]
+    await tokens.revoke(record.id)
+    with pytest.raises(Unauthorized):
+        await tokens.authenticate(secret)
+    with pytest.raises(NotFound):
+        await tokens.revoke(record.id)
+
+
+def test_roles_are_ordered_and_parsed() -> None:
+    assert Role.VIEWER < Role.OPERATOR < Role.ADMIN
+    assert Role.parse("Admin") is Role.ADMIN
+    with pytest.raises(ValidationError, match="viewer, operator, admin"):
+        Role.parse("root")
+
+
+async def test_token_names_are_checked(store: KeyValueStore) -> None:
+    with pytest.raises(ValidationError):
+        await ApiTokens(store).create(Role.VIEWER, "bad name\n", NOW)
