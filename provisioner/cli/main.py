@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from provisioner import __version__
 from provisioner.cli import group, image, node, serve, store
+from provisioner.cli import lab as lab_cli
 from provisioner.cli import scheduler as scheduler_cli
 from provisioner.cli import token as token_cli
 from provisioner.cli.common import CliState
@@ -49,6 +50,7 @@ app.add_typer(store.app, name="store")
 app.add_typer(token_cli.app, name="token")
 app.add_typer(image.app, name="image")
 app.add_typer(scheduler_cli.app, name="scheduler")
+app.add_typer(lab_cli.app, name="lab")
 app.command("serve")(serve.serve)
 
 

@@ -1,0 +1,100 @@
+"""The lab's reads and writes on the appliance's store, run inside the lab namespace (the etcd
+backend listens only there): the admin token, and snapshots of the lab nodes and their events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provisioner.config import load_settings
+from provisioner.errors import NotFound
+from provisioner.inventory import Inventory
+from provisioner.model import BootEvent, MacAddress, Node
+from provisioner.store import open_store
+
+if TYPE_CHECKING:
+    from provisioner.lab.lab import Lab
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as the store has it now (None when the appliance has not seen it yet)."""
+
+    mac: str
+    node: Node | None
+    events: tuple[BootEvent, ...] = field(default_factory=tuple)
+
+    @property
+    def state(self) -> str:
+        return self.node.state.value if self.node is not None else "unknown"
+
+    @property
+    def ip(self) -> str | None:
+        """The reserved address, else the last one DHCP acknowledged."""
+        if self.node is not None and self.node.ip is not None:
+            return str(self.node.ip)
+        acked = [e for e in self.events if e.kind == "dhcp_acked" and e.detail.get("ip")]
+        return str(acked[-1].detail["ip"]) if acked else None
+
+    def event_kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    def timeline(self) -> str:
+        """The event timeline as text, for progress output and test failures."""
+        if not self.events:
+            return "  (no events)"
+        start = self.events[0].at
+        return "\n".join(f"  +{e.at - start:7.2f}s {e.kind:<20} "
+                         f"{_short(dict(e.detail))}" for e in self.events)
+
+
+def _short(detail: dict[str, Any]) -> str:
+    text = " ".join(f"{k}={v}" for k, v in detail.items())
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def create_admin_token(lab: Lab) -> str:
+    from provisioner.lab.lab import lab_env
+    from provisioner.tokens import ApiTokens, Role
+
+    async def create() -> str:
+        store = open_store(load_settings(lab.state.config, env=lab_env()))
+        try:
+            _, secret = await ApiTokens(store).create(Role.ADMIN, "lab", time.time())
+            return secret
+        finally:
+            await store.close()
+
+    return lab.ns.run(create)
+
+
+def snapshot(lab: Lab, macs: Sequence[str]) -> dict[str, NodeView]:
+    from provisioner.lab.lab import lab_env
+
+    config: Path = lab.state.config
+
+    async def read() -> dict[str, NodeView]:
+        store = open_store(load_settings(config, env=lab_env()))
+        try:
+            inventory = Inventory(store)
+            views = {}
+            for mac in macs:
+                views[mac] = await _view(inventory, MacAddress(mac))
+            return views
+        finally:
+            await store.close()
+
+    return lab.ns.run(read, timeout=30)
+
+
+async def _view(inventory: Inventory, mac: MacAddress) -> NodeView:
+    try:
+        node: Node | None = (await inventory.get_node(mac.value)).value
+    except NotFound:
+        node = None
+    events = tuple(await inventory.list_events(mac))
+    return NodeView(mac.value, node, events)
