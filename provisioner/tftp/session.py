@@ -27,6 +27,7 @@ converted size is only known after reading the whole file (tftp-hpa does the sam
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,17 +39,18 @@ from provisioner.tftp.packet import (
     Error,
     ErrorCode,
     Mode,
+    Opcode,
     Options,
     ReadRequest,
     WriteRequest,
     decode,
-    encode_data,
     encode_error,
     encode_oack,
 )
 from provisioner.tftp.paths import ForbiddenPath, canonical_path
 
 __all__ = [
+    "READAHEAD",
     "TRANSITIONS",
     "UNKNOWN_TID",
     "Accepted",
@@ -71,9 +73,10 @@ class Source(Protocol):
     """File content for one transfer, implemented by the adapters in sources.py.
 
     `read` returns exactly `length` bytes unless the file ends first; a shorter result (b"" at
-    the end) means end of file. The session reads sequentially, each block once, and calls
-    `close` exactly once when the transfer ends. `read` may raise OSError or a ProvisionerError:
-    the transfer then fails with ERROR 0, it does not crash the server.
+    the end) means end of file. The session reads sequentially, each byte once (READAHEAD bytes
+    at a time in octet mode), and calls `close` exactly once when the transfer ends. `read` may
+    raise OSError or a ProvisionerError: the transfer then fails with ERROR 0, it does not
+    crash the server.
     """
 
     @property
@@ -259,20 +262,50 @@ class _Failure(NamedTuple):
 
 
 _NO_FAILURE: Final = _Failure("", None, "")
+#: packet.encode_data inlined in _fill_window (one call less per block)
+_data_header: Final = struct.Struct("!HH").pack
+_DATA: Final = int(Opcode.DATA)
+assert _DATA == 3  # the literal in ack_and_send
 _BLOCK_MASK: Final = 0xFFFF
 
 
+#: the octet reader asks the source for this much at a time (one read call, for a file one
+#: pread system call, per ~22 blocks of 1468 bytes instead of one per block)
+READAHEAD: Final = 32768
+
+
 class _OctetReader:
-    __slots__ = ("_offset", "_source")
+    """Sequential blocks cut from READAHEAD-sized reads of the source."""
+
+    __slots__ = ("_chunk", "_eof", "_offset", "_position", "_source")
 
     def __init__(self, source: Source) -> None:
         self._source = source
-        self._offset = 0
+        self._offset = 0  # of the source, after what was read into _chunk
+        self._chunk = b""
+        self._position = 0  # in _chunk, of the next block
+        self._eof = False
 
     def next(self, length: int) -> bytes:
-        chunk = self._source.read(self._offset, length)
-        self._offset += len(chunk)
-        return chunk
+        position = self._position
+        end = position + length
+        chunk = self._chunk
+        if end <= len(chunk):
+            self._position = end
+            return chunk[position:end]
+        return self._refill(length)
+
+    def _refill(self, length: int) -> bytes:
+        rest = self._chunk[self._position :]
+        if not self._eof:
+            wanted = max(length, READAHEAD)
+            data = self._source.read(self._offset, wanted)
+            self._offset += len(data)
+            self._eof = len(data) < wanted  # a short read is the end of the file
+            rest += data
+        block = rest[:length]
+        self._chunk, self._position = rest, len(block)
+        return block
 
 
 class _NetasciiReader:
@@ -411,6 +444,52 @@ class TftpSession:
             self._process(Input.ACK_OACK if wire_block == 0 else Input.ACK_IGNORED, now)
         # START cannot be observed; DONE and FAILED ignore everything.
 
+    def ack_and_send(self, wire_block: int, now: float) -> list[bytes]:
+        """`receive_ack` then `datagrams_to_send` in one call: the server's per-block path.
+
+        The steady state (SENDING, nothing waiting to go out, the ACK of the last block sent
+        and that block not the file's last) runs inline: every block of the window is then
+        acknowledged, so the window is emptied, refilled from the block after it and returned.
+        This is the (SENDING, ACK_WINDOW) -> (SENDING, SEND_WINDOW) entry of the table (asserted
+        after the class), with `_send_window`'s effects; everything else takes the general path.
+        """
+        # (Module constants and literals rather than State.SENDING and _BLOCK_MASK: this runs
+        # once per block, and each global or class attribute lookup shows.)
+        if self._state is _SENDING and not self._out:
+            acked = self._acked
+            block = acked + ((wire_block - acked) & 0xFFFF)  # undo the 16-bit wrap
+            if block == self._sent and block > acked and block != self._last:
+                window = self._window
+                window.clear()
+                self._acked = block
+                if self._retries:  # only a retransmission changes them
+                    self._retries = 0
+                    self._rto = self._base_timeout
+                rto = self._rto
+                try:
+                    if self.windowsize == 1:  # _fill_window for one block, without the loop
+                        blksize = self.blksize
+                        payload = self._reader.next(blksize)
+                        block += 1
+                        if len(payload) < blksize:
+                            self._last = block
+                        datagram = _data_header(3, block & 0xFFFF) + payload  # DATA
+                        window.append(datagram)
+                        self.bytes_sent += len(payload)
+                        self._sent = block
+                        self._deadline = now + rto
+                        return [datagram]
+                    self._fill_window(block + 1)
+                except (OSError, ProvisionerError) as exc:
+                    self._source_failed(now, exc)
+                    return self.datagrams_to_send(now)
+                self._deadline = now + rto
+                out = self._out
+                self._out = []
+                return out
+        self.receive_ack(wire_block, now)
+        return self.datagrams_to_send(now)
+
     def _fail_on_garbage(self, now: float, reason: str, message: str) -> None:
         failure = _Failure(reason, ErrorCode.ILLEGAL_OPERATION, message)
         self._process(Input.GARBAGE, now, failure=failure)
@@ -462,12 +541,12 @@ class TftpSession:
 
     def _fill_window(self, block: int) -> None:
         window, out, last = self._window, self._out, self._last
-        blksize, read = self.blksize, self._reader.next
-        while len(window) < self.windowsize and (last is None or block <= last):
+        blksize, read, windowsize = self.blksize, self._reader.next, self.windowsize
+        while len(window) < windowsize and (last is None or block <= last):
             payload = read(blksize)
             if len(payload) < blksize:
                 last = self._last = block
-            datagram = encode_data(block & _BLOCK_MASK, payload)
+            datagram = _data_header(_DATA, block & _BLOCK_MASK) + payload  # encode_data
             window.append(datagram)
             out.append(datagram)
             self.bytes_sent += len(payload)
@@ -523,8 +602,9 @@ class TftpSession:
     }
 
 
-# receive_ack's shortcut for ACK_WINDOW stands for this entry of the table.
+# receive_ack's and ack_and_send's shortcuts for ACK_WINDOW stand for this entry of the table.
 assert TRANSITIONS[State.SENDING][Input.ACK_WINDOW] == (State.SENDING, Action.SEND_WINDOW)
+_SENDING: Final = State.SENDING
 
 
 # -- for the server: answering a request without a session ------------------------------------

@@ -8,6 +8,7 @@ session's timer whenever nothing is in flight.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from provisioner.tftp.packet import (
     encode_error,
 )
 from provisioner.tftp.session import (
+    READAHEAD,
     TRANSITIONS,
     Event,
     SessionConfig,
@@ -215,7 +217,23 @@ def test_source_is_read_lazily() -> None:
     assert source.reads == 0
     session.receive_datagram(encode_ack(0), 0.0)
     assert len(session.datagrams_to_send(0.0)) == 4
-    assert source.reads == 4
+    assert source.reads == 1  # one READAHEAD-sized read covers the window
+
+
+def test_source_is_read_ahead_in_chunks_each_byte_once() -> None:
+    data = pattern(READAHEAD * 3 + 100)
+    source = BytesSource(data)
+    session = TftpSession(rrq(), source, CONFIG, now=0.0)
+    received = bytearray()
+    block = 1
+    while (event := session.next_event()) is None:
+        for datagram in session.datagrams_to_send(0.0):
+            received += datagram[4:]
+        session.receive_datagram(encode_ack(block & 0xFFFF), 0.0)
+        block += 1
+    assert isinstance(event, TransferCompleted)
+    assert bytes(received) == data
+    assert source.reads == 4  # three full chunks and the short one that ends the file
 
 
 # -- loss, duplicates and timers -------------------------------------------------------------
@@ -362,10 +380,11 @@ def test_garbage_mid_transfer_is_an_error_datagram(datagram: bytes, reason: str)
 
 
 def test_source_failure_is_error_0_not_an_exception() -> None:
-    source = BytesSource(pattern(4096), fail_at=1024)
+    source = BytesSource(pattern(2 * READAHEAD), fail_at=READAHEAD)  # the second read fails
     session = TftpSession(rrq(), source, CONFIG, now=0.0)
-    session.receive_datagram(encode_ack(1), 0.0)
-    session.receive_datagram(encode_ack(2), 0.0)
+    for block in range(1, READAHEAD // 512 + 1):
+        session.datagrams_to_send(0.0)
+        session.receive_datagram(encode_ack(block), 0.0)
     out = session.datagrams_to_send(0.0)
     assert [type(decode(d)) for d in out] == [Error]
     event = session.next_event()
@@ -594,3 +613,42 @@ def test_session_fuzz_never_raises(
         assert len(events) == 1 and session.get_timer() is None and source.closed == 1
     else:
         assert not events and session.get_timer() is not None and source.closed == 0
+
+
+# -- ack_and_send, the server's per-block path ------------------------------------------------
+
+
+@pytest.mark.parametrize("windowsize", [1, 4])
+@pytest.mark.parametrize("seed", range(20))
+def test_ack_and_send_matches_receive_datagram(windowsize: int, seed: int) -> None:
+    """The fast path is an optimisation only: same datagrams, same timer, same event as
+    receive_datagram + datagrams_to_send, for ACKs in order, duplicated, partial, future,
+    wrapped and random, through the end of the transfer."""
+    rng = random.Random(seed)
+
+    def data_blocks(datagrams: list[bytes]) -> list[int]:
+        return [p.block for d in datagrams if isinstance(p := decode(d), Data)]
+
+    data = pattern(rng.choice([0, 512 * 9, 512 * 9 + 7, READAHEAD + 1000]))
+    request = rrq(blksize=512) if windowsize == 1 else rrq(windowsize=windowsize)
+    slow = TftpSession(request, BytesSource(data), CONFIG, now=0.0)
+    fast = TftpSession(request, BytesSource(data), CONFIG, now=0.0)
+    now = 0.0
+    first = slow.datagrams_to_send(now)
+    assert fast.datagrams_to_send(now) == first
+    last = max(data_blocks(first), default=0)  # the last DATA block sent, as on the wire
+    for _ in range(400):
+        now += 0.01
+        wire = rng.choice([last, last, last, last - 1, last - 2, last + 1,
+                           rng.randrange(65536)]) & 0xFFFF
+        slow.receive_datagram(encode_ack(wire), now)
+        expected = slow.datagrams_to_send(now)
+        assert fast.ack_and_send(wire, now) == expected
+        assert fast.get_timer() == slow.get_timer()
+        assert fast.state is slow.state
+        assert (fast.bytes_sent, fast.retransmits) == (slow.bytes_sent, slow.retransmits)
+        last = max(data_blocks(expected), default=last)
+        event = slow.next_event()
+        assert fast.next_event() == event
+        if event is not None:
+            break
