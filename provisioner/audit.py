@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from provisioner.errors import Conflict, StoreError
-from provisioner.store.base import KeyValueStore
+from provisioner.store.base import KeyValueStore, TxnOp
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,22 @@ class AuditEntry:
                 "outcome": self.outcome, "at": self.at, "detail": dict(self.detail)}
 
 
+def _encode(entry: AuditEntry) -> bytes:
+    return json.dumps(entry.to_dict(), separators=(",", ":"), default=str).encode()
+
+
 class AuditLog:
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
+
+    @staticmethod
+    def op(who: str, action: str, target: str, outcome: str, at: float, *,
+           detail: Mapping[str, Any] | None = None, bump: int = 0) -> TxnOp:
+        """The create-only write of one entry, to commit in a txn with the change it records
+        (`bump` picks the next sequence number when a retry finds this one taken)."""
+        entry = AuditEntry(f"{int(at * 1e9) + bump:020d}", who, action, target, outcome, at,
+                           dict(detail or {}))
+        return TxnOp(AUDIT + entry.seq, _encode(entry), expect=0)
 
     async def record(self, who: str, action: str, target: str, outcome: str, at: float, *,
                      detail: Mapping[str, Any] | None = None) -> AuditEntry | None:
@@ -52,8 +65,7 @@ class AuditLog:
             entry = AuditEntry(f"{base + bump:020d}", who, action, target, outcome, at,
                                dict(detail or {}))
             try:
-                await self.store.put(AUDIT + entry.seq, json.dumps(
-                    entry.to_dict(), separators=(",", ":"), default=str).encode(), expect=0)
+                await self.store.put(AUDIT + entry.seq, _encode(entry), expect=0)
                 return entry
             except Conflict:
                 continue

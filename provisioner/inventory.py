@@ -19,7 +19,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +40,7 @@ from provisioner.model import (
     effective_settings,
     parse_enum,
 )
-from provisioner.store.base import EventType, KeyValueStore, WatchEvent
+from provisioner.store.base import EventType, KeyValueStore, TxnConflict, TxnOp, WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ CAS_RETRIES = 20
 #: seconds before a name claim without its node counts as left over from a crash
 CLAIM_GRACE = 30.0
 T = TypeVar("T")
+#: writes to commit together with a node update: given the updated node and the attempt number
+#: (0, 1, ...), so that append-only keys (events, audit) can pick a fresh key on a retry
+Also = Callable[[Node, int], Sequence[TxnOp]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,10 @@ class Follower:
             self.applied = max(self.applied, event.revision)
             self._advanced.set()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def wait_applied(self, revision: int, timeout: float = 2.0) -> bool:
         """Wait (bounded) until the view includes `revision`; False if it did not in time."""
         if self._task is None:
@@ -218,6 +225,9 @@ class Inventory:
 
     def _apply_node(self, event: WatchEvent) -> None:
         mac = event.key.removeprefix(NODES)
+        cached = self._nodes.get(mac)
+        if cached is not None and cached.revision >= event.revision:
+            return  # our own write, already in the cache (see _remember): no decode again
         old = self._nodes.pop(mac, None)
         if old is not None:
             self._by_name.pop(old.value.name, None)
@@ -229,6 +239,22 @@ class Inventory:
             self._by_name[node.name] = mac
             if node.ip is not None:
                 self._by_ip[node.ip] = mac
+
+    def _remember(self, node: Node, revision: int) -> None:
+        """Read-your-writes: put a node this process just wrote into the cache at once (the
+        watch brings the same revision later and skips it)."""
+        mac = node.mac.value
+        old = self._nodes.get(mac)
+        if not self._follower.running or (old is not None and old.revision >= revision):
+            return
+        if old is not None:
+            self._by_name.pop(old.value.name, None)
+            if old.value.ip is not None:
+                self._by_ip.pop(old.value.ip, None)
+        self._nodes[mac] = Versioned(node, revision)
+        self._by_name[node.name] = mac
+        if node.ip is not None:
+            self._by_ip[node.ip] = mac
 
     def node_by_mac(self, mac: MacAddress | str) -> Node | None:
         entry = self._nodes.get(mac.value if isinstance(mac, MacAddress) else mac)
@@ -325,6 +351,14 @@ class Inventory:
     async def update_node_versioned(self, ref: str,
                                     change: Callable[[Node], Node]) -> Versioned[Node]:
         """`update_node`, returning the revision written too."""
+        return (await self.update_node_txn(ref, change))[0]
+
+    async def update_node_txn(self, ref: str, change: Callable[[Node], Node], *,
+                              also: Also | None = None) -> tuple[Versioned[Node], list[int]]:
+        """`update_node_versioned`, and the revisions of `also`'s writes. With `also`, they are
+        committed in one txn with the node's (all or none); a conflict on one of them with an
+        `expect` other than 0 is raised as TxnConflict, one with expect=0 (an append-only key
+        taken) is retried with the next attempt number."""
         for attempt in range(CAS_RETRIES):
             # The first try starts from the watch-fed cache (no store round trip); a stale
             # entry only costs a Conflict, and every retry reads the store.
@@ -336,17 +370,31 @@ class Inventory:
             renamed = updated.name != current.value.name
             if renamed:
                 await self._claim_name(updated.name, updated.mac)
+            key, value = NODES + updated.mac.value, _dump(node_to_dict(updated))
+            extra: list[TxnOp] = []
             try:
-                revision = await self.store.put(NODES + updated.mac.value,
-                                                _dump(node_to_dict(updated)),
-                                                expect=current.revision)
+                if also is None:
+                    revisions = [await self.store.put(key, value, expect=current.revision)]
+                else:
+                    extra = list(also(updated, attempt))
+                    revisions = await self.store.txn(
+                        [TxnOp(key, value, current.revision), *extra])
+            except TxnConflict as exc:
+                if renamed:
+                    await self._release_name(updated.name, updated.mac)
+                held = {op.key for op in extra if op.expect}  # not ours to retry: the caller's
+                fatal = [k for k in exc.keys if k in held]
+                if fatal:
+                    raise TxnConflict(str(exc), fatal) from None
+                continue
             except Conflict:
                 if renamed:
                     await self._release_name(updated.name, updated.mac)
                 continue
             if renamed:
                 await self._release_name(current.value.name, updated.mac)
-            return Versioned(updated, revision)
+            self._remember(updated, revisions[0])
+            return Versioned(updated, revisions[0]), revisions[1:]
         raise Conflict(f"node {ref!r} kept changing under us; try again")
 
     async def delete_node(self, ref: str) -> Node:
@@ -476,6 +524,12 @@ class Inventory:
         return [lease_from_dict(json.loads(kv.value)) for kv in result.items]
 
     # -- events --------------------------------------------------------------------------
+
+    @staticmethod
+    def event_op(event: BootEvent, bump: int = 0) -> TxnOp:
+        """The write that records `event` (create-only; `bump` moves it to the next key)."""
+        key = f"{EVENTS}{event.mac.value}/{int(event.at * 1e9) + bump:020d}"
+        return TxnOp(key, _dump(event_to_dict(event)), expect=0)
 
     async def add_event(self, event: BootEvent) -> None:
         seq = int(event.at * 1e9)

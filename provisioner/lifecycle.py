@@ -3,8 +3,10 @@
 Rules of this file (h11 `_state.py` style): the legal moves are the table `TRANSITIONS`, read by
 `check_transition` and nothing else; a move that is not in the table raises InvalidTransition
 naming the current state and the states it may go to. Time comes from the injected `clock`, so
-tests move it by hand. Every transition is written to the node with compare-and-swap and then
-recorded as a BootEvent whose kind is the new state and whose detail says where it came from.
+tests move it by hand. Every transition is written to the node with compare-and-swap in one txn
+with a BootEvent whose kind is the new state and whose detail says where it came from (and with
+whatever the caller commits alongside: the boot token's redemption, the audit entry, the
+handoff outbox entry or its removal), so a transition is one store round trip.
 
     discovered ─┐
     registered ─┼─ boot script served ─> provisioning ─ callback ─> booted ─ handoff ─> ready
@@ -15,7 +17,6 @@ recorded as a BootEvent whose kind is the new state and whose detail says where 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,8 +26,9 @@ from typing import Any, Final, Protocol
 
 from provisioner.errors import InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
-from provisioner.inventory import Inventory
+from provisioner.inventory import Also, Inventory
 from provisioner.model import BootEvent, MacAddress, Node, NodeState, SettingValue
+from provisioner.store.base import TxnOp
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Outbox(Protocol):
 
     async def submit(self, node: HandoffNode) -> None: ...
 
+    def entry(self, node: HandoffNode) -> TxnOp: ...
+
+    def accepted(self, node: HandoffNode, revision: int) -> None: ...
+
 
 Clock = Callable[[], float]
 
@@ -87,9 +93,17 @@ class Lifecycle:
     async def transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
                          detail: Mapping[str, Any] | None = None,
                          change: Callable[[Node], Node] | None = None,
-                         also: Awaitable[Any] | None = None) -> Node:
-        """Move a node to `target` (CAS, retried on races) and record the event. `also` is
-        awaited together with the event write (one group commit instead of two in a row)."""
+                         also: Also | None = None) -> Node:
+        """Move a node to `target` (CAS, retried on races) and record the event, in one txn
+        with `also`'s writes (see Inventory.update_node_txn)."""
+        return (await self._transition(mac, target, reason=reason, detail=detail,
+                                       change=change, also=also))[0]
+
+    async def _transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
+                          detail: Mapping[str, Any] | None = None,
+                          change: Callable[[Node], Node] | None = None,
+                          also: Also | None = None) -> tuple[Node, list[int]]:
+        """`transition`, and the revisions of `also`'s writes."""
         seen: list[NodeState] = []
 
         def apply(node: Node) -> Node:
@@ -98,21 +112,17 @@ class Lifecycle:
             moved = change(node) if change is not None else node
             return moved.with_changes(state=target)
 
-        try:
-            node = await self.inventory.update_node(str(mac), apply)
-        except BaseException:
-            if also is not None and asyncio.iscoroutine(also):
-                also.close()  # never started: do not leave it unawaited
-            raise
-        event = self._event(node.mac, target.value,
-                            {"from": seen[-1].value, "reason": reason, **(detail or {})})
-        await (asyncio.gather(event, also) if also is not None else event)
-        if target is not S.PROVISIONING:
-            self._deadlines.pop(node.mac.value, None)
-        return node
+        def writes(node: Node, attempt: int) -> list[TxnOp]:
+            event = BootEvent(node.mac, target.value, self.clock(),
+                              {"from": seen[-1].value, "reason": reason, **(detail or {})})
+            extra = also(node, attempt) if also is not None else ()
+            return [self.inventory.event_op(event, attempt), *extra]
 
-    async def _event(self, mac: MacAddress, kind: str, detail: Mapping[str, Any]) -> None:
-        await self.inventory.add_event(BootEvent(mac, kind, self.clock(), detail))
+        versioned, revisions = await self.inventory.update_node_txn(str(mac), apply,
+                                                                    also=writes)
+        if target is not S.PROVISIONING:
+            self._deadlines.pop(versioned.value.mac.value, None)
+        return versioned.value, revisions[1:]
 
     # -- the boot path --------------------------------------------------------------------
 
@@ -125,9 +135,10 @@ class Lifecycle:
         return node
 
     async def booted(self, mac: MacAddress | str, facts: Mapping[str, Any], version: str,
-                      image: str | None = None) -> Node:
+                      image: str | None = None, *, also: Also | None = None) -> Node:
         """The node called back from its image: store its facts, hand it to the scheduler.
-        The handoff is queued (durably, in the outbox) together with the booted event."""
+        The handoff is queued (durably, in the outbox) in the txn of the booted transition,
+        with `also`'s writes (the node plane's token redemption and audit entry)."""
         mac = MacAddress(str(mac))
         expected = self._deadlines.get(mac.value, (0.0, None))[1]
         detail: dict[str, Any] = {"image": image, "version": version,
@@ -135,22 +146,24 @@ class Lifecycle:
                                   "handoff": "queued" if self.handoff else "off"}
         if expected is not None and expected != version:
             detail |= {"expected_version": expected, "version_mismatch": True}
+        handoff = self.handoff
         queued: list[HandoffNode] = []
 
         def change(node: Node) -> Node:
             queued[:] = [self.ticket(node, facts)]
             return node.with_changes(hardware=dict(facts))
 
-        node = await self.transition(mac, S.BOOTED, reason="callback received", detail=detail,
-                                     change=change, also=self._submit(queued))
-        if self.handoff is None:
+        def writes(node: Node, attempt: int) -> list[TxnOp]:
+            extra = list(also(node, attempt)) if also is not None else []
+            return extra + ([handoff.entry(queued[0])] if handoff is not None else [])
+
+        node, revisions = await self._transition(mac, S.BOOTED, reason="callback received",
+                                                 detail=detail, change=change, also=writes)
+        if handoff is None:
             return await self.transition(node.mac, S.READY,
                                          reason="handoff is off ([handoff] kind = none)")
+        handoff.accepted(queued[0], revisions[-1])
         return node
-
-    async def _submit(self, queued: list[HandoffNode]) -> None:
-        if self.handoff is not None and queued:
-            await self.handoff.submit(queued[0])
 
     def ticket(self, node: Node, facts: Mapping[str, Any]) -> HandoffNode:
         settings = self.effective(node)
@@ -161,21 +174,27 @@ class Lifecycle:
             features=tuple(f.strip() for f in features.split(",") if f.strip()),
             partition=str(settings.get("scheduler_partition", "") or ""))
 
-    async def handed_off(self, mac: MacAddress | str) -> Node:
-        """The scheduler confirmed the node. Idempotent: the outbox may confirm twice."""
+    async def handed_off(self, mac: MacAddress | str, done: TxnOp | None = None) -> Node:
+        """The scheduler confirmed the node. Idempotent: the outbox may confirm twice. `done`
+        (the outbox entry's removal) is committed with the ready transition."""
         try:
-            return await self.transition(mac, S.READY, reason="scheduler confirmed")
+            return await self.transition(mac, S.READY, reason="scheduler confirmed",
+                                         also=(lambda _n, _a: [done]) if done else None)
         except InvalidTransition as exc:
             if exc.current == S.READY.value:
                 return (await self.inventory.get_node(str(mac))).value
             raise
 
-    async def confirmed(self, mac: MacAddress) -> None:
-        """The outbox's on_confirmed: ready, unless the node moved on (rebooted, deleted)."""
+    async def confirmed(self, mac: MacAddress, done: TxnOp | None = None) -> bool:
+        """The outbox's on_confirmed: ready, unless the node moved on (rebooted, deleted).
+        True when `done` was committed with the ready transition."""
         try:
-            await self.handed_off(mac)
+            await self.transition(mac, S.READY, reason="scheduler confirmed",
+                                  also=(lambda _n, _a: [done]) if done else None)
+            return done is not None
         except (InvalidTransition, NotFound) as exc:
             log.info("handoff of %s confirmed, but: %s", mac, exc)
+            return False
 
     async def fail(self, mac: MacAddress | str, reason: str) -> Node:
         return await self.transition(mac, S.FAILED, reason=reason)

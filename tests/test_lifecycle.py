@@ -162,6 +162,8 @@ async def test_booted_goes_through_the_real_outbox_and_ready_comes_from_its_conf
         assert ticket.cpus == 4 and ticket.memory_mib == 2048
         await life.handed_off(MAC)  # a second confirmation is harmless
         assert len(await inventory.list_events(MAC)) == 3
+        # the outbox entry went in the ready transition's txn
+        assert await queue.queued() == []
     finally:
         await queue.stop()
         await inventory.stop()

@@ -1,13 +1,17 @@
 """A durable outbox for handoffs: a booted node is registered with the scheduler even if the
 scheduler (or the appliance) is down when the node boots.
 
-`submit(node)` writes `/provisioner/v1/outbox/<mac>` and returns; a worker per MAC delivers it
+`submit(node)` writes `/provisioner/v1/outbox/<mac>` and returns (or `entry(node)` is committed
+in the caller's own txn, then `accepted(node, revision)`); a worker per MAC delivers it
 with exponential backoff (0.2 s doubling to 30 s, each wait jittered to 50-100 % so a scheduler
 coming back is not hit by every node at the same instant). Delivery is at-least-once: register,
 then `on_confirmed(mac)`, then delete the entry with a compare-and-swap, so a crash in between
-delivers again rather than losing the node; register and on_confirmed must be idempotent. A
-newer submit for the same MAC replaces the entry; the CAS delete then fails and the newer entry
-is delivered too. `start()` picks up the entries a previous run left behind.
+delivers again rather than losing the node; register and on_confirmed must be idempotent.
+`on_confirmed(mac, done)` is handed the delete (`done`) and may commit it in one txn with its own
+writes (the ready transition): it returns True when it did, and then no separate delete is made.
+A newer submit for the same MAC replaces the entry; the CAS delete then fails (a TxnConflict in
+on_confirmed's txn, which then writes nothing) and the newer entry is delivered too. `start()`
+picks up the entries a previous run left behind.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import Any
 from provisioner.errors import Conflict, HandoffError, NotFound, ProvisionerError, StoreUnavailable
 from provisioner.handoff.base import Handoff, HandoffNode, HandoffRejected
 from provisioner.model import MacAddress
-from provisioner.store.base import KeyValue, KeyValueStore
+from provisioner.store.base import KeyValue, KeyValueStore, TxnConflict, TxnOp
 
 OUTBOX = "/provisioner/v1/outbox/"
 log = logging.getLogger("provisioner.handoff")
 
-OnConfirmed = Callable[[MacAddress], Awaitable[None]]
+#: (mac, the entry's delete) -> True if the delete was committed with the confirmation
+OnConfirmed = Callable[[MacAddress, TxnOp], Awaitable[bool | None]]
 
 
 @dataclass
@@ -70,8 +75,19 @@ class HandoffQueue:
 
     async def submit(self, node: HandoffNode) -> None:
         """Queue the node's registration durably; delivery happens in the background."""
+        op = self.entry(node)
+        assert op.value is not None
+        self.accepted(node, await self.store.put(op.key, op.value))
+
+    @staticmethod
+    def entry(node: HandoffNode) -> TxnOp:
+        """The outbox write for `node`, for a caller that commits it in its own txn; call
+        `accepted` once it is committed."""
         entry = {"node": node.to_dict(), "submitted": time.time()}
-        revision = await self.store.put(OUTBOX + str(node.mac), json.dumps(entry).encode())
+        return TxnOp(OUTBOX + str(node.mac), json.dumps(entry).encode())
+
+    def accepted(self, node: HandoffNode, revision: int) -> None:
+        """The entry for `node` is in the store at `revision`: deliver it."""
         self._written[str(node.mac)] = (node, revision)  # spares the worker a read
         if self._running:
             self._spawn(str(node.mac))
@@ -149,18 +165,24 @@ class HandoffQueue:
         record.attempts += 1
         async with self._limit:
             await self.handoff.register(node)
+        committed: bool | None = False
         try:
-            await self.on_confirmed(node.mac)
+            committed = await self.on_confirmed(node.mac, TxnOp(OUTBOX + mac, None, revision))
+        except TxnConflict as exc:
+            if OUTBOX + mac in exc.keys:
+                return False  # replaced (or gone) meanwhile: nothing was written
+            raise
         except StoreUnavailable:
             raise
         except ProvisionerError as exc:  # e.g. the node was retired meanwhile: nothing to do
             log.warning("handoff of %s confirmed, but marking it ready failed: %s", mac, exc)
-        try:
-            await self.store.delete(OUTBOX + mac, expect=revision)
-        except Conflict:
-            return False
-        except NotFound:
-            pass
+        if not committed:
+            try:
+                await self.store.delete(OUTBOX + mac, expect=revision)
+            except Conflict:
+                return False
+            except NotFound:
+                pass
         # A submit that landed after our delete has no other worker to deliver it.
         return mac not in self._written
 

@@ -14,6 +14,12 @@ in tests/store/test_contract.py. The rules:
 - Leases: `grant(ttl)` returns an id; keys put with `lease=id` are deleted when the lease
   expires or is revoked (a DELETE event is emitted). `keepalive(id)` renews it. A lease lasts
   at least `ttl` seconds: etcd rounds up to whole seconds and to its minimum TTL.
+- `txn(ops)` applies several puts and deletes atomically: every `expect` is checked first and
+  either all ops are applied or none (a mismatch raises `TxnConflict` naming every key whose
+  expectation failed, in op order). Keys in one txn are distinct. It returns each op's
+  revision: etcd stamps every key of a txn with one revision, sqlite and memory give each op
+  its own. A delete of an absent key with `expect=None` is a no-op inside a txn. One txn is one
+  round trip (etcd Txn, one sqlite transaction): the boot callback writes its five keys in one.
 - A backend that cannot answer within its timeout raises `StoreUnavailable`.
 """
 
@@ -66,6 +72,26 @@ class StoreStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One write in a txn: put `value` (bytes) or delete (`value=None`), with `expect` as in
+    put/delete."""
+
+    key: str
+    value: bytes | None
+    expect: int | None = None
+
+
+class TxnConflict(Conflict):
+    """A txn's expectations failed for `keys` (in op order; `key` is the first); nothing was
+    written."""
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+        self.key = self.keys[0]
+
+
 class Compacted(Conflict):
     """The requested revision is no longer in the store's history; re-read and watch again."""
 
@@ -89,6 +115,11 @@ class KeyValueStore(Protocol):
     async def delete(self, key: str, *, expect: int | None = None) -> int:
         """Delete `key`; return the new revision. Raises NotFound when absent (expect=None)
         and Conflict when `expect` fails."""
+        ...
+
+    async def txn(self, ops: Sequence[TxnOp]) -> list[int]:
+        """Apply `ops` atomically (all or none); return each op's revision. Raises
+        TxnConflict when an `expect` fails."""
         ...
 
     def watch(self, prefix: str, start: int | None = None) -> AsyncIterator[WatchEvent]:
@@ -120,6 +151,25 @@ def check_key(key: str) -> str:
 def check_expect(expect: int | None) -> None:
     if expect is not None and expect < 0:
         raise ValidationError("expect", "must be None, 0 (absent) or a revision > 0")
+
+
+def check_txn(ops: Sequence[TxnOp]) -> None:
+    """Validate a txn's ops: keys well formed and distinct, expectations sane."""
+    if not ops:
+        raise ValidationError("ops", "a txn needs at least one operation")
+    seen: set[str] = set()
+    for op in ops:
+        check_key(op.key)
+        check_expect(op.expect)
+        if op.key in seen:
+            raise ValidationError("ops", f"{op.key} appears twice in one txn")
+        seen.add(op.key)
+
+
+def txn_conflict(failed: Sequence[tuple[str, KeyValue | None, int | None]]) -> TxnConflict:
+    """The TxnConflict for (key, what was found, what was expected) of each failed op."""
+    message = "; ".join(conflict_message(key, found, expect) for key, found, expect in failed)
+    return TxnConflict(message, [key for key, _, _ in failed])
 
 
 def expect_matches(current: KeyValue | None, expect: int | None) -> bool:

@@ -39,10 +39,14 @@ from provisioner.store.base import (
     KeyValue,
     RangeResult,
     StoreStatus,
+    TxnOp,
     WatchEvent,
     check_expect,
     check_key,
+    check_txn,
     conflict_message,
+    expect_matches,
+    txn_conflict,
 )
 
 log = logging.getLogger(__name__)
@@ -345,6 +349,32 @@ class EtcdStore:
         if not response.succeeded:
             raise self._conflict(key, response, expect)
         return int(response.header.revision)
+
+    async def txn(self, ops: Sequence[TxnOp]) -> list[int]:
+        """One etcd Txn: a compare per op with an `expect`, all the writes on success, and on
+        failure a read of every compared key so the conflict can name the one that moved."""
+        check_txn(ops)
+        keys = [self._key(op.key) for op in ops]
+        checked = [(op, key, op.expect) for op, key in zip(ops, keys, strict=True)
+                   if op.expect is not None]
+        request = rpc.TxnRequest(
+            compare=[self._compare(key, expect) for _, key, expect in checked],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                     if op.value is None else
+                     rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=op.value))
+                     for op, key in zip(ops, keys, strict=True)],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+                     for _, key, _ in checked],
+        )
+        async with self._call("txn") as conn:
+            response = await conn.kv.Txn(request, **self._call_options)
+        if not response.succeeded:
+            found = [(op.key, self._kv(a.response_range.kvs[0]) if a.response_range.kvs
+                      else None, expect)
+                     for (op, _, expect), a in zip(checked, response.responses, strict=True)]
+            failed = [f for f in found if not expect_matches(f[1], f[2])]
+            raise txn_conflict(failed or found)
+        return [int(response.header.revision)] * len(ops)
 
     async def watch(self, prefix: str, start: int | None = None) -> AsyncIterator[WatchEvent]:
         """Every change under `prefix` from revision `start`, across etcd restarts.

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from provisioner.errors import Conflict, NotFound
 from provisioner.store.base import (
@@ -15,11 +15,14 @@ from provisioner.store.base import (
     KeyValue,
     RangeResult,
     StoreStatus,
+    TxnOp,
     WatchEvent,
     check_expect,
     check_key,
+    check_txn,
     conflict_message,
     expect_matches,
+    txn_conflict,
 )
 
 HISTORY = 100_000  # watch events kept for `watch(start=...)`
@@ -71,6 +74,25 @@ class MemoryStore:
         if current is None:
             return self._revision  # expect=0 and absent: nothing to do
         return self._remove(key)
+
+    async def txn(self, ops: Sequence[TxnOp]) -> list[int]:
+        check_txn(ops)
+        failed = [(op.key, self._data.get(op.key), op.expect) for op in ops
+                  if not expect_matches(self._data.get(op.key), op.expect)]
+        if failed:
+            raise txn_conflict(failed)
+        revisions: list[int] = []
+        for op in ops:
+            current = self._data.get(op.key)
+            if op.value is None:
+                revisions.append(self._remove(op.key) if current else self._revision)
+                continue
+            self._revision += 1
+            created = current.create_revision if current else self._revision
+            self._data[op.key] = KeyValue(op.key, bytes(op.value), created, self._revision)
+            self._emit(WatchEvent(EventType.PUT, op.key, bytes(op.value), self._revision))
+            revisions.append(self._revision)
+        return revisions
 
     def _remove(self, key: str) -> int:
         del self._data[key]

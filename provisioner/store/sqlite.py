@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,14 @@ from provisioner.store.base import (
     KeyValue,
     RangeResult,
     StoreStatus,
+    TxnOp,
     WatchEvent,
     check_expect,
     check_key,
+    check_txn,
     conflict_message,
     expect_matches,
+    txn_conflict,
 )
 
 SCHEMA = """
@@ -217,6 +220,36 @@ class SqliteStore:
             return _delete(db, key, rev), rev + 1
 
         result: int = await self._submit(apply)
+        return result
+
+    async def txn(self, ops: Sequence[TxnOp]) -> list[int]:
+        """All of `ops` in the one transaction of the writer's next group commit."""
+        check_txn(ops)
+        writes = [(op.key, None if op.value is None else bytes(op.value), op.expect)
+                  for op in ops]
+
+        def apply(db: sqlite3.Connection, rev: int) -> tuple[int, Any]:
+            found = [_current(db, key) for key, _, _ in writes]
+            failed = [(key, current, expect) for (key, _, expect), current
+                      in zip(writes, found, strict=True) if not expect_matches(current, expect)]
+            if failed:
+                return rev, txn_conflict(failed)
+            revisions: list[int] = []
+            for (key, data, _), current in zip(writes, found, strict=True):
+                if data is None:
+                    if current is not None:
+                        rev = _delete(db, key, rev)
+                    revisions.append(rev)
+                    continue
+                rev += 1
+                created = current.create_revision if current else rev
+                db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, 0)",
+                           (key, data, created, rev))
+                db.execute("INSERT INTO log VALUES (?, ?, ?, 0)", (rev, key, data))
+                revisions.append(rev)
+            return rev, revisions
+
+        result: list[int] = await self._submit(apply)
         return result
 
     def _write_loop(self) -> None:

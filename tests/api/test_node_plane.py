@@ -4,8 +4,13 @@ leave an audit entry."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
+
+from provisioner.api.app import create_app
+from provisioner.api.routes.node import CallbackFastPath
 from provisioner.model import MacAddress, Node, NodeState
 from tests.api.conftest import Api
 
@@ -84,3 +89,84 @@ async def test_bad_callback_bodies(store_api: Api) -> None:
     negative = await api.client.post("/node/v1/booted", json={
         **_body(A, "x"), "facts": {"cpus": -1}})
     assert negative.status_code == 422
+
+
+async def test_concurrent_callbacks_with_one_token_boot_the_node_once(store_api: Api) -> None:
+    """The token's redemption is a CAS delete inside the callback's txn: one commits, the
+    others write nothing and get the 401 (audited as a replay)."""
+    api = store_api
+    token_a, _ = await _provisioning(api)
+    responses = await asyncio.gather(
+        *(api.client.post("/node/v1/booted", json=_body(A, token_a)) for _ in range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 401, 401, 401]
+    booted = [e for e in await api.ctx.inventory.list_events(A) if e.kind == "booted"]
+    assert len(booted) == 1
+    entries = await api.ctx.audit.entries(action="boot_token.redeem")
+    assert sorted(e.outcome for e in entries) == ["denied", "denied", "denied", "ok"]
+
+
+async def test_an_accepted_callback_is_one_read_and_one_txn(api: Api) -> None:
+    """Store round trips of the boot callback: the token read, then one txn (token, audit,
+    node, event; with the handoff off, a second txn moves the node to ready)."""
+    token_a, _ = await _provisioning(api)
+    ticks = iter(range(1, 100))
+    api.ctx.lifecycle.clock = lambda: api.clock.now + next(ticks)  # distinct event times
+    store = api.ctx.inventory.store
+    calls: list[str] = []
+    for name in ("get", "range", "put", "delete", "txn"):
+        original = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original,
+                    **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(store, name, counted)
+    response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
+    assert response.status_code == 200, response.text
+    assert calls == ["get", "txn", "txn"]
+    assert await store.get("/provisioner/v1/boottokens/" + A.value) is None
+    assert [e.kind for e in await api.ctx.inventory.list_events(A)][-2:] == ["booted", "ready"]
+
+
+async def test_a_callback_for_a_retired_node_writes_nothing_and_keeps_the_token(
+        api: Api) -> None:
+    token_a, _ = await _provisioning(api)
+    await api.ctx.lifecycle.fail(A, "test")
+    await api.ctx.lifecycle.transition(A, NodeState.RETIRED, reason="test")
+    response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
+    assert response.status_code == 409
+    assert await api.ctx.inventory.store.get("/provisioner/v1/boottokens/" + A.value)
+    failed = (await api.ctx.audit.entries(action="boot_token.redeem"))[0]
+    assert failed.outcome == "failed"
+
+
+async def test_the_fast_path_answers_exactly_as_the_app_does(api: Api) -> None:
+    """CallbackFastPath (what `provisioner serve` runs) against the plain FastAPI app: the
+    same statuses and bodies for a good callback, a refusal, and bodies it hands over."""
+    token_a, token_b = await _provisioning(api)
+    app = create_app(api.ctx)
+    fast = httpx.AsyncClient(transport=httpx.ASGITransport(app=CallbackFastPath(app, api.ctx)),
+                             base_url="http://api")
+    async with fast:
+        good = await fast.post("/node/v1/booted", json=_body(A, token_a))
+        assert good.status_code == 200, good.text
+        assert good.json() == {"state": "ready", "node": "node001", "mac": A.value}
+        cases: list[dict[str, Any]] = [
+            {"json": _body(A, token_a)},  # replayed
+            {"json": _body(B, "wrong")},
+            {"json": {"mac": B.value}},  # 422 from the app
+            {"json": {**_body(B, token_b), "facts": {"cpus": -1}}},
+            {"content": b"not json", "headers": {"content-type": "application/json"}},
+            {"content": b"[" * 40 + b"]" * 40, "headers": {"content-type": "application/json"}},
+            {"content": b"x" * 70_000, "headers": {"content-type": "application/json"}},
+            {"content": b"{}", "headers": {"content-type": "text/plain"}},
+        ]
+        for case in cases:
+            ours = await fast.post("/node/v1/booted", **case)
+            theirs = await api.client.post("/node/v1/booted", **case)
+            assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), case
+        assert (await fast.get("/healthz")).status_code == 200
+        still = await fast.post("/node/v1/booted", json=_body(B, token_b))
+        assert still.status_code == 200 and still.json()["node"] == "node002"
+    assert {"booted", "ready"} <= {e.kind for e in await api.ctx.inventory.list_events(B)}

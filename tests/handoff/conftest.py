@@ -7,14 +7,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 from provisioner.model import MacAddress
+from provisioner.store.base import TxnOp
 
 
 class Confirmations:
     def __init__(self) -> None:
         self.macs: list[MacAddress] = []
 
-    async def __call__(self, mac: MacAddress) -> None:
+    async def __call__(self, mac: MacAddress, done: TxnOp) -> bool:
         self.macs.append(mac)
+        return False  # the outbox deletes its entry itself
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

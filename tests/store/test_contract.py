@@ -7,7 +7,14 @@ import asyncio
 import pytest
 
 from provisioner.errors import Conflict, NotFound, ValidationError
-from provisioner.store.base import Compacted, EventType, KeyValueStore, WatchEvent
+from provisioner.store.base import (
+    Compacted,
+    EventType,
+    KeyValueStore,
+    TxnConflict,
+    TxnOp,
+    WatchEvent,
+)
 
 
 async def test_put_get_roundtrip(store: KeyValueStore) -> None:
@@ -192,3 +199,73 @@ async def test_status_reports_revision_and_keys(store: KeyValueStore) -> None:
     assert status.backend == store.backend
     assert status.revision >= rev
     assert status.keys >= 1
+
+
+# -- txn: several writes, all or none --------------------------------------------------------
+
+
+async def test_txn_applies_puts_and_deletes_together(store: KeyValueStore) -> None:
+    rev = await store.put("/t/token", b"secret")
+    await store.put("/t/other", b"keep")
+    revisions = await store.txn([
+        TxnOp("/t/token", None, expect=rev),
+        TxnOp("/t/node", b"booted", expect=0),
+        TxnOp("/t/event", b"e", expect=0),
+        TxnOp("/t/outbox", b"o"),
+        TxnOp("/t/absent", None),  # delete of an absent key without expect: a no-op
+    ])
+    assert len(revisions) == 5 and min(revisions) > rev
+    assert await store.get("/t/token") is None
+    node = await store.get("/t/node")
+    assert node is not None and node.value == b"booted" and node.mod_revision == revisions[1]
+    outbox = await store.get("/t/outbox")
+    assert outbox is not None and outbox.mod_revision == revisions[3]
+    assert [kv.key for kv in (await store.range("/t/")).items] == [
+        "/t/event", "/t/node", "/t/other", "/t/outbox"]
+
+
+async def test_txn_with_one_failed_expectation_writes_nothing(store: KeyValueStore) -> None:
+    rev = await store.put("/t/node", b"1")
+    await store.put("/t/node", b"2")  # rev is now stale
+    before = await store.put("/t/token", b"t")
+    with pytest.raises(TxnConflict) as caught:
+        await store.txn([TxnOp("/t/token", None, expect=before),
+                         TxnOp("/t/node", b"3", expect=rev),
+                         TxnOp("/t/new", b"n", expect=0)])
+    assert caught.value.keys == ("/t/node",) and isinstance(caught.value, Conflict)
+    node, token = await store.get("/t/node"), await store.get("/t/token")
+    assert node is not None and node.value == b"2"
+    assert token is not None and await store.get("/t/new") is None
+    with pytest.raises(TxnConflict) as caught:
+        await store.txn([TxnOp("/t/node", b"4", expect=rev), TxnOp("/t/token", b"x", expect=0)])
+    assert caught.value.keys == ("/t/node", "/t/token") and caught.value.key == "/t/node"
+
+
+async def test_concurrent_txns_deleting_one_key_exactly_one_wins(store: KeyValueStore) -> None:
+    """Single-use tokens: two callbacks redeem one token in a txn each; one succeeds."""
+    rev = await store.put("/t/token", b"t")
+    results = await asyncio.gather(
+        *(store.txn([TxnOp("/t/token", None, expect=rev), TxnOp(f"/t/used/{i}", b"1")])
+          for i in range(4)), return_exceptions=True)
+    assert sum(isinstance(r, list) for r in results) == 1, results
+    assert sum(isinstance(r, TxnConflict) for r in results) == 3, results
+    assert len((await store.range("/t/used/")).items) == 1
+
+
+async def test_txn_changes_are_watched(store: KeyValueStore) -> None:
+    start = await store.put("/w/a", b"0") + 1
+    await store.txn([TxnOp("/w/a", None), TxnOp("/w/b", b"1"), TxnOp("/x/c", b"2")])
+    seen: list[tuple[EventType, str]] = []
+    async with asyncio.timeout(5):
+        async for event in store.watch("/w/", start):
+            seen.append((event.type, event.key))
+            if len(seen) == 2:
+                break
+    assert sorted(seen) == [(EventType.DELETE, "/w/a"), (EventType.PUT, "/w/b")]
+
+
+async def test_txn_refuses_repeated_keys_and_empty(store: KeyValueStore) -> None:
+    with pytest.raises(ValidationError):
+        await store.txn([TxnOp("/t/a", b"1"), TxnOp("/t/a", None)])
+    with pytest.raises(ValidationError):
+        await store.txn([])
