@@ -27,7 +27,7 @@ from typing import Final
 
 from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
 from provisioner.model import MacAddress
-from provisioner.store.base import KeyValueStore
+from provisioner.store.base import KeyValueStore, TxnOp
 
 BOOT_TOKENS: Final = "/provisioner/v1/boottokens/"
 API_TOKENS: Final = "/provisioner/v1/apitokens/"
@@ -69,6 +69,17 @@ class BootTokens:
 
     async def redeem(self, mac: MacAddress, token: str, now: float) -> None:
         """Accept `token` for `mac` once, or raise BootTokenRefused."""
+        op = await self.check(mac, token, now)
+        try:
+            await self.store.delete(op.key, expect=op.expect)
+        except (Conflict, NotFound):
+            raise self.refused_concurrently() from None
+
+    async def check(self, mac: MacAddress, token: str, now: float) -> TxnOp:
+        """Check `token` for `mac` without using it up: the returned delete (a CAS on the
+        token's revision) redeems it, and is meant to be committed in one txn with what the
+        token allows. Of two txns carrying it, exactly one commits; the other gets a
+        TxnConflict on `op.key` and must refuse like a replay (`refused_concurrently`)."""
         kv = await self.store.get(BOOT_TOKENS + mac.value)
         if kv is None:
             raise BootTokenRefused("no token issued or already used")
@@ -78,10 +89,16 @@ class BootTokens:
         if float(record.get("expires", 0)) <= now:
             await self._discard(kv.key, kv.mod_revision)
             raise BootTokenRefused("expired")
-        try:
-            await self.store.delete(kv.key, expect=kv.mod_revision)
-        except (Conflict, NotFound):
-            raise BootTokenRefused("replayed: redeemed concurrently") from None
+        return TxnOp(kv.key, None, expect=kv.mod_revision)
+
+    async def unused(self, op: TxnOp) -> bool:
+        """Whether the token `op` (from `check`) would redeem is still there, unredeemed."""
+        kv = await self.store.get(op.key)
+        return kv is not None and kv.mod_revision == op.expect
+
+    @staticmethod
+    def refused_concurrently() -> BootTokenRefused:
+        return BootTokenRefused("replayed: redeemed concurrently")
 
     async def _discard(self, key: str, revision: int) -> None:
         with contextlib.suppress(Conflict, NotFound):
