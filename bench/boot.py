@@ -105,15 +105,29 @@ def capture(work: Path, images: Path, macs: list[str]) -> Path:
             lab.register(node)
             assert node.qemu.mac == mac
             for path in (f"boot/{mac}.ipxe", f"boot/nodes/{mac}/overlay.cpio.xz"):
-                answer = lab.ns.http("GET", f"{lab.state.boot_url}/{path}", timeout=30)
-                assert answer.status == 200, f"{path}: {answer}"
+                body = _fetch_once_known(lab, path)
                 (root / path).parent.mkdir(parents=True, exist_ok=True)
-                (root / path).write_bytes(answer.body)
+                (root / path).write_bytes(body)
     finally:
         lab.down(say=lambda _: None)
     version = (images / "compute" / "current").readlink()
     shutil.copytree(images / "compute" / version, root / "boot/images/compute" / version.name)
     return root
+
+
+def _fetch_once_known(lab: Lab, path: str) -> bytes:
+    """The node was registered by this process; the appliance learns of it through its store
+    watch a moment later. Until then it answers "not registered" (404, or a wait-and-retry
+    script), which must not become the baseline's material."""
+    deadline = time.monotonic() + 15
+    while True:
+        answer = lab.ns.http("GET", f"{lab.state.boot_url}/{path}", timeout=30)
+        real = answer.status == 200 and (not path.endswith(".ipxe") or b"initrd" in answer.body)
+        if real:
+            return answer.body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: {answer}")
+        time.sleep(0.2)
 
 
 def _options(root: Path, images: Path) -> LabOptions:
