@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 from provisioner.store.sqlite import SqliteStore
@@ -47,3 +48,17 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield backend
     finally:
         await backend.close()
+
+
+@pytest.fixture
+async def sched(tmp_path: Path) -> AsyncIterator[SchedulerServer]:
+    """A live scheduler on a free loopback port over a real sqlite store (tests/scheduler and
+    the builtin handoff's tests)."""
+    store = SqliteStore(tmp_path / "store.db")
+    server = SchedulerServer(store, "127.0.0.1", 0, interval=0.05)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,6 @@ from tests.etcd_server import free_port
 from tests.handoff.conftest import eventually
 
 NODE = HandoffNode("node001", MacAddress("52:54:00:00:00:01"), cpus=2, memory_mib=2048)
-
-
-@pytest.fixture
-async def sched(tmp_path: Path) -> AsyncIterator[SchedulerServer]:
-    store = SqliteStore(tmp_path / "store.db")
-    server = SchedulerServer(store, "127.0.0.1", 0, interval=0.05)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-        await store.close()
 
 
 async def test_register_drain_wait_idle_resume(sched: SchedulerServer) -> None:
