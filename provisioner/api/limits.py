@@ -59,7 +59,7 @@ class BodyLimit:
             await _refuse(send, 400, "too_deep", f"the JSON body is nested more than "
                           f"{MAX_DEPTH} levels deep; flatten it")
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     def _too_large(self) -> str:
         return (f"the request body is larger than {self.max_body} bytes; send less, or raise "
@@ -92,7 +92,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _replay(body: bytes, original: Receive) -> Receive:
+def replay_body(body: bytes, original: Receive) -> Receive:
     """The body once, then the real channel (which reports the client's disconnect)."""
     sent = False
 

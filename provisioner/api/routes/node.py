@@ -27,7 +27,7 @@ from fastapi import APIRouter
 
 from provisioner.api.context import ApiContext
 from provisioner.api.errors import error_body, responses, translate
-from provisioner.api.limits import MAX_DEPTH, json_depth
+from provisioner.api.limits import MAX_DEPTH, json_depth, replay_body
 from provisioner.api.schemas import BootedIn, BootedOut
 from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
 from provisioner.model import MacAddress, Node
@@ -125,7 +125,7 @@ class CallbackFastPath:
                 raise ValueError("not a plain body")
             body = BootedIn.model_validate_json(raw)
         except (ValueError, pydantic.ValidationError):
-            await self.app(scope, _replay(raw or b"", receive), send)
+            await self.app(scope, replay_body(raw or b"", receive), send)
             return
         try:
             out = await accept_callback(self.ctx, body)
@@ -169,19 +169,6 @@ async def _read(receive: Receive, length: int) -> bytes | None:
         if not message.get("more_body", False):
             break
     return b"".join(chunks) if size == length else None
-
-
-def _replay(body: bytes, original: Receive) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await original()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
 
 
 async def _answer(send: Send, status: int, data: dict[str, Any]) -> None:
