@@ -63,6 +63,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 HISTORY = 100_000  # log rows kept for watch(start=...); older ones are compacted away
 POLL = 0.05  # seconds between checks for other processes' commits
 BATCH = 512  # most operations committed in one transaction
+WATCH_BATCH = 1000  # most log rows one watch reads at a time
 # The writer thread releases the GIL in every sqlite call and must win it back after each; while
 # the event loop thread is busy (a DHCP server under load) it only gets it when the loop thread
 # is forced to yield, after sys.getswitchinterval() (5 ms by default), so a commit of ~7
@@ -322,15 +323,20 @@ class SqliteStore:
         while True:
             changed = self._changed
             assert changed is not None
-            rows = self._read(
-                "SELECT rev, key, value, deleted FROM log WHERE rev >= ? ORDER BY rev LIMIT 1000",
-                (next_rev,))
-            for rev, key, value, deleted in rows:
-                next_rev = rev + 1
-                if prefix <= key < end:
+            # The prefix is matched by sqlite, between next_rev and the newest revision read
+            # first: a watch on nodes/ then never fetches (or wakes Python for) the rows of a
+            # DHCP server's lease writes, and next_rev still moves past them.
+            head = self._read("SELECT max(rev) FROM log")[0][0] or 0
+            if head >= next_rev:
+                rows = self._read(
+                    "SELECT rev, key, value, deleted FROM log WHERE rev BETWEEN ? AND ? "
+                    "AND key >= ? AND key < ? ORDER BY rev LIMIT ?",
+                    (next_rev, head, prefix, end, WATCH_BATCH))
+                for rev, key, value, deleted in rows:
                     kind = EventType.DELETE if deleted else EventType.PUT
                     yield WatchEvent(kind, key, b"" if deleted else value, rev)
-            if not rows:
+                next_rev = rows[-1][0] + 1 if len(rows) == WATCH_BATCH else head + 1
+            else:
                 # Our own commits wake us at once; another process's are seen at the next poll.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL):

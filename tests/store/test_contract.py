@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -147,6 +148,49 @@ async def test_watch_sees_live_changes_under_prefix_only(store: KeyValueStore) -
         (EventType.DELETE, "/w/a", b""),
     ]
     assert events[0].revision < events[1].revision < events[2].revision
+
+
+async def _busy(store: KeyValueStore, count: int, value: bytes) -> None:
+    """`count` writes outside the watched prefix, 100 to a txn (etcd's limit is 128)."""
+    for first in range(0, count, 100):
+        await store.txn([TxnOp(f"/busy/{i}", value) for i in range(first, first + 100)])
+
+
+async def test_watch_finds_its_keys_among_many_other_writes(store: KeyValueStore) -> None:
+    """A watch on a quiet prefix beside a busy one (nodes/ beside a DHCP server's leases/):
+    more unrelated changes than one read of the log takes, before, between and after its
+    own, in one transaction and in many; every matching change arrives once, in order."""
+    start = (await store.range("/q/")).revision + 1
+    task = asyncio.create_task(_collect(store, "/q/", start, 4))
+    await asyncio.sleep(0.05)
+    await _busy(store, 1200, b"x")
+    await store.put("/q/a", b"1")
+    for i in range(50):
+        await store.put(f"/busy/{i}", b"y")
+    await store.txn([TxnOp("/busy/z", b"z"), TxnOp("/q/b", b"2")])
+    await _busy(store, 1500, b"w")
+    await store.put("/q/a", b"3")
+    await store.delete("/q/b")
+    events = await asyncio.wait_for(task, 10)
+    assert [(e.type, e.key, e.value) for e in events] == [
+        (EventType.PUT, "/q/a", b"1"),
+        (EventType.PUT, "/q/b", b"2"),
+        (EventType.PUT, "/q/a", b"3"),
+        (EventType.DELETE, "/q/b", b""),
+    ]
+
+
+async def test_watch_from_a_revision_delivers_a_long_backlog_in_order(
+        store: KeyValueStore) -> None:
+    """More matching changes than one read of the log takes, all already written."""
+    start = (await store.range("/long/")).revision + 1
+    for first in range(0, 2500, 100):
+        await store.txn([TxnOp(f"/long/{i:05d}", b"v") for i in range(first, first + 100)])
+        await store.put("/elsewhere", b"x")
+    events = await asyncio.wait_for(_collect(store, "/long/", start, 2500), 20)
+    assert [e.key for e in events] == [f"/long/{i:05d}" for i in range(2500)]
+    # (etcd gives every op of one txn the txn's revision; sqlite one each)
+    assert all(a.revision <= b.revision for a, b in itertools.pairwise(events))
 
 
 async def test_watch_resumes_from_a_revision(store: KeyValueStore) -> None:
