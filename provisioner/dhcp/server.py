@@ -37,6 +37,7 @@ from provisioner.model import (
 
 log = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
+_ANY = "0.0.0.0"
 BURST = 64  # datagrams read per wake-up of the loop
 RECV_SIZE = 65536  # over the largest UDP payload: oversized datagrams arrive whole and are dropped
 BACKLOG = 4096  # replies queued while the socket's send buffer is full; more are dropped
@@ -103,7 +104,9 @@ class DhcpServer:
         await self.leases.start()
         # Its own task, not in _tasks: those are requests in flight, this runs until close.
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_holds())
-        await self._listen(s.port, pxe_port=False)
+        await self._listen(s.port, pxe_port=False, unicast=s.listen != _ANY)
+        if s.listen == _ANY and self._segment.mode is policy.Mode.FULL:
+            await self._listen_unicast(s.port)
         if self._segment.mode is policy.Mode.PROXY:
             await self._listen(policy.PXE_PORT, pxe_port=True)
         if s.detect_other_servers and s.interface:
@@ -116,9 +119,23 @@ class DhcpServer:
                  s.interface or "all interfaces", s.listen, self.server_ip, len(self.subnets),
                  "" if self._raw else "; no CAP_NET_RAW: unicast replies are broadcast")
 
-    async def _listen(self, port: int, *, pxe_port: bool) -> None:
-        sock = server_socket(self.settings.interface or None, self.settings.listen, port)
-        self._transports.append(_Socket(self, sock, pxe_port, asyncio.get_running_loop()))
+    async def _listen(self, port: int, *, pxe_port: bool, unicast: bool = False,
+                      address: str | None = None) -> None:
+        sock = server_socket(self.settings.interface or None, address or self.settings.listen,
+                             port)
+        self._transports.append(_Socket(self, sock, pxe_port, unicast,
+                                        asyncio.get_running_loop()))
+
+    async def _listen_unicast(self, port: int) -> None:
+        """A second socket on our own address, beside the one on 0.0.0.0: the kernel gives a
+        datagram sent to our address to the socket bound to it, and a broadcast only to the
+        wildcard one, so the socket a REQUEST arrives on tells RENEWING (unicast to us) from
+        REBINDING (broadcast), RFC 2131 section 4.3.2, at no cost per packet."""
+        try:
+            await self._listen(port, pxe_port=False, unicast=True, address=str(self.server_ip))
+        except OSError as exc:
+            log.warning("dhcp: cannot listen on %s:%d (%s); renewals are logged as rebinding",
+                        self.server_ip, port, exc)
 
     async def _sweep_holds(self) -> None:
         """Forget offers whose hold has run out, so a flood of DISCOVERs from made-up MACs
@@ -142,14 +159,17 @@ class DhcpServer:
     # -- one packet ------------------------------------------------------------------------
 
     def handle(self, data: bytes, source: tuple[str, int], transport: asyncio.DatagramTransport,
-               pxe_port: bool) -> None:
+               pxe_port: bool, unicast: bool = False) -> None:
         try:
             packet = decode(data)
         except MalformedPacket as exc:
             self.counters[f"dropped:{exc.reason}"] += 1
             log.debug("dhcp: dropped %d bytes from %s:%d: %s", len(data), *source, exc.reason)
             return
-        decision = policy.classify(packet, self._segment, pxe_port=pxe_port)
+        # A relay forwards a broadcast REBINDING to us unicast (RFC 1542 section 4.1.1); a
+        # RENEWING client sends straight to us, without a relay.
+        decision = policy.classify(packet, self._segment, pxe_port=pxe_port,
+                                   unicast=unicast and packet.giaddr == _ZERO)
         self.counters[_received_key(type(decision))] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dhcp: %s from %s xid %08x -> %s", packet.message_type, packet.mac,
@@ -471,19 +491,21 @@ class _Socket(asyncio.DatagramTransport):
     BURST datagrams, so under load the loop's cost is shared by a burst of packets. Replies are
     sent at once; only if the socket buffer is full are they queued until it drains."""
 
-    def __init__(self, server: DhcpServer, sock: socket.socket, pxe_port: bool,
+    def __init__(self, server: DhcpServer, sock: socket.socket, pxe_port: bool, unicast: bool,
                  loop: asyncio.AbstractEventLoop) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname()})
         self._server = server
         self._sock = sock
         self._pxe_port = pxe_port
+        self._unicast = unicast  # bound to our own address: what arrives was sent to it
         self._loop = loop
         self._backlog: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._closed = False
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        sock, handle, pxe_port = self._sock, self._server.handle, self._pxe_port
+        sock, handle, pxe_port, unicast = (self._sock, self._server.handle, self._pxe_port,
+                                           self._unicast)
         for _ in range(BURST):
             try:
                 data, addr = sock.recvfrom(RECV_SIZE)
@@ -493,7 +515,7 @@ class _Socket(asyncio.DatagramTransport):
                 log.debug("dhcp: socket error: %s", exc)
                 return
             try:
-                handle(data, (addr[0], addr[1]), self, pxe_port)
+                handle(data, (addr[0], addr[1]), self, pxe_port, unicast)
             except Exception:  # one bad packet must not stop the others
                 self._server.counters["errors"] += 1
                 log.exception("dhcp: bug while handling a packet")

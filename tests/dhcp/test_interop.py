@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -86,6 +87,10 @@ async def _lease_of(lab: DhcpLab, mac: str) -> Lease | None:
 # -- real clients across the veth -------------------------------------------------------------
 
 
+async def _logged(lab: DhcpLab, pattern: str) -> bool:
+    return re.search(pattern, lab.full_log()) is not None
+
+
 def _events(path: Path) -> list[tuple[str, str]]:
     """udhcpc script calls, as (event, ip)."""
     if not path.exists():
@@ -126,6 +131,13 @@ async def test_udhcpc_gets_renews_and_releases(dhcp_lab: DhcpLab) -> None:
         later = await _lease_of(lab, mac)
         assert later is not None and later.expires > lease.expires, detail()
 
+        # A REBINDING client broadcasts the same REQUEST (ciaddr set, no server id).
+        rebind_xid = secrets.randbits(32)
+        lab.probe(encode(DhcpPacket(op=1, xid=rebind_xid, chaddr=MacAddress(mac).packed,
+                                    ciaddr=IPv4Address(ip), options={53: b"\x03"})))
+        await _until(lambda: _logged(lab, rf"xid {rebind_xid:08x} .*REBINDING"),
+                     "the broadcast REQUEST logged as REBINDING", detail)
+
         os.kill(proc.pid, signal.SIGUSR2)  # release
 
         async def released() -> bool:
@@ -136,10 +148,12 @@ async def test_udhcpc_gets_renews_and_releases(dhcp_lab: DhcpLab) -> None:
     finally:
         lab.pair.stop(proc)
         lab.drop_address(ip)
-    # The server cannot tell a unicast RENEWING from a broadcast REBINDING yet (it does not
-    # read the datagram's destination address), so either label; both are answered alike.
-    assert re.search(rf"3 from {mac} .*ciaddr=IPv4Address\('{re.escape(ip)}'\).*"
-                     r"state=<RequestState.(RENEWING|REBINDING)", lab.full_log()), detail()
+    # udhcpc's renewal was unicast to the server, so it arrived on the socket bound to the
+    # server's own address: RENEWING (RFC 2131 section 4.3.2), not REBINDING.
+    renewals = re.findall(rf"3 from {mac} xid (\w+) .*ciaddr=IPv4Address\('{re.escape(ip)}'\)"
+                          r".*state=<RequestState.(\w+)", lab.full_log())
+    assert ("RENEWING" in {state for xid, state in renewals
+                           if int(xid, 16) != rebind_xid}), detail()
 
 
 async def test_dhclient_gets_reboots_and_releases(dhcp_lab: DhcpLab) -> None:
@@ -571,6 +585,24 @@ async def test_init_reboot_silent_when_unknown_nak_when_wrong(loopback: Factory)
     lab.send(lab.request(REQUEST, mac, xid=0x600D, o50=offer.yiaddr.packed))
     ack = await lab.reply()
     assert (ack.message_type, ack.xid, ack.yiaddr) == (ACK, 0x600D, offer.yiaddr)
+
+
+async def test_a_relayed_request_with_ciaddr_is_rebinding(
+        loopback: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    """The relay sends us unicast what the client broadcast (RFC 1542 4.1.1): a relayed
+    REQUEST with ciaddr is a REBINDING client however it reached us, and it is ACKed."""
+    caplog.set_level(logging.DEBUG, logger="provisioner.dhcp.server")
+    lab = await loopback()
+    mac = "02:00:00:00:05:03"
+    lab.send(lab.request(DISCOVER, mac))
+    offer = await lab.reply()
+    lab.send(lab.request(REQUEST, mac, o50=offer.yiaddr.packed, o54=lab.server_ip.packed))
+    assert (await lab.reply()).message_type == ACK
+    lab.send(lab.request(REQUEST, mac, xid=0x5EB1, ciaddr=offer.yiaddr))
+    ack = await lab.reply()
+    assert (ack.message_type, ack.xid, ack.yiaddr) == (ACK, 0x5EB1, offer.yiaddr)
+    states = [r.getMessage() for r in caplog.records if "xid 00005eb1" in r.getMessage()]
+    assert states and "RequestState.REBINDING" in states[0], states
 
 
 async def test_boot_file_follows_the_firmware(loopback: Factory) -> None:
