@@ -605,6 +605,22 @@ async def test_a_relayed_request_with_ciaddr_is_rebinding(
     assert states and "RequestState.REBINDING" in states[0], states
 
 
+async def test_a_steady_stream_is_read_in_bursts_and_every_request_answered(
+        loopback: Factory) -> None:
+    """DISCOVERs closer together than COALESCE: the socket rests between reads (counted), and
+    each one is still answered, once."""
+    lab = await loopback()
+    xids = list(range(0x7000, 0x7000 + 60))  # within the fixture's pool
+    for index, xid in enumerate(xids):
+        lab.send(lab.request(DISCOVER, f"02:00:00:00:{index >> 8:02x}:{index & 255:02x}",
+                             xid=xid))
+        await asyncio.sleep(0.0003)
+    answered = [(await lab.reply()).xid for _ in xids]
+    assert sorted(answered) == xids
+    assert lab.server.counters["read_pauses"] > 0, dict(lab.server.counters)
+    lab.nothing_queued()
+
+
 async def test_boot_file_follows_the_firmware(loopback: Factory) -> None:
     lab = await loopback()
     cases: list[tuple[str, dict[str, Any], bytes]] = [
