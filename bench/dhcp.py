@@ -2,6 +2,10 @@
 
     sudo .venv/bin/python bench/dhcp.py [--servers kea,dnsmasq,dnsmasq-noping,sqlite,etcd]
                                         [--period 10] [--runs 3] [--json FILE]
+    sudo .venv/bin/python bench/dhcp.py --servers sqlite --fixed-rate 3500 --ab ../other-checkout
+
+The second form measures a change: provisioner from this checkout and from another one (say a
+`git worktree` of the commit before), interleaved at one fixed rate, --runs times each.
 
 Needs root, iproute2, perfdhcp + kea-dhcp4 (Debian kea-admin, kea-dhcp4-server), dnsmasq
 (dnsmasq-base) and etcd (etcd-server), and the peers harness in ../shared/bench/peers
@@ -52,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# the source tree `python -m provisioner` runs from (--ab switches it run by run)
+SOURCE: dict[str, Path] = {"tree": ROOT}
 PEERS = Path(os.environ.get("PROVISIONER_PEERS", ROOT.parent / "shared" / "bench" / "peers"))
 NS_ENV = {"PB_NS_SRV": "pvdhcp-srv", "PB_NS_CLI": "pvdhcp-cli", "PB_VETH_SRV": "pvds0",
           "PB_VETH_CLI": "pvdc0"}
@@ -121,7 +127,7 @@ def make_server_class(harness_server: Any) -> Any:
                        "network": hb.SUBNET, "pool_start": hb.POOL_LO, "pool_end": hb.POOL_HI,
                        "relay": hb.CLI_IP}]),
                    "PROVISIONER_TFTP_LISTEN": hb.SRV_IP, "PROVISIONER_BOOT_PORT": "18069",
-                   "PROVISIONER_API_PORT": "18099", "PYTHONPATH": str(ROOT)}
+                   "PROVISIONER_API_PORT": "18099", "PYTHONPATH": str(SOURCE["tree"])}
             if self.kind == "provisioner-etcd":
                 self.etcd = start_etcd(self.dir)
                 env.update({"PROVISIONER_STORE_BACKEND": "etcd",
@@ -267,6 +273,39 @@ def table(results: dict[str, dict[str, Any]], fixed: int) -> str:
     return "\n".join(lines)
 
 
+def run_ab(opts: argparse.Namespace, doc: dict[str, Any]) -> str:
+    """This checkout against --ab TREE at one fixed rate, runs interleaved (A B A B ...) so that
+    the machine's drift falls on both alike; returns the printed table."""
+    trees = {"this": ROOT, "other": Path(opts.ab).resolve()}
+    rate = opts.fixed_rate
+    lines = [f"A/B at {rate} DORA/s, {opts.runs} interleaved runs each, medians; this = {ROOT}, "
+             f"other = {trees['other']}",
+             "| server | tree | DORA/s | drops % | CPU ms / 1k DORA | DO p50/p99 ms | "
+             "RA p50/p99 ms |", "|---|---|---|---|---|---|---|"]
+    for name in opts.server_list:
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+        for _ in range(opts.runs):
+            for label, tree in trees.items():
+                SOURCE["tree"] = tree
+                print(f"== {name} from {label} ({tree})", flush=True)
+                runs[label].append(hb.measure(harness_args(opts, KIND[name], rate), rate))
+        SOURCE["tree"] = ROOT
+        for label, tree in trees.items():
+            summary = hb.summarize_runs(runs[label])
+            doc["results"][f"{name}@{label}"] = {"tree": str(tree), "fixed": {
+                str(rate): {"runs": runs[label], "summary": summary}}}
+
+            def lat(leg: str, summary: dict[str, Any] = summary) -> str:
+                return (f"{_f(_m(summary, 'latency_ms', leg, 'p50'))} / "
+                        f"{_f(_m(summary, 'latency_ms', leg, 'p99'))}")
+
+            lines.append(f"| {name} | {label} | {_f(_m(summary, 'dora_per_s'), 0)} | "
+                         f"{_f(_m(summary, 'drop_pct'))} | "
+                         f"{_f(_m(summary, 'server_cpu_ms_per_1k_dora'), 0)} | "
+                         f"{lat('DISCOVER-OFFER')} | {lat('REQUEST-ACK')} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- main
 def wait_for_other_benchmarks(limit: float = 600.0) -> None:
     deadline = time.monotonic() + limit
@@ -300,6 +339,10 @@ def parse_args() -> argparse.Namespace:
                     help="comparison rate (default: half of Kea's max rate in this run)")
     ap.add_argument("--fixed-all", action="store_true",
                     help="run the comparison rate also for servers whose max rate is below it")
+    ap.add_argument("--ab", metavar="TREE", default="",
+                    help="A/B instead of the search: provisioner (sqlite and/or etcd in --servers) "
+                         "from this checkout and from TREE (another checkout), interleaved, "
+                         "--runs times each at --fixed-rate")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for other benchmarks (bench/tftp.py ...) to finish")
     ap.add_argument("--json", default="")
@@ -308,6 +351,13 @@ def parse_args() -> argparse.Namespace:
     bad = [s for s in opts.server_list if s not in ALL]
     if bad:
         ap.error(f"unknown server(s) {bad}; choose from {ALL}")
+    if opts.ab:
+        if not opts.fixed_rate:
+            ap.error("--ab needs --fixed-rate")
+        if not (Path(opts.ab) / "provisioner" / "__main__.py").exists():
+            ap.error(f"--ab {opts.ab}: not a provisioner checkout (no provisioner/__main__.py)")
+        if not set(opts.server_list) <= set(KIND):
+            ap.error(f"--ab compares our own servers only: --servers {','.join(KIND)}")
     if os.geteuid() != 0:
         ap.error("needs root (network namespaces)")
     for tool in ("perfdhcp", "kea-dhcp4", "dnsmasq", "etcd", "curl"):
@@ -368,9 +418,13 @@ def main() -> int:
                            "nproc": os.cpu_count(), "namespaces": [hb.NS_SRV, hb.NS_CLI],
                            "fixed_rate": opts.fixed_rate, "results": {}}
     t0 = time.time()
+    report = ""
     try:
         netns("up")
-        run(opts, doc, path)
+        if opts.ab:
+            report = run_ab(opts, doc)
+        else:
+            run(opts, doc, path)
     finally:
         _Procs.stop_all()
         netns("down")
@@ -378,9 +432,11 @@ def main() -> int:
         with open(path, "w") as f:
             json.dump(doc, f, indent=1)
         print()
-        print(f"comparison rate: {doc.get('fixed_rate')}/s; {opts.runs} runs of {opts.period}s "
-              "each, medians")
-        print(table(doc["results"], doc.get("fixed_rate") or 0))
+        if not opts.ab:
+            print(f"comparison rate: {doc.get('fixed_rate')}/s; {opts.runs} runs of "
+                  f"{opts.period}s each, medians")
+            report = table(doc["results"], doc.get("fixed_rate") or 0)
+        print(report)
         print("json:", path)
     return 0
 
