@@ -16,6 +16,8 @@ provisioner lab up --nodes "${DEMO_NODES:-1}" --firmware "${DEMO_FIRMWARE:-bios}
 echo
 provisioner lab status
 echo
-echo "demo: console   provisioner lab console node001"
+# The lab's state (PIDs, logs) is under this data dir: later commands need it too.
+lab="PROVISIONER_DATA_DIR=$PROVISIONER_DATA_DIR .venv/bin/provisioner lab"
+echo "demo: console   $lab console node001"
 echo "demo: inside    ip netns exec provisioner-lab bash   (API, scheduler, nodes at 10.99.0.x)"
-echo "demo: stop      provisioner lab down"
+echo "demo: stop      $lab down"
