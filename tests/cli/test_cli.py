@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from provisioner.cli.main import app
-
-
-class Cli:
-    def __init__(self, tmp_path: Path) -> None:
-        self.env = {"PROVISIONER_DATA_DIR": str(tmp_path / "data"), "PROVISIONER_CONFIG": ""}
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        result = self.runner.invoke(app, list(args), env=self.env)
-        assert result.exit_code == code, (args, result.output, result.stderr)
-        if code:
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-            return lines[0]
-        return result.stdout
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json"))
+from tests.cli.runner import Cli
 
 
 @pytest.fixture

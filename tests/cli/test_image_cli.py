@@ -3,16 +3,14 @@ with exit codes, and the current version left alone by every failure."""
 
 from __future__ import annotations
 
-import json
 import lzma
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from provisioner.cli.main import app
 from provisioner.images import cpio
 from provisioner.images.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from tests.cli.runner import Cli
 from tests.images.conftest import KERNEL_CACHE
 
 
@@ -21,31 +19,11 @@ def kernel() -> KernelTree:
     return fetch_kernel(DEFAULT_KERNEL_PACKAGE, KERNEL_CACHE)
 
 
-class Cli:
-    def __init__(self, tmp_path: Path) -> None:
-        self.data = tmp_path / "data"
-        self.env = {"PROVISIONER_DATA_DIR": str(self.data), "PROVISIONER_CONFIG": "",
-                    "PROVISIONER_IMAGES_CACHE": str(tmp_path / "cache")}
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        result = self.runner.invoke(app, ["image", *args], env=self.env)
-        assert result.exit_code == code, (args, result.output, result.stderr)
-        if code:
-            # Progress lines ("image build: 40% rootfs ...") come first when stderr is no TTY.
-            lines = [line for line in result.stderr.strip().splitlines()
-                     if not line.startswith("image build: ")]
-            assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-            return lines[0]
-        return result.stdout
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json"))
-
-
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path)
+    # Progress lines ("image build: 40% rootfs ...") come first when stderr is no TTY.
+    return Cli(tmp_path, prefix=["image"], progress="image build: ",
+               env={"PROVISIONER_IMAGES_CACHE": str(tmp_path / "cache")})
 
 
 def test_build_list_show_rebuild(cli: Cli, kernel: KernelTree) -> None:

@@ -12,7 +12,7 @@ from provisioner.lifecycle import Lifecycle
 from provisioner.model import MacAddress
 from provisioner.store import open_store
 from provisioner.tokens import ApiTokens, Role
-from tests.cli.test_cli import Cli
+from tests.cli.runner import Cli
 
 
 def test_create_prints_the_token_once_and_it_authenticates(tmp_path: Path) -> None:
