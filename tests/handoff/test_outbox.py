@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from provisioner.handoff.base import HandoffNode
@@ -57,22 +59,30 @@ async def test_handoff_waits_out_a_stopped_scheduler_and_an_appliance_restart(
         await store.close()
 
 
-async def test_delivery_on_every_store_backend(store: KeyValueStore) -> None:
+@contextlib.asynccontextmanager
+async def _delivering(
+        store: KeyValueStore) -> AsyncIterator[tuple[SchedulerServer, HandoffQueue, Confirmations]]:
+    """A live scheduler on loopback and a started outbox on `store` delivering to it."""
     scheduler = SchedulerServer(store, "127.0.0.1", 0)
     await scheduler.start()
     handoff, confirmed = BuiltinHandoff(scheduler.url), Confirmations()
     queue = HandoffQueue(store, handoff, confirmed)
     try:
         await queue.start()
+        yield scheduler, queue, confirmed
+    finally:
+        await queue.stop()
+        await handoff.close()
+        await scheduler.stop()
+
+
+async def test_delivery_on_every_store_backend(store: KeyValueStore) -> None:
+    async with _delivering(store) as (scheduler, queue, confirmed):
         await queue.submit(NODE)
         await queue.submit(NODE)  # a duplicate submit is harmless
         await eventually(lambda: _empty(store))
         assert set(confirmed.macs) == {MAC}
         assert scheduler.state.node("node007").memory_mib == 1024
-    finally:
-        await queue.stop()
-        await handoff.close()
-        await scheduler.stop()
 
 
 async def test_retries_back_off(tmp_path: Path) -> None:
@@ -140,17 +150,8 @@ async def test_a_submit_racing_the_end_of_a_delivery_is_not_lost() -> None:
             return revision
 
     store = ResubmitOnDelete()
-    scheduler = SchedulerServer(store, "127.0.0.1", 0)
-    await scheduler.start()
-    handoff, confirmed = BuiltinHandoff(scheduler.url), Confirmations()
-    queue = HandoffQueue(store, handoff, confirmed)
-    try:
-        await queue.start()
+    async with _delivering(store) as (scheduler, queue, confirmed):
         await queue.submit(NODE)
         await eventually(lambda: _true(len(confirmed.macs) == 2))
         await eventually(lambda: _empty(store))
         assert scheduler.state.node("node007").cpus == 8
-    finally:
-        await queue.stop()
-        await handoff.close()
-        await scheduler.stop()

@@ -11,6 +11,8 @@ from pathlib import Path
 import bcrypt
 import httpx
 
+from provisioner.lab.netns import stop_process
+
 SUSHY = Path(sys.executable).parent / "sushy-emulator"
 
 
@@ -45,7 +47,8 @@ class Sushy:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([str(SUSHY), "--config", str(tmp / "sushy.conf")],
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self._wait_ready()
 
     @staticmethod
@@ -68,12 +71,7 @@ class Sushy:
         raise RuntimeError(f"sushy-emulator did not answer: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 CHASSIS_SCRIPT = """#!/bin/sh
@@ -130,7 +128,7 @@ set_working_mc 0x20
         self.proc = subprocess.Popen(
             ["ipmi_sim", "-c", str(tmp / "lan.conf"), "-f", str(tmp / "sim.emu"), "-n",
              "-s", str(tmp / "state")],  # -s: its default state dir is under /usr/var
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(0.5)
         if self.proc.poll() is not None:
             raise RuntimeError(f"ipmi_sim exited with {self.proc.returncode}")
@@ -140,9 +138,4 @@ set_working_mc 0x20
         return log.read_text().splitlines() if log.exists() else []
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
