@@ -38,10 +38,10 @@ from typing import Any, TypeVar
 import httpx
 
 from provisioner.config import Settings, load_settings
-from provisioner.inventory import Inventory
-from provisioner.model import MacAddress, Node, NodeState
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.security.tokens import ApiTokens, BootTokens, Role
 from provisioner.store import open_store
-from provisioner.tokens import ApiTokens, BootTokens, Role
 from tests.etcd_server import EtcdServer, free_port
 
 T = TypeVar("T")

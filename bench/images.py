@@ -10,7 +10,7 @@ What it measures, medians (min-max) over --runs:
   fresh catalog, forced, with the kernel already fetched: render to published version.
 - rebuild: the same request again without --force: the cache hit (inputs_sha256 unchanged).
 - compress: one cpio of the unpacked kernel package (boot/ and lib/modules/, about 100 MiB),
-  compressed by provisioner.images.compress.xz_compress (threads=0) and by
+  compressed by provisioner.images.format.compress.xz_compress (threads=0) and by
   `xz -T0 --check=crc32 -6` in the same run, interleaved; MB/s of cpio input (10^6 bytes/s)
   and our/xz ratio (target >= 0.9).
 - overlay: OverlayBuilder.render_and_pack (render overlay/**, cpio, xz, no cache) for
@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ itself is sys.path[0] (bench/http.py would shadow http).
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from provisioner.images import archive, compress  # noqa: E402
-from provisioner.images.builder import BuildRequest, ImageBuilder  # noqa: E402
-from provisioner.images.catalog import ImageCatalog  # noqa: E402
-from provisioner.images.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel  # noqa: E402
-from provisioner.images.overlay import OverlayBuilder  # noqa: E402
-from provisioner.model import MacAddress, Node  # noqa: E402
-from provisioner.render import BootContext, Renderer  # noqa: E402
+from provisioner.boot.overlay import OverlayBuilder  # noqa: E402
+from provisioner.images.build.builder import BuildRequest, ImageBuilder  # noqa: E402
+from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel  # noqa: E402
+from provisioner.images.format import archive, compress  # noqa: E402
+from provisioner.images.format.catalog import ImageCatalog  # noqa: E402
+from provisioner.nodes.model import MacAddress, Node  # noqa: E402
+from provisioner.render.environment import BootContext, Renderer  # noqa: E402
 
 KERNEL_CACHE = ROOT / ".cache" / "kernel"
 

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from bench import etcd_raw  # noqa: E402
-from provisioner.inventory import Inventory  # noqa: E402
-from provisioner.model import MacAddress, Node  # noqa: E402
+from provisioner.inventory.repository import Inventory  # noqa: E402
+from provisioner.nodes.model import MacAddress, Node  # noqa: E402
 from provisioner.store.etcd import EtcdStore  # noqa: E402
 from provisioner.store.sqlite import SqliteStore  # noqa: E402
 from tests.etcd_server import EtcdServer  # noqa: E402

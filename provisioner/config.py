@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ConfigError, ValidationError
-from provisioner.model import SettingValue, check_settings
+from provisioner.nodes.model import SettingValue, check_settings
 
 SYSTEM_CONFIG = Path("/etc/provisioner/provisioner.toml")
 STORE_BACKENDS = ("sqlite", "memory", "etcd")

@@ -21,7 +21,7 @@ import uvicorn
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
 from provisioner.api.routes.node import CallbackFastPath
-from provisioner.audit import AuditLog
+from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
 from provisioner.config import Settings
@@ -29,17 +29,17 @@ from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
 from provisioner.handoff import open_handoff
 from provisioner.handoff.outbox import HandoffQueue
-from provisioner.images.catalog import ImageCatalog
-from provisioner.images.overlay import OverlayBuilder
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import Lifecycle
-from provisioner.model import BootEvent, MacAddress
-from provisioner.render import Renderer
+from provisioner.images.format.catalog import ImageCatalog
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.nodes.model import BootEvent, MacAddress
+from provisioner.render.environment import Renderer
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import ApiTokens, BootTokens
 from provisioner.store import open_store
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
 from provisioner.tftp.session import SessionConfig, TransferCompleted
 from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe_chain_provider
-from provisioner.tokens import ApiTokens, BootTokens
 
 log = logging.getLogger("provisioner")
 SWEEP_INTERVAL = 5.0  # seconds between looks for nodes whose boot callback is overdue

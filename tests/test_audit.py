@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from provisioner.audit import AUDIT, AuditLog
+from provisioner.security.audit import AUDIT, AuditLog
 from provisioner.store.base import KeyValueStore
 
 

@@ -8,8 +8,8 @@ import ipaddress
 import pytest
 
 from provisioner.errors import Conflict, NotFound, ValidationError
-from provisioner.inventory import NODES, Inventory
-from provisioner.model import BootEvent, Group, Lease, MacAddress, Node, NodeState
+from provisioner.inventory.repository import NODES, Inventory
+from provisioner.nodes.model import BootEvent, Group, Lease, MacAddress, Node, NodeState
 from provisioner.store.base import KeyValueStore
 
 MAC1 = MacAddress("52:54:00:00:00:01")

@@ -11,8 +11,8 @@ import pytest
 from provisioner.errors import InvalidTransition
 from provisioner.handoff.base import NoHandoff
 from provisioner.handoff.outbox import HandoffQueue
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import (
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import (
     BOOTABLE,
     DEFAULT_CALLBACK_TIMEOUT,
     TRANSITIONS,
@@ -20,7 +20,7 @@ from provisioner.lifecycle import (
     check_transition,
     timeline,
 )
-from provisioner.model import BootEvent, Group, MacAddress, Node, NodeState
+from provisioner.nodes.model import BootEvent, Group, MacAddress, Node, NodeState
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 

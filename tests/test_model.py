@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provisioner.errors import ValidationError
-from provisioner.model import (
+from provisioner.nodes.model import (
     REDACTED,
     BootEvent,
     Group,

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from provisioner.errors import HandoffError, NotFound, PowerError
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import Lifecycle
-from provisioner.model import MacAddress, Node, NodeState
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.nodes.rollout import Progress, Request, Rollout, Step, load_status, waves
 from provisioner.power.base import PowerDriver, PowerState
-from provisioner.reimage import Progress, Request, Rollout, Step, load_status, waves
 from provisioner.store.memory import MemoryStore
 
 S = NodeState

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import RenderError, TemplateNotFound
-from provisioner.model import Effective, Firmware, MacAddress, Node
-from provisioner.render import BootContext, Renderer, mode_of, shquote
+from provisioner.nodes.model import Effective, Firmware, MacAddress, Node
+from provisioner.render.environment import BootContext, Renderer, mode_of, shquote
 from tests.templates.cases import API, BOOT, bios_context, noimage_context, uefi_context
 
 

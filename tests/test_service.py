@@ -13,9 +13,9 @@ import pytest
 from provisioner.api.app import create_app
 from provisioner.config import load_settings
 from provisioner.errors import ConfigError
+from provisioner.security.tokens import Role
 from provisioner.service import Appliance, api_public_base, boot_http_base, check_exposure
 from provisioner.tftp.packet import Mode, Opcode, encode_request
-from provisioner.tokens import Role
 
 
 async def test_appliance_starts_tftp_and_boot_and_reports_counters(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ import asyncio
 import pytest
 
 from provisioner.errors import NotFound, Unauthorized, ValidationError
-from provisioner.model import MacAddress
-from provisioner.store.base import KeyValueStore
-from provisioner.tokens import (
+from provisioner.nodes.model import MacAddress
+from provisioner.security.tokens import (
     API_TOKENS,
     BOOT_TOKEN_REFUSED,
     BOOT_TOKENS,
@@ -19,6 +18,7 @@ from provisioner.tokens import (
     BootTokens,
     Role,
 )
+from provisioner.store.base import KeyValueStore
 
 A = MacAddress("52:54:00:00:00:01")
 B = MacAddress("52:54:00:00:00:02")

@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from provisioner.audit import AuditLog
 from provisioner.errors import Forbidden, Unauthorized
-from provisioner.tokens import API_TOKEN_REFUSED, ApiTokens, Role
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import API_TOKEN_REFUSED, ApiTokens, Role
 
 BEARER = HTTPBearer(auto_error=False, description="a token from `provisioner token create`")
 _CREDENTIALS = Security(BEARER)

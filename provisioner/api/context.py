@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from provisioner.audit import AuditLog
 from provisioner.config import Settings
-from provisioner.images.catalog import ImageCatalog
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import Lifecycle
-from provisioner.tokens import ApiTokens, BootTokens
+from provisioner.images.format.catalog import ImageCatalog
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import ApiTokens, BootTokens
 
 Counters = Callable[[], Mapping[str, Mapping[str, int]]]
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from provisioner.model import Firmware, NodeState
+from provisioner.nodes.model import Firmware, NodeState
 
 SettingsMap = dict[str, str | int | bool]
 

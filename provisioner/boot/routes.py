@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from provisioner.audit import AuditLog
 from provisioner.boot.httpcore import Request
+from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.server import BootHttpServer, Reply
 from provisioner.config import Settings
 from provisioner.errors import (
@@ -31,13 +31,13 @@ from provisioner.errors import (
     TemplateError,
     ValidationError,
 )
-from provisioner.images.catalog import ImageCatalog, ImageVersion
-from provisioner.images.overlay import OverlayBuilder
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import BOOTABLE, Lifecycle
-from provisioner.model import BootEvent, MacAddress, Node, NodeState, effective_settings
-from provisioner.render import BootContext, Network, Renderer
-from provisioner.tokens import BootTokens
+from provisioner.images.format.catalog import ImageCatalog, ImageVersion
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import BOOTABLE, Lifecycle
+from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState, effective_settings
+from provisioner.render.environment import BootContext, Network, Renderer
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import BootTokens
 
 log = logging.getLogger(__name__)
 

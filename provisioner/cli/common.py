@@ -14,8 +14,8 @@ import typer
 
 from provisioner.config import Settings, load_settings
 from provisioner.errors import ValidationError
-from provisioner.inventory import Inventory
-from provisioner.model import SettingValue, check_setting
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import SettingValue, check_setting
 from provisioner.store import open_store
 
 T = TypeVar("T")

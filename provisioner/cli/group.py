@@ -16,8 +16,8 @@ from provisioner.cli.common import (
     with_inventory,
 )
 from provisioner.errors import ValidationError
-from provisioner.inventory import Inventory
-from provisioner.model import Group, Node, redact
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import Group, Node, redact
 
 app = typer.Typer(help="Groups of settings: add, list, show, set, delete.", no_args_is_help=True)
 

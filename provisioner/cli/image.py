@@ -13,7 +13,7 @@ import typer
 from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_table, state
 from provisioner.config import Settings
 from provisioner.errors import ValidationError
-from provisioner.images.catalog import ImageCatalog, ImageVersion, split_ref
+from provisioner.images.format.catalog import ImageCatalog, ImageVersion, split_ref
 
 app = typer.Typer(help="Boot images: build from a kickstart, list, show, set-current, delete, "
                   "import.", no_args_is_help=True)
@@ -94,8 +94,8 @@ def build(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build an image from a kickstart template and make it the current version."""
-    from provisioner.images.builder import BuildRequest, ImageBuilder
-    from provisioner.render import Renderer
+    from provisioner.images.build.builder import BuildRequest, ImageBuilder
+    from provisioner.render.environment import Renderer
 
     settings = state(ctx).settings
     progress = StepProgress()

@@ -19,8 +19,8 @@ from provisioner.cli.common import (
     with_inventory,
 )
 from provisioner.errors import ValidationError
-from provisioner.inventory import Inventory, node_to_dict
-from provisioner.model import (
+from provisioner.inventory.repository import Inventory, node_to_dict
+from provisioner.nodes.model import (
     BootEvent,
     Effective,
     Firmware,
@@ -207,7 +207,7 @@ def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION)
     """The node's timeline: every event, and how long it stayed in each state."""
     import time
 
-    from provisioner.lifecycle import timeline
+    from provisioner.nodes.lifecycle import timeline
 
     async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
         node = (await inv.get_node(ref)).value

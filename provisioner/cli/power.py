@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
-from provisioner.inventory import Inventory
+from provisioner.inventory.repository import Inventory
 from provisioner.power.base import (
     PowerAction,
     PowerState,

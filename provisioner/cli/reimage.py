@@ -10,10 +10,10 @@ import typer
 from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_table, state
 from provisioner.config import Settings
 from provisioner.errors import ValidationError
-from provisioner.inventory import Inventory
-from provisioner.model import Node, check_setting
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import Node, check_setting
+from provisioner.nodes.rollout import Progress, Request, Rollout, RolloutStatus, load_status
 from provisioner.power.base import PowerDriver, driver_for_node
-from provisioner.reimage import Progress, Request, Rollout, RolloutStatus, load_status
 from provisioner.store import open_store
 
 
@@ -60,7 +60,7 @@ def reimage(
 
 def _resolve_version(settings: Settings, ref: str) -> str:
     """The version the callback must report; refuses an image that does not exist."""
-    from provisioner.images.catalog import ImageCatalog
+    from provisioner.images.format.catalog import ImageCatalog
 
     return ImageCatalog(settings.images_dir, keep=settings.images.keep).resolve(ref).version
 
@@ -75,7 +75,7 @@ async def _load(settings: Settings, rollout_id: str | None) -> RolloutStatus:
 
 async def _run(settings: Settings, request: Request, quiet: bool) -> RolloutStatus:
     from provisioner.handoff import open_handoff
-    from provisioner.lifecycle import Lifecycle
+    from provisioner.nodes.lifecycle import Lifecycle
 
     store = open_store(settings)
     inventory = Inventory(store)

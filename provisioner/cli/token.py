@@ -13,11 +13,11 @@ from typing import TypeVar
 
 import typer
 
-from provisioner.audit import AuditLog
 from provisioner.cli.common import JSON_OPTION, print_json, print_table, state
 from provisioner.config import Settings
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import ApiToken, ApiTokens, Role
 from provisioner.store import open_store
-from provisioner.tokens import ApiToken, ApiTokens, Role
 
 T = TypeVar("T")
 app = typer.Typer(help="Bearer tokens for the admin API: create, list, revoke.",

@@ -24,7 +24,7 @@ from ipaddress import IPv4Address
 
 from provisioner.dhcp.policy import pick_address
 from provisioner.errors import Conflict, ProvisionerError
-from provisioner.inventory import (
+from provisioner.inventory.repository import (
     LEASES,
     Follower,
     Inventory,
@@ -32,7 +32,7 @@ from provisioner.inventory import (
     lease_from_dict,
     lease_to_dict,
 )
-from provisioner.model import Lease, MacAddress
+from provisioner.nodes.model import Lease, MacAddress
 from provisioner.store.base import EventType, WatchEvent
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from provisioner.dhcp.options import (
     decode_u16,
 )
 from provisioner.errors import LocalProtocolError, MalformedPacket
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 
 BOOTREQUEST: Final = 1
 BOOTREPLY: Final = 2

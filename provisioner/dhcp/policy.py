@@ -46,7 +46,7 @@ from provisioner.dhcp.packet import (
     reply_to,
 )
 from provisioner.errors import LocalProtocolError, MalformedPacket
-from provisioner.model import Firmware, MacAddress
+from provisioner.nodes.model import Firmware, MacAddress
 
 SERVER_PORT: Final = 67
 CLIENT_PORT: Final = 68

@@ -25,8 +25,8 @@ from provisioner.dhcp.options import MessageType, Opt, encode_text
 from provisioner.dhcp.packet import DhcpPacket, decode, encode
 from provisioner.dhcp.sockets import RawSender, interface_address, open_raw_sender, server_socket
 from provisioner.errors import ConfigError, Conflict, MalformedPacket, ProvisionerError
-from provisioner.inventory import Inventory
-from provisioner.model import (
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import (
     BootEvent,
     MacAddress,
     Node,

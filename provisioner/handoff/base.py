@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from provisioner.errors import HandoffError
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 
 
 class HandoffRejected(HandoffError):

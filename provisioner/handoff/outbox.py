@@ -29,7 +29,7 @@ from typing import Any
 
 from provisioner.errors import Conflict, HandoffError, NotFound, ProvisionerError, StoreUnavailable
 from provisioner.handoff.base import Handoff, HandoffNode, HandoffRejected
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.store.base import KeyValue, KeyValueStore, TxnConflict, TxnOp
 
 OUTBOX = "/provisioner/v1/outbox/"

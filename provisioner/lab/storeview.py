@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from provisioner.config import load_settings
 from provisioner.errors import NotFound
-from provisioner.inventory import Inventory
-from provisioner.model import BootEvent, MacAddress, Node
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import BootEvent, MacAddress, Node
 from provisioner.store import open_store
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _short(detail: dict[str, Any]) -> str:
 
 def create_admin_token(lab: Lab) -> str:
     from provisioner.lab.lab import lab_env
-    from provisioner.tokens import ApiTokens, Role
+    from provisioner.security.tokens import ApiTokens, Role
 
     async def create() -> str:
         store = open_store(load_settings(lab.state.config, env=lab_env()))

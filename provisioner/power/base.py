@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
 from provisioner.errors import PowerError
-from provisioner.inventory import Inventory
-from provisioner.model import REDACTED, Node, SettingValue
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import REDACTED, Node, SettingValue
 
 DEFAULT_TIMEOUT: Final = 10.0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import ValidationError
-from provisioner.model import check_hostname
+from provisioner.nodes.model import check_hostname
 
 OUTPUT_TAIL = 4096  # bytes of a job's output kept with the job
 

@@ -14,11 +14,11 @@ import pytest
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
 from provisioner.config import Settings, load_settings
-from provisioner.images.catalog import ImageCatalog, ImageVersion, describe_files
-from provisioner.inventory import Inventory
+from provisioner.images.format.catalog import ImageCatalog, ImageVersion, describe_files
+from provisioner.inventory.repository import Inventory
+from provisioner.security.tokens import Role
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
-from provisioner.tokens import Role
 
 
 class Clock:

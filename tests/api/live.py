@@ -14,9 +14,9 @@ import uvicorn
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
 from provisioner.config import Settings
-from provisioner.inventory import Inventory
+from provisioner.inventory.repository import Inventory
+from provisioner.security.tokens import Role
 from provisioner.store.sqlite import SqliteStore
-from provisioner.tokens import Role
 
 START_TIMEOUT = 15.0
 

@@ -10,7 +10,7 @@ import pytest
 
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
-from provisioner.inventory import Inventory
+from provisioner.inventory.repository import Inventory
 from provisioner.store.memory import MemoryStore
 from tests.api.conftest import Api, api_settings
 

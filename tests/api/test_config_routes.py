@@ -9,8 +9,8 @@ import httpx
 
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
-from provisioner.inventory import Inventory
-from provisioner.model import Lease, MacAddress
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import Lease, MacAddress
 from provisioner.store.memory import MemoryStore
 from tests.api.conftest import Api, api_settings, publish_image
 

@@ -11,7 +11,7 @@ import httpx
 
 from provisioner.api.app import create_app
 from provisioner.api.routes.node import CallbackFastPath
-from provisioner.model import MacAddress, Node, NodeState
+from provisioner.nodes.model import MacAddress, Node, NodeState
 from tests.api.conftest import Api
 
 A = MacAddress("52:54:00:00:00:01")

@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from provisioner.model import BootEvent, MacAddress
+from provisioner.nodes.model import BootEvent, MacAddress
 from tests.api.conftest import Api, publish_image
 
 MAC = "52:54:00:00:00:01"

@@ -14,18 +14,18 @@ import pytest
 
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
-from provisioner.audit import AuditLog
+from provisioner.boot.overlay import TOKEN_PATH, OverlayBuilder
 from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
-from provisioner.images import cpio
-from provisioner.images.catalog import ImageCatalog
-from provisioner.images.overlay import TOKEN_PATH, OverlayBuilder
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import Lifecycle
-from provisioner.model import MacAddress, Node, NodeState
-from provisioner.render import Renderer
+from provisioner.images.format import cpio
+from provisioner.images.format.catalog import ImageCatalog
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.render.environment import Renderer
+from provisioner.security.audit import AuditLog
+from provisioner.security.tokens import BootTokens
 from provisioner.store.memory import MemoryStore
-from provisioner.tokens import BootTokens
 from tests.api.conftest import api_settings, publish_image
 
 MAC = MacAddress("52:54:00:00:00:01")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.images import cpio
-from provisioner.images.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from provisioner.images.format import cpio
 from tests.cli.runner import Cli
 from tests.images.conftest import KERNEL_CACHE
 

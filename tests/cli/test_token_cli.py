@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from provisioner.config import load_settings
-from provisioner.inventory import Inventory
-from provisioner.lifecycle import Lifecycle
-from provisioner.model import MacAddress
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.nodes.model import MacAddress
+from provisioner.security.tokens import ApiTokens, Role
 from provisioner.store import open_store
-from provisioner.tokens import ApiTokens, Role
 from tests.cli.runner import Cli
 
 

@@ -13,7 +13,7 @@ from provisioner.dhcp import policy as p
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import DhcpPacket, decode, encode
 from provisioner.errors import MalformedPacket
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from tests.dhcp.test_vectors import CLIENTS, client_wire, wire
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -42,8 +42,8 @@ import pytest
 from provisioner.config import DhcpSettings, SubnetSettings
 from provisioner.dhcp.packet import MAGIC, DhcpPacket, decode, encode
 from provisioner.dhcp.server import DhcpServer
-from provisioner.inventory import Inventory
-from provisioner.model import Lease, MacAddress, Node, NodeState
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import Lease, MacAddress, Node, NodeState
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 from provisioner.store.sqlite import SqliteStore

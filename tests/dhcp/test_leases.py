@@ -15,8 +15,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from provisioner.dhcp.leases import LeaseBook, Pool
-from provisioner.inventory import Inventory
-from provisioner.model import Lease, MacAddress, Node
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import Lease, MacAddress, Node
 from provisioner.store.base import KeyValueStore
 
 POOL = Pool(IPv4Address("10.20.0.10"), IPv4Address("10.20.0.200"))

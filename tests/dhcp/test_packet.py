@@ -18,7 +18,7 @@ from provisioner.dhcp.packet import (
     encoded_option_size,
 )
 from provisioner.errors import LocalProtocolError, MalformedPacket
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from tests.dhcp.test_vectors import CLIENTS, DHCLIENT, MAC, UDHCPC, client_wire, wire
 
 CHADDR = MAC + bytes(10)

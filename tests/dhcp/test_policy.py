@@ -11,7 +11,7 @@ import pytest
 from provisioner.dhcp import policy as p
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import DhcpPacket, decode, encode
-from provisioner.model import Firmware, MacAddress
+from provisioner.nodes.model import Firmware, MacAddress
 from tests.dhcp.test_vectors import (
     AAVMF_ARM64,
     CLIENTS,

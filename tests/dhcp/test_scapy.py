@@ -12,7 +12,7 @@ from provisioner.dhcp import policy as p
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import decode, encode
 from provisioner.errors import MalformedPacket
-from provisioner.model import Firmware, MacAddress
+from provisioner.nodes.model import Firmware, MacAddress
 from tests.dhcp.test_vectors import CLIENTS, MAC, NODE_UUID
 
 scapy_dhcp = pytest.importorskip("scapy.layers.dhcp")

@@ -17,7 +17,7 @@ import pytest
 
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import decode
-from provisioner.model import Firmware, MacAddress
+from provisioner.nodes.model import Firmware, MacAddress
 
 MAC = bytes.fromhex("525400c0ffee")
 NODE_UUID = uuid.UUID("4c4c4544-0042-3510-8052-b4c04f4e3232")

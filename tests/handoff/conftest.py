@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.store.base import TxnOp
 
 

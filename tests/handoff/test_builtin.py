@@ -9,7 +9,7 @@ import pytest
 from provisioner.errors import HandoffError, NotFound
 from provisioner.handoff.base import HandoffNode, HandoffRejected
 from provisioner.handoff.builtin import BuiltinHandoff
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.scheduler.models import JobState
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.sqlite import SqliteStore

@@ -11,7 +11,7 @@ from pathlib import Path
 from provisioner.handoff.base import HandoffNode
 from provisioner.handoff.builtin import BuiltinHandoff
 from provisioner.handoff.outbox import OUTBOX, HandoffQueue
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.base import KeyValueStore
 from provisioner.store.sqlite import SqliteStore

@@ -11,7 +11,7 @@ from provisioner.errors import NotFound
 from provisioner.handoff.base import HandoffNode, HandoffRejected
 from provisioner.handoff.outbox import OUTBOX, HandoffQueue
 from provisioner.handoff.slurm import SlurmHandoff
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.store.sqlite import SqliteStore
 from tests.handoff.conftest import Confirmations, eventually
 from tests.handoff.slurm_cluster import SlurmCluster

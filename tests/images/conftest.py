@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.images.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
 
 KERNEL_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "kernel"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError
-from provisioner.images import archive, cpio
+from provisioner.images.format import archive, cpio
 
 
 def _make_tree(root: Path, mtime: int) -> None:

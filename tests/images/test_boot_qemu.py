@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from provisioner.images.builder import BuildRequest, ImageBuilder
-from provisioner.images.catalog import ImageCatalog
-from provisioner.images.kernel import KernelTree
-from provisioner.images.overlay import OverlayBuilder
+from provisioner.boot.overlay import OverlayBuilder
+from provisioner.images.build.builder import BuildRequest, ImageBuilder
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.format.catalog import ImageCatalog
 from provisioner.lab.netns import stop_process
-from provisioner.model import MacAddress, Node
-from provisioner.render import BootContext, Renderer
+from provisioner.nodes.model import MacAddress, Node
+from provisioner.render.environment import BootContext, Renderer
 
 pytestmark = pytest.mark.netns
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError, ProvisionerError, TemplateError
-from provisioner.images import compress, cpio
-from provisioner.images.builder import BuildRequest, ImageBuilder
-from provisioner.images.catalog import ImageCatalog
+from provisioner.images.build.builder import BuildRequest, ImageBuilder
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.format import compress, cpio
+from provisioner.images.format.catalog import ImageCatalog
 from provisioner.images.fsutil import sha256_file
-from provisioner.images.kernel import KernelTree
-from provisioner.render import Renderer
+from provisioner.render.environment import Renderer
 
 
 @pytest.fixture

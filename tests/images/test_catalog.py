@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageError, ImageNotFound, ValidationError
-from provisioner.images.catalog import ImageCatalog, split_ref
+from provisioner.images.format.catalog import ImageCatalog, split_ref
 from provisioner.images.fsutil import kernel_release
 
 

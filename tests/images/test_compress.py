@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.images import compress
+from provisioner.images.format import compress
 
 
 def _sample(size: int, seed: int = 7) -> bytes:
@@ -89,8 +89,7 @@ def test_failed_compression_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_xz_writer_streams_a_tree_and_counts(tmp_path: Path) -> None:
-    from provisioner.images import archive
-
+    from provisioner.images.format import archive
     (tmp_path / "t/etc").mkdir(parents=True)
     (tmp_path / "t/etc/big").write_bytes(_sample(2_500_000))
     dst = tmp_path / "image.cpio.xz"

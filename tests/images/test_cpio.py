@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError, ImageError
-from provisioner.images import cpio
+from provisioner.images.format import cpio
 
 ENTRIES = [
     cpio.file("bin/busybox", b"\x7fELF" + bytes(range(256)) * 3, 0o755),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError
-from provisioner.images import kernel
-from provisioner.images.kernel import KernelTree, fetch_kernel, resolve_package
+from provisioner.images.build import kernel
+from provisioner.images.build.kernel import KernelTree, fetch_kernel, resolve_package
 from tests.images.conftest import KERNEL_CACHE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.errors import ImageBuildError
-from provisioner.images.kickstart import (
+from provisioner.images.build.kickstart import (
     Base,
     FileCopy,
     Kickstart,

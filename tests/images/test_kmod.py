@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError
-from provisioner.images.kernel import KernelTree
-from provisioner.images.kmod import (
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.build.kmod import (
     DEFAULT_NET_MODULES,
     module_name,
     modules_with_deps,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.boot.overlay import OverlayBuilder, measure_render_and_pack, token_archive
 from provisioner.errors import RenderError
-from provisioner.images import cpio
-from provisioner.images.kernel import KernelTree
-from provisioner.images.overlay import OverlayBuilder, measure_render_and_pack, token_archive
-from provisioner.model import Firmware, MacAddress, Node
-from provisioner.render import BootContext, Renderer
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.format import cpio
+from provisioner.nodes.model import Firmware, MacAddress, Node
+from provisioner.render.environment import BootContext, Renderer
 from tests.templates.bootimage import minimal_image
 from tests.templates.cases import KEY, bios_context, uefi_context
 from tests.templates.test_init_script import Callback

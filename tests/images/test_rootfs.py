@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageBuildError
-from provisioner.images import accounts
-from provisioner.images.builder import BuildRequest, ImageBuilder
-from provisioner.images.catalog import ImageCatalog
-from provisioner.images.kernel import KernelTree
-from provisioner.images.oci import apply_oci
-from provisioner.images.rootfs import (
+from provisioner.images.build import accounts
+from provisioner.images.build.builder import BuildRequest, ImageBuilder
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.build.oci import apply_oci
+from provisioner.images.build.rootfs import (
     BuildLog,
     Where,
     copy_in,
@@ -28,7 +27,8 @@ from provisioner.images.rootfs import (
     install_busybox,
     run_post,
 )
-from provisioner.render import Renderer
+from provisioner.images.format.catalog import ImageCatalog
+from provisioner.render.environment import Renderer
 from tests.images.conftest import KERNEL_CACHE
 
 #: debootstrap's downloaded .debs are kept here between runs (gitignored); the build still runs.

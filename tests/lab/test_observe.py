@@ -15,7 +15,7 @@ from provisioner.lab.lab import Lab
 from provisioner.lab.labconfig import LabOptions
 from provisioner.lab.observe import LabBootError, console_failure, stage_of, wait_ready
 from provisioner.lab.storeview import NodeView
-from provisioner.model import BootEvent, MacAddress, Node, NodeState
+from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState
 
 MAC = "52:54:00:99:00:01"
 

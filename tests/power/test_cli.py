@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.cli.main import app
-from provisioner.images.catalog import ImageCatalog
+from provisioner.images.format.catalog import ImageCatalog
 from tests.power.servers import IpmiSim
 from tests.power.test_qemu import Qemu, wait_banners
 

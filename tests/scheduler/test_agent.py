@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioner.render import Renderer
+from provisioner.render.environment import Renderer
 from provisioner.scheduler.models import JobState
 from provisioner.scheduler.service import SchedulerServer
 from tests.etcd_server import free_port

@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from provisioner.images import compress, cpio
-from provisioner.images.kernel import KernelTree
-from provisioner.images.kmod import DEFAULT_NET_MODULES, modules_with_deps
-from provisioner.render import Renderer
+from provisioner.images.build.kernel import KernelTree
+from provisioner.images.build.kmod import DEFAULT_NET_MODULES, modules_with_deps
+from provisioner.images.format import compress, cpio
+from provisioner.render.environment import Renderer
 
 #: The image's own /sbin/init: prove the overlay's token arrived, then end QEMU.
 SBIN_INIT = b"#!/bin/sh\necho image-init-reached token=$(cat /etc/provisioner/token)\npoweroff -f\n"

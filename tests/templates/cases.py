@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from provisioner.model import Effective, Firmware, MacAddress, Node
-from provisioner.render import BootContext, Network
+from provisioner.nodes.model import Effective, Firmware, MacAddress, Node
+from provisioner.render.environment import BootContext, Network
 
 BOOT = "http://10.10.0.1:8081"
 API = "http://10.10.0.1:8080"

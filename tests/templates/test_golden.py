@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from provisioner.render import SHIPPED, Renderer
+from provisioner.render.environment import SHIPPED, Renderer
 from tests.templates.cases import bios_context, noimage_context, uefi_context
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from provisioner.render import Renderer
+from provisioner.render.environment import Renderer
 
 
 @pytest.fixture(scope="module")

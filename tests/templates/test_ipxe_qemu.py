@@ -16,11 +16,11 @@ from urllib.parse import unquote
 
 import pytest
 
-from provisioner.images.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
-from provisioner.images.overlay import OverlayBuilder
+from provisioner.boot.overlay import OverlayBuilder
+from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
 from provisioner.lab.netns import stop_process
-from provisioner.model import Firmware, MacAddress, Node
-from provisioner.render import BootContext, Renderer
+from provisioner.nodes.model import Firmware, MacAddress, Node
+from provisioner.render.environment import BootContext, Renderer
 from tests.templates.bootimage import minimal_image
 
 KERNEL_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "kernel"

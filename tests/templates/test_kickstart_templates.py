@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from provisioner.images.kickstart import parse
-from provisioner.render import Renderer
+from provisioner.images.build.kickstart import parse
+from provisioner.render.environment import Renderer
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKickstart admin@head"
 

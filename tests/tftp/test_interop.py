@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from provisioner.inventory import Inventory
-from provisioner.model import BootEvent, MacAddress
+from provisioner.inventory.repository import Inventory
+from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.store.sqlite import SqliteStore
 from tests.tftp.conftest import BIG_SIZE, MAC, OpenWatch, TftpLab, rrq, sha256_file
 

@@ -27,10 +27,10 @@ from provisioner.api.schemas import (
     TokenCreated,
     TokenOut,
 )
-from provisioner.images.catalog import ImageInfo, ImageVersion
-from provisioner.inventory import group_to_dict, lease_to_dict
-from provisioner.model import REDACTED, Group, redact
-from provisioner.tokens import ApiToken, Role
+from provisioner.images.format.catalog import ImageInfo, ImageVersion
+from provisioner.inventory.repository import group_to_dict, lease_to_dict
+from provisioner.nodes.model import REDACTED, Group, redact
+from provisioner.security.tokens import ApiToken, Role
 
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)
 _SECRET_WORDS = ("password", "secret")

@@ -30,9 +30,9 @@ from provisioner.api.errors import error_body, responses, translate
 from provisioner.api.limits import MAX_DEPTH, json_depth, replay_body
 from provisioner.api.schemas import BootedIn, BootedOut
 from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
-from provisioner.model import MacAddress, Node
+from provisioner.nodes.model import MacAddress, Node
+from provisioner.security.tokens import BootTokenRefused
 from provisioner.store.base import TxnConflict, TxnOp
-from provisioner.tokens import BootTokenRefused
 
 log = logging.getLogger(__name__)
 PATH: Final = "/node/v1/booted"

@@ -20,11 +20,11 @@ from provisioner.api.schemas import (
     PowerResult,
     Timeline,
 )
-from provisioner.inventory import node_to_dict
-from provisioner.lifecycle import timeline
-from provisioner.model import Firmware, MacAddress, Node, NodeState, check_ipv4, redact
+from provisioner.inventory.repository import node_to_dict
+from provisioner.nodes.lifecycle import timeline
+from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4, redact
 from provisioner.power.base import driver_for, power_action
-from provisioner.tokens import Role
+from provisioner.security.tokens import Role
 
 READ = responses(401, 403, 404, 422)
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)

@@ -18,11 +18,11 @@ from provisioner.api.errors import responses
 from provisioner.api.schemas import ReimageAccepted, ReimageRequest, RolloutOut
 from provisioner.errors import ProvisionerError
 from provisioner.handoff import open_handoff
-from provisioner.images.catalog import split_ref
-from provisioner.model import Node
+from provisioner.images.format.catalog import split_ref
+from provisioner.nodes.model import Node
+from provisioner.nodes.rollout import Request, Rollout, load_status
 from provisioner.power.base import PowerDriver, driver_for
-from provisioner.reimage import Request, Rollout, load_status
-from provisioner.tokens import Role
+from provisioner.security.tokens import Role
 
 log = logging.getLogger(__name__)
 START_WAIT = 5.0  # seconds to wait for the rollout to write its id

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from provisioner.images.rootfs import Where, inside_root
+from provisioner.images.build.rootfs import Where, inside_root
 
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from provisioner.images.rootfs import BuildLog, Where, chroot_env, chroot_ready
+from provisioner.images.build.rootfs import BuildLog, Where, chroot_env, chroot_ready
 
 ZONEINFO = Path("/usr/share/zoneinfo")
 _FIRST_UID = 1000

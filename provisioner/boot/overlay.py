@@ -22,9 +22,9 @@ import time
 from collections import OrderedDict
 from typing import Final
 
-from provisioner.images import compress, cpio
-from provisioner.model import Firmware, MacAddress, Node
-from provisioner.render import BootContext, Network, RenderedFile, Renderer
+from provisioner.images.format import compress, cpio
+from provisioner.nodes.model import Firmware, MacAddress, Node
+from provisioner.render.environment import BootContext, Network, RenderedFile, Renderer
 
 TOKEN_PATH: Final = "etc/provisioner/token"
 #: Directories that must not be world-readable (sshd's StrictModes, root's home).

@@ -35,7 +35,7 @@ from provisioner.errors import RenderError, TemplateNotFound
 
 # The context types live in their own module to keep this one small; re-exported here because
 # the contract names them as render's.
-from provisioner.render_context import BootContext, Network, Scheduler
+from provisioner.render.context import BootContext, Network, Scheduler
 
 __all__ = ["SHIPPED", "BootContext", "Network", "RenderedFile", "Renderer", "Scheduler"]
 

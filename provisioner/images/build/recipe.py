@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from provisioner.images import accounts, oci, rootfs
+from provisioner.images.build import accounts, oci, rootfs
+from provisioner.images.build.kickstart import Kickstart
+from provisioner.images.build.rootfs import BuildLog, Where
 from provisioner.images.fsutil import sha256_file
-from provisioner.images.kickstart import Kickstart
-from provisioner.images.rootfs import BuildLog, Where
 
 #: Applets never linked into a non-busybox image: they would replace its own init.
 _NOT_LINKED = {"sbin/init", "linuxrc"}

@@ -26,8 +26,8 @@ from typing import Any, Final, Protocol
 
 from provisioner.errors import InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
-from provisioner.inventory import Also, Inventory
-from provisioner.model import BootEvent, MacAddress, Node, NodeState, SettingValue
+from provisioner.inventory.repository import Also, Inventory
+from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState, SettingValue
 from provisioner.store.base import TxnOp
 
 log = logging.getLogger(__name__)

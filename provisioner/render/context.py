@@ -1,9 +1,10 @@
 """BootContext: everything a boot template may see about one node, as plain values.
 
-Re-exported by provisioner.render (the contract names it there); kept apart so render.py stays
-small and this module needs no jinja2. Secrets never enter a context's variables: settings
-marked secret in model.SETTINGS and the power_* settings are dropped, and the one-boot token is
-carried beside the variables (`token`), only for OverlayBuilder to write as a file.
+Re-exported by provisioner.render.environment (the contract names it there); kept apart so
+environment.py stays small and this module needs no jinja2. Secrets never enter a context's
+variables: settings marked secret in model.SETTINGS and the power_* settings are dropped, and
+the one-boot token is carried beside the variables (`token`), only for OverlayBuilder to write
+as a file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from provisioner.config import SubnetSettings
-from provisioner.model import SETTINGS, Effective, Node, SettingValue
+from provisioner.nodes.model import SETTINGS, Effective, Node, SettingValue
 
 DEFAULT_CONSOLE: Final = "ttyS0,115200"
 DEFAULT_PARTITION: Final = "compute"

@@ -29,9 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ImageBuildError, ProvisionerError, TemplateError
-from provisioner.images import archive, compress, cpio, kmod
-from provisioner.images import kickstart as ks_parser
-from provisioner.images.catalog import (
+from provisioner.images.build import kickstart as ks_parser
+from provisioner.images.build import kmod
+from provisioner.images.build.kernel import KernelTree, fetch_kernel
+from provisioner.images.build.kickstart import Kickstart
+from provisioner.images.build.recipe import apply_kickstart, base_dir, base_inputs, directive_line
+from provisioner.images.build.rootfs import BUSYBOX, BuildLog, Where
+from provisioner.images.format import archive, compress, cpio
+from provisioner.images.format.catalog import (
     STAGING,
     ImageCatalog,
     ImageVersion,
@@ -39,11 +44,7 @@ from provisioner.images.catalog import (
     utc_now,
 )
 from provisioner.images.fsutil import describe_files, remove_tree, sha256_file
-from provisioner.images.kernel import KernelTree, fetch_kernel
-from provisioner.images.kickstart import Kickstart
-from provisioner.images.recipe import apply_kickstart, base_dir, base_inputs, directive_line
-from provisioner.images.rootfs import BUSYBOX, BuildLog, Where
-from provisioner.render import Renderer
+from provisioner.render.environment import Renderer
 
 BUILDER_VERSION = "1"
 INIT_TEMPLATE = "image/init.sh.j2"

@@ -1,6 +1,6 @@
 """Stream a directory tree on disk into a newc cpio, reproducibly and in bounded memory.
 
-Same rules as `provisioner.images.cpio.pack` (it shares its header code, so equal input gives
+Same rules as `provisioner.images.format.cpio.pack` (it shares its header code, so equal input gives
 equal bytes): entries sorted by path components, parents first, inodes numbered in order, every
 mtime set to `mtime` (0 unless given, like SOURCE_DATE_EPOCH), owner 0:0 unless
 `preserve_owner`. Only the list of paths is held in memory; file contents are copied in chunks.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.errors import ImageBuildError
-from provisioner.images import cpio
+from provisioner.images.format import cpio
 
 CHUNK = 1024 * 1024
 

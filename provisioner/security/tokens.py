@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
-from provisioner.model import MacAddress
+from provisioner.nodes.model import MacAddress
 from provisioner.store.base import KeyValueStore, TxnOp
 
 BOOT_TOKENS: Final = "/provisioner/v1/boottokens/"

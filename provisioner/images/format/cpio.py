@@ -5,7 +5,7 @@ comes before its children), synthesises missing parent directories, numbers inod
 order and keeps each entry's mtime/uid/gid as given (all 0 by default). The same entries in any
 order therefore give the same bytes.
 
-The streaming writer for trees on disk is `provisioner.images.archive`; it shares `header`,
+The streaming writer for trees on disk is `provisioner.images.format.archive`; it shares `header`,
 `padding` and `TRAILER` with this module so both produce identical bytes for identical input.
 """
 

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol
 
 from provisioner.errors import HandoffError, NotFound, PowerError, ProvisionerError
-from provisioner.inventory import ROOT, Inventory
-from provisioner.model import MacAddress, Node, NodeState
+from provisioner.inventory.repository import ROOT, Inventory
+from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.power.base import OneTimeBoot, PowerDriver
 
 log = logging.getLogger(__name__)

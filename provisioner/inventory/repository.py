@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from provisioner.errors import Conflict, NotFound, ProvisionerError, StoreError, ValidationError
-from provisioner.model import (
+from provisioner.nodes.model import (
     BootEvent,
     Effective,
     Firmware,
