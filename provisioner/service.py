@@ -21,6 +21,7 @@ import uvicorn
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
 from provisioner.api.routes.node import CallbackFastPath
+from provisioner.boot.binding import AddressBinding
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
@@ -202,7 +203,17 @@ class Appliance:
                          renderer, OverlayBuilder(renderer), self.catalog,
                          boot_base=boot_http_base(s, server_ip),
                          api_base=api_public_base(s, server_ip),
-                         scheduler_url=s.scheduler.client_url, clock=self.clock)
+                         scheduler_url=s.scheduler.client_url, clock=self.clock,
+                         binding=AddressBinding(self._leased))
+
+    def _leased(self, mac: MacAddress) -> ipaddress.IPv4Address | None:
+        """The address our DHCP server leased to `mac` and that has not expired."""
+        if self.dhcp is None:
+            return None
+        lease = self.dhcp.leases.lease_of(mac)
+        if lease is None or lease.state != "bound" or lease.expires <= self.clock():
+            return None
+        return lease.ip
 
     async def _start_handoff(self, stack: contextlib.AsyncExitStack) -> None:
         """The durable outbox to the scheduler, unless `[handoff] kind = "none"`: then booted

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from provisioner.errors import NotFound, Unauthorized, ValidationError
+from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
 from provisioner.nodes.model import MacAddress
 from provisioner.security.tokens import (
     API_TOKENS,
@@ -53,15 +53,26 @@ async def test_wrong_expired_and_other_nodes_tokens_are_refused_alike(
     await tokens.redeem(B, b_token, NOW + 59)
 
 
-async def test_a_new_token_replaces_the_old_and_only_its_hash_is_stored(
+async def test_a_token_is_issued_once_per_boot_and_only_its_hash_is_stored(
         store: KeyValueStore) -> None:
     tokens = BootTokens(store)
     old = await tokens.issue(A, 60, NOW)
-    new = await tokens.issue(A, 60, NOW)
+    with pytest.raises(Conflict, match="already issued"):
+        await tokens.issue(A, 60, NOW + 1)  # a second fetch in the same boot replaces nothing
+    await tokens.new_boot(A)
+    new = await tokens.issue(A, 60, NOW + 2)
     kv = await store.get(BOOT_TOKENS + A.value)
     assert kv is not None and new.encode() not in kv.value and old.encode() not in kv.value
-    assert await _refused(tokens, A, old, NOW) == "wrong token"
-    await tokens.redeem(A, new, NOW)
+    assert await _refused(tokens, A, old, NOW + 2) == "wrong token"
+    await tokens.redeem(A, new, NOW + 2)
+    assert isinstance(await tokens.issue(A, 60, NOW + 3), str)  # redeemed: the next boot's
+
+
+async def test_an_expired_token_does_not_block_the_next_one(store: KeyValueStore) -> None:
+    tokens = BootTokens(store)
+    await tokens.issue(A, 60, NOW)
+    fresh = await tokens.issue(A, 60, NOW + 61)
+    await tokens.redeem(A, fresh, NOW + 62)
 
 
 async def test_of_concurrent_redeems_of_one_token_exactly_one_wins(store: KeyValueStore) -> None:

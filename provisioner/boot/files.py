@@ -4,7 +4,8 @@ URL layout: /boot/images/NAME/VERSION/FILE maps to IMAGES/NAME/VERSION/FILE. The
 file's sha256 from the version's manifest.json when it lists the file (so a rebuilt identical
 image keeps its ETag, and iPXE's or a proxy's cached copy stays valid), else one made of size and
 modification time. Paths are checked component by component and resolved: nothing outside the
-image directory is opened.
+image directory is opened. Only boot artifacts are served: the kernel and the image. The
+manifest, the build log and anything else an image directory holds stay on the head node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from provisioner.errors import NotFound
 
 IMAGES_PREFIX = "/boot/images/"
+BOOT_ARTIFACTS = frozenset({"vmlinuz", "image.cpio.xz"})  # what boot.ipxe.j2 fetches
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,9 @@ def open_boot_file(root: Path, url_path: str) -> BootFile:
     parts = url_path.removeprefix(IMAGES_PREFIX).split("/")
     if len(parts) != 3 or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
         raise NotFound(f"{url_path}: not an image file path (/boot/images/NAME/VERSION/FILE)")
+    if parts[2] not in BOOT_ARTIFACTS:
+        raise NotFound(f"{url_path}: not a boot artifact (only {', '.join(sorted(BOOT_ARTIFACTS))}"
+                       " are served)")
     real_root = root.resolve()
     try:
         real = root.joinpath(*parts).resolve(strict=True)

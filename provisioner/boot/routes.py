@@ -1,8 +1,16 @@
 """Boot-plane routes rendered per node, registered on BootHttpServer by service.py.
 
-    /boot/<mac>.ipxe                     the node's iPXE script; marks it provisioning
-    /boot/nodes/<mac>/overlay.cpio.xz    its overlay, with a fresh one-boot token appended
+    /boot/<mac>.ipxe                     the node's iPXE script; a GET starts its boot
+    /boot/nodes/<mac>/overlay.cpio.xz    its overlay, with its one-boot token appended
     /boot/nodes/<mac>/install.ks         its install kickstart, only while provisioning
+
+A registered node's files are served only to the address bound to its MAC (boot/binding.py);
+anyone else gets 403 and the plane changes nothing. Only a GET of the script from the node's
+own address has a side effect: the node's boot starts (it is provisioning, its previous
+token is void). HEAD never changes anything. The overlay is served only while the node is
+provisioning, and its token is issued once per boot: a second fetch in the same boot (iPXE
+retrying a broken transfer) gets the same bytes back from memory, or 409 when this process did
+not build them (it restarted, or another head node did).
 
 iPXE never gets a 404 for a script: an unknown MAC, a node with no (or a missing) image and a
 retired node all get a script that says why, waits and asks again, so a node racked before
@@ -17,14 +25,16 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
+from provisioner.boot.binding import AddressBinding, Refusals
 from provisioner.boot.httpcore import Request
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.server import BootHttpServer, Reply
 from provisioner.config import Settings
 from provisioner.errors import (
+    Conflict,
     ImageError,
     InvalidTransition,
     NotFound,
@@ -72,6 +82,12 @@ class BootPlane:
     api_base: str
     scheduler_url: str = ""
     clock: Callable[[], float] = time.time
+    binding: AddressBinding = field(default_factory=AddressBinding)
+    refusals: Refusals = field(init=False)
+    _overlays: dict[MacAddress, bytes] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.refusals = Refusals(self.clock)
 
     def register(self, server: BootHttpServer) -> None:
         server.route("/boot/nodes/", self.node_file)
@@ -92,6 +108,8 @@ class BootPlane:
         if node.state not in BOOTABLE:
             return _ipxe(wait_script(url, f"node {node.name} is {node.state}; boots resume "
                                      "when it is registered again"))
+        if not self.binding.allows(node, client):
+            return self._refuse(node, request, client)
         image = self._image(node)
         try:
             context = self.context(node, image)
@@ -99,15 +117,25 @@ class BootPlane:
             text = self.renderer.render(template, context.variables(), node=node.name)
         except TemplateError as exc:
             return await self._render_failed(node, "ipxe", exc)
-        if image is not None:
-            await self._served(node, image)
+        if image is not None and request.method == "GET":
+            await self._boot_started(node, image)
         return _ipxe(text)
 
-    async def _served(self, node: Node, image: ImageVersion) -> None:
+    async def _boot_started(self, node: Node, image: ImageVersion) -> None:
         try:
             await self.lifecycle.boot_script_served(node.mac, image.name, image.version)
         except InvalidTransition as exc:  # it moved meanwhile; the script is still right
             log.info("boot: %s", exc)
+            return
+        self._overlays.pop(node.mac, None)
+        await self.tokens.new_boot(node.mac)
+
+    def _refuse(self, node: Node, request: Request, client: str) -> Reply:
+        bound = self.binding.bound_address(node)
+        self.refusals.refuse(client, request.path, f"not the address of {node.mac}")
+        where = f"its address {bound}" if bound else "the address our DHCP server leases it"
+        return Reply(f"{request.path} is served only to node {node.name}'s own address "
+                     f"({where}); {client} is not it\n".encode(), status=403)
 
     def _image(self, node: Node) -> ImageVersion | None:
         """The image version the node boots, or None (no image set, or it does not exist:
@@ -148,14 +176,29 @@ class BootPlane:
         if cached is None:
             raise NotFound(f"{mac} is not a registered node")
         node = cached.value
+        if not self.binding.allows(node, client):
+            return self._refuse(node, request, client)
         if match.group(2) == "install.ks":
             return await self.kickstart(node)
+        if request.method == "HEAD":  # a HEAD must not use up the boot's one token
+            return Reply(b"", "application/octet-stream")
         return await self.overlay(node, cached.revision)
 
     async def overlay(self, node: Node, revision: int) -> Reply:
+        if node.state is not NodeState.PROVISIONING:
+            self._overlays.pop(node.mac, None)
+            return Reply(f"node {node.name} is {node.state}: its overlay is served only "
+                         "while it is provisioning; reboot it into its boot script first\n"
+                         .encode(), status=409)
+        built = self._overlays.get(node.mac)
+        if built is not None:
+            return Reply(built, "application/octet-stream")
         image = self._image(node)
-        token = await self.tokens.issue(node.mac, self.settings.api.boot_token_ttl,
-                                        self.clock())
+        try:
+            token = await self.tokens.issue(node.mac, self.settings.api.boot_token_ttl,
+                                            self.clock())
+        except Conflict as exc:
+            return Reply(f"{exc}\n".encode(), status=409)
         try:
             data = self.overlays.build(self.context(node, image, token), node_revision=revision)
         except TemplateError as exc:
@@ -163,6 +206,7 @@ class BootPlane:
         await self.audit.record(f"node:{node.mac}", "boot_token.issue", node.mac.value, "ok",
                                 self.clock())
         await self._event(node, "overlay_served", {"bytes": len(data)})
+        self._overlays[node.mac] = data
         return Reply(data, "application/octet-stream")
 
     async def kickstart(self, node: Node) -> Reply:

@@ -61,11 +61,24 @@ class BootTokens:
         self.store = store
 
     async def issue(self, mac: MacAddress, ttl: float, now: float) -> str:
-        """A fresh token for `mac`; it replaces any earlier one, which stops working."""
+        """A token for `mac`'s current boot. Issued once per boot: while one is outstanding
+        (issued, not redeemed, not expired) a second call raises Conflict rather than replace
+        it, so whoever fetched first cannot be pre-empted by a later fetch."""
         token = secrets.token_urlsafe(32)
-        await self.store.put(BOOT_TOKENS + mac.value,
-                             _dump({"sha256": digest(token), "expires": now + ttl}))
+        record = _dump({"sha256": digest(token), "expires": now + ttl})
+        key = BOOT_TOKENS + mac.value
+        kv = await self.store.get(key)
+        if kv is not None and float(json.loads(kv.value).get("expires", 0)) > now:
+            raise Conflict(f"a boot token was already issued for {mac} in this boot; the "
+                           "node gets a new one when it boots again")
+        await self.store.put(key, record, expect=kv.mod_revision if kv is not None else 0)
         return token
+
+    async def new_boot(self, mac: MacAddress) -> None:
+        """`mac` started a new boot: the previous boot's token, used or not, is void."""
+        kv = await self.store.get(BOOT_TOKENS + mac.value)
+        if kv is not None:
+            await self._discard(kv.key, kv.mod_revision)
 
     async def redeem(self, mac: MacAddress, token: str, now: float) -> None:
         """Accept `token` for `mac` once, or raise BootTokenRefused."""

@@ -4,6 +4,8 @@ templates, a real overlay builder and a published image, end to end through the 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import lzma
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import pytest
 
 from provisioner.api.app import create_app
 from provisioner.api.context import ApiContext
+from provisioner.boot.binding import AddressBinding
 from provisioner.boot.overlay import TOKEN_PATH, OverlayBuilder
 from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
@@ -29,6 +32,8 @@ from provisioner.store.memory import MemoryStore
 from tests.api.conftest import api_settings, publish_image
 
 MAC = MacAddress("52:54:00:00:00:01")
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+ELSEWHERE = ipaddress.IPv4Address("10.9.9.9")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Plane:
     plane: BootPlane
     inventory: Inventory
     catalog: ImageCatalog
+    leases: dict[MacAddress, ipaddress.IPv4Address]
 
     async def add(self, node: Node) -> None:
         revision = await self.inventory.add_node(node)
@@ -50,15 +56,19 @@ async def _plane(tmp_path: Path, site: Path | None) -> tuple[Plane, BootHttpServ
     await inventory.start()
     renderer = Renderer(site)
     catalog = ImageCatalog(settings.images_dir)
+    # Every node holds a lease on the loopback address the test client speaks from, unless
+    # a test moves it elsewhere: then the client is a stranger to that node.
+    leases: dict[MacAddress, ipaddress.IPv4Address] = {}
     plane = BootPlane(settings, inventory, Lifecycle(inventory), BootTokens(store),
                       AuditLog(store), renderer, OverlayBuilder(renderer), catalog,
-                      boot_base="http://10.0.0.1", api_base="http://10.0.0.1:8080")
+                      boot_base="http://10.0.0.1", api_base="http://10.0.0.1:8080",
+                      binding=AddressBinding(lambda mac: leases.get(mac, LOOPBACK)))
     server = BootHttpServer(settings.images_dir)
     plane.register(server)
     await server.start("127.0.0.1", 0)
     host, port = server.address
     client = httpx.AsyncClient(base_url=f"http://{host}:{port}")
-    return Plane(client, plane, inventory, catalog), server
+    return Plane(client, plane, inventory, catalog, leases), server
 
 
 @pytest.fixture
@@ -172,3 +182,73 @@ async def test_a_broken_template_fails_that_node_only(tmp_path: Path) -> None:
         await found.http.aclose()
         await server.close()
         await found.inventory.stop()
+
+
+async def _booting(plane: Plane) -> None:
+    publish_image(plane.catalog, "compute")
+    await plane.add(Node(MAC, "node001", image="compute"))
+
+
+async def test_a_stranger_gets_403_for_a_nodes_files_and_changes_nothing(
+        plane: Plane, caplog: pytest.LogCaptureFixture) -> None:
+    await _booting(plane)
+    assert (await plane.http.get(f"/boot/{MAC}.ipxe")).status_code == 200
+    before = [e.kind for e in await plane.inventory.list_events(MAC)]
+    plane.leases[MAC] = ELSEWHERE  # the node now holds another address: we are a stranger
+    caplog.set_level(logging.WARNING, logger="provisioner.boot.binding")
+    for path in (f"/boot/{MAC}.ipxe", f"/boot/nodes/{MAC}/overlay.cpio.xz",
+                 f"/boot/nodes/{MAC}/install.ks"):
+        for method in ("GET", "HEAD"):
+            refused = await plane.http.request(method, path)
+            assert refused.status_code == 403, (method, path)
+    assert "node001's own address (its address 10.9.9.9)" in refused.text or method == "HEAD"
+    assert plane.plane.refusals.total == 6
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "127.0.0.1" in caplog.records[0].getMessage() and len(caplog.records) == 1
+    assert [e.kind for e in await plane.inventory.list_events(MAC)] == before
+    assert await plane.plane.tokens.store.get(f"/provisioner/v1/boottokens/{MAC}") is None
+    plane.leases[MAC] = LOOPBACK  # the node itself still gets its overlay
+    assert (await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")).status_code == 200
+
+
+async def test_head_of_the_script_and_overlay_has_no_side_effect(plane: Plane) -> None:
+    await _booting(plane)
+    await plane.inventory.update_node("node001", lambda n: n.with_changes(state=NodeState.READY))
+    assert (await plane.http.head(f"/boot/{MAC}.ipxe")).status_code == 200
+    node = (await plane.inventory.get_node("node001")).value
+    assert node.state is NodeState.READY
+    assert (await plane.http.get(f"/boot/{MAC}.ipxe")).status_code == 200  # a GET starts a boot
+    assert (await plane.inventory.get_node("node001")).value.state is NodeState.PROVISIONING
+    assert (await plane.http.head(f"/boot/nodes/{MAC}/overlay.cpio.xz")).status_code == 200
+    assert await plane.plane.tokens.store.get(f"/provisioner/v1/boottokens/{MAC}") is None
+
+
+async def test_the_token_is_issued_once_per_boot(plane: Plane) -> None:
+    await _booting(plane)
+    refused = await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")
+    assert refused.status_code == 409 and "only while it is provisioning" in refused.text
+    await plane.http.get(f"/boot/{MAC}.ipxe")
+    first = await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")
+    assert first.status_code == 200
+    again = await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")  # iPXE retrying
+    assert again.status_code == 200 and again.content == first.content
+    plane.plane._overlays.clear()  # as after a restart: the token is out, the bytes are gone
+    lost = await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")
+    assert lost.status_code == 409 and "already issued" in lost.text
+    old_token = {e.path: e for e in _unpack_overlay(first.content)}[TOKEN_PATH].data
+    await plane.http.get(f"/boot/{MAC}.ipxe")  # the next boot voids the old token
+    second = await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")
+    assert second.status_code == 200
+    new_token = {e.path: e for e in _unpack_overlay(second.content)}[TOKEN_PATH].data
+    assert new_token != old_token
+
+
+async def test_only_boot_artifacts_are_served_from_an_image(plane: Plane) -> None:
+    publish_image(plane.catalog, "compute")
+    version = plane.catalog.resolve("compute")
+    (version.path / "build.log").write_text("secret build output\n")
+    for name, status in (("vmlinuz", 200), ("image.cpio.xz", 200), ("manifest.json", 404),
+                         ("build.log", 404)):
+        response = await plane.http.get(f"/boot/images/compute/1/{name}")
+        assert response.status_code == status, name
+    assert "secret" not in response.text

@@ -58,7 +58,9 @@ def images(tmp_path: Path) -> Images:
     image, kernel = os.urandom(3 * 1024 * 1024 + 17), os.urandom(64 * 1024)
     (version / "image.cpio.xz").write_bytes(image)
     (version / "vmlinuz").write_bytes(kernel)
-    extra = version / "extra.img"  # on disk, not in the manifest
+    older = root / "rocky" / "9.3"  # a version whose manifest does not list its kernel
+    older.mkdir()
+    extra = older / "vmlinuz"
     extra.write_bytes(b"extra\n")
     manifest = {"files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                           for name, data in (("image.cpio.xz", image), ("vmlinuz", kernel))}}
@@ -267,7 +269,7 @@ async def test_if_range(boot: Boot, client: httpx.AsyncClient) -> None:
 async def test_etag_falls_back_without_manifest_entry(boot: Boot,
                                                       client: httpx.AsyncClient) -> None:
     info = boot.images.extra.stat()
-    response = await client.get("/boot/images/rocky/9.4/extra.img")
+    response = await client.get("/boot/images/rocky/9.3/vmlinuz")
     assert response.status_code == 200
     assert response.content == b"extra\n"
     assert response.headers["etag"] == f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
@@ -383,8 +385,8 @@ async def test_keep_alive_reuses_the_connection(boot: Boot, client: httpx.AsyncC
 
 
 async def test_pipelined_requests_and_http10_close(boot: Boot) -> None:
-    one = b"GET /boot/images/rocky/9.4/extra.img HTTP/1.1\r\nHost: x\r\n\r\n"
-    last = b"GET /boot/images/rocky/9.4/extra.img HTTP/1.0\r\n\r\n"
+    one = b"GET /boot/images/rocky/9.3/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /boot/images/rocky/9.3/vmlinuz HTTP/1.0\r\n\r\n"
     answer = await raw(boot, one + one + last)  # the 1.0 request without keep-alive closes
     assert answer.count(b"HTTP/1.1 200 OK") == 3
     assert answer.count(b"\r\n\r\nextra\n") == 3

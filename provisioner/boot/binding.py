@@ -1,0 +1,81 @@
+"""Who may fetch a node's boot files: the address that node holds, and nobody else.
+
+The provisioning network is shared with compute nodes running users' jobs, so a MAC in a URL
+proves nothing. A node's script, kickstart and overlay (which carries its one-boot token) are
+served only to the IPv4 address bound to that MAC: its current lease when our DHCP server
+leased it, else its static address. Anyone else gets 403.
+
+Refusals are counted in memory and logged once per source address per minute, with the
+requester's address: a refusal writes nothing to the store, so a flood of them costs the
+appliance no disk and no etcd traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from provisioner.nodes.model import MacAddress, Node
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY: Final = 60.0  # seconds between two log lines about the same source
+MAX_SOURCES: Final = 4096  # sources remembered for log rate-limiting; the oldest are forgotten
+
+AddressOf = Callable[[MacAddress], ipaddress.IPv4Address | None]
+
+
+def no_lease(mac: MacAddress) -> ipaddress.IPv4Address | None:
+    """The lease lookup when our DHCP server does not lease addresses (off or proxy mode)."""
+    return None
+
+
+@dataclass
+class AddressBinding:
+    """`leased(mac)` is the address our DHCP server leased to `mac` (or None)."""
+
+    leased: AddressOf = no_lease
+
+    def bound_address(self, node: Node) -> ipaddress.IPv4Address | None:
+        return self.leased(node.mac) or node.ip
+
+    def allows(self, node: Node, client: str) -> bool:
+        bound = self.bound_address(node)
+        return bound is not None and _address(client) == bound
+
+
+@dataclass
+class Refusals:
+    """Counts refused boot-plane requests and logs each source at most once per LOG_EVERY."""
+
+    clock: Callable[[], float]
+    total: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    _last_logged: dict[str, float] = field(default_factory=dict)
+
+    def refuse(self, client: str, path: str, reason: str) -> None:
+        self.total += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        now = self.clock()
+        last = self._last_logged.get(client)
+        if last is not None and now - last < LOG_EVERY:
+            return
+        if len(self._last_logged) >= MAX_SOURCES:
+            self._last_logged.pop(next(iter(self._last_logged)))
+        self._last_logged[client] = now
+        log.warning("boot: refused %s to %s: %s (%d refusals so far; next line about this "
+                    "source in %d s at the earliest)", path, client, reason, self.total,
+                    int(LOG_EVERY))
+
+
+def _address(client: str) -> ipaddress.IPv4Address | None:
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return address.ipv4_mapped
+    return address
