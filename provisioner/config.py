@@ -106,6 +106,16 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """How `provisioner serve` runs once its ports are bound."""
+
+    #: started as root, run as this user after binding, keeping only CAP_NET_BIND_SERVICE and
+    #: CAP_NET_RAW (security/privileges.py); empty: keep running as the user who started it.
+    #: contrib/systemd/provisioner.service runs as this user from the start instead.
+    user: str = ""
+
+
+@dataclass(frozen=True)
 class HandoffSettings:
     """How a booted node is handed to the scheduler."""
 
@@ -198,6 +208,7 @@ class Settings:
     images: ImagesSettings = field(default_factory=ImagesSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     handoff: HandoffSettings = field(default_factory=HandoffSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -223,7 +234,7 @@ class Settings:
 SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
                              "boot": BootSettings, "dhcp": DhcpSettings,
                              "images": ImagesSettings, "scheduler": SchedulerSettings,
-                             "handoff": HandoffSettings}
+                             "handoff": HandoffSettings, "service": ServiceSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -36,6 +36,7 @@ from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.render.environment import Renderer
 from provisioner.security.audit import AuditLog
+from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
 from provisioner.store import open_store
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
@@ -53,6 +54,7 @@ HANDOFF_CONCURRENCY = 8
 def run_service(settings: Settings, *, listen: str, port: int, log_level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    private_umask()
     asyncio.run(_serve(settings, listen, port))
 
 
@@ -86,6 +88,16 @@ def api_public_base(settings: Settings, server_ip: str | None) -> str:
     if settings.api.listen not in ("", "0.0.0.0", "::"):
         host = settings.api.listen
     return f"http://{host}:{settings.api.port}"
+
+
+def written_files(settings: Settings) -> list[Path]:
+    """What the appliance writes outside its trees: the data dir and the sqlite store's files."""
+    db = settings.store_path
+    return [settings.data_dir, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+
+
+def written_trees(settings: Settings) -> list[Path]:
+    return [settings.images_dir, settings.tftp_root]
 
 
 def check_exposure(settings: Settings, listen: str) -> None:
@@ -263,6 +275,9 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
     async with contextlib.AsyncExitStack() as stack:
         appliance = Appliance(settings)
         await appliance.start(stack)
+        tighten(settings.data_dir, written_files(settings)[1:], written_trees(settings))
+        if settings.service.user:  # every privileged port is bound: root is no longer needed
+            drop_to(settings.service.user, written_files(settings), written_trees(settings))
         context = appliance.api_context()
         # The boot callback skips the FastAPI stack (same handler, same answers; see
         # api/routes/node.py): at 200 callbacks/s that stack was most of the appliance's CPU.

@@ -179,6 +179,7 @@ class ImageCatalog:
             manifest.update(name=name, version=version)
             _write_json(staging / MANIFEST, manifest)
             _fsync_tree(staging)
+            _owned_like(self.root, [self.root / name, staging, *staging.rglob("*")])
             os.rename(staging, self.root / name / version)
             self._set_current_locked(name, version)
             self._prune_locked(name)
@@ -347,3 +348,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _owned_like(root: Path, paths: builtins.list[Path]) -> None:
+    """Root publishing into a catalog that belongs to the service user (serve's [service]
+    user) hands the new files over, or the appliance could not read what it must serve."""
+    if os.geteuid() != 0:
+        return
+    owner = root.stat()
+    if owner.st_uid == 0:
+        return
+    for path in paths:
+        if not path.is_symlink():
+            os.chown(path, owner.st_uid, owner.st_gid)

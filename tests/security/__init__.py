@@ -1,0 +1,1 @@
+"""Attacks on the appliance as a process on another node (or a local user) would make them."""
