@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 
 from provisioner.errors import Conflict, NotFound, ValidationError
-from provisioner.inventory.repository import NODES, Inventory
+from provisioner.inventory import keys
+from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import BootEvent, Group, Lease, MacAddress, Node, NodeState
 from provisioner.store.base import KeyValueStore
 
@@ -112,7 +113,7 @@ async def test_cache_follows_the_store(store: KeyValueStore) -> None:
 
 
 async def test_cache_skips_unreadable_entries(store: KeyValueStore) -> None:
-    await store.put(NODES + "garbage", b"{not json")
+    await store.put(keys.node("garbage"), b"{not json")
     inv = Inventory(store)
     await inv.start()
     await inv.stop()
@@ -147,7 +148,7 @@ async def test_concurrent_adds_of_one_name_admit_exactly_one(store: KeyValueStor
 
 
 async def test_a_stale_claim_is_taken_over(store: KeyValueStore) -> None:
-    await store.put("/provisioner/v1/names/orphan", b"52:54:00:00:00:99 1.0")  # crashed add
+    await store.put(keys.name("orphan"), b"52:54:00:00:00:99 1.0")  # crashed add, old form
     inv = Inventory(store)
     await inv.add_node(Node(MAC1, "orphan"))
     assert (await inv.get_node("orphan")).value.mac == MAC1

@@ -8,11 +8,10 @@ import asyncio
 import pytest
 
 from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.security.tokens import (
-    API_TOKENS,
     BOOT_TOKEN_REFUSED,
-    BOOT_TOKENS,
     ApiTokens,
     BootTokenRefused,
     BootTokens,
@@ -61,7 +60,7 @@ async def test_a_token_is_issued_once_per_boot_and_only_its_hash_is_stored(
         await tokens.issue(A, 60, NOW + 1)  # a second fetch in the same boot replaces nothing
     await tokens.new_boot(A)
     new = await tokens.issue(A, 60, NOW + 2)
-    kv = await store.get(BOOT_TOKENS + A.value)
+    kv = await store.get(keys.boot_token(A.value))
     assert kv is not None and new.encode() not in kv.value and old.encode() not in kv.value
     assert await _refused(tokens, A, old, NOW + 2) == "wrong token"
     await tokens.redeem(A, new, NOW + 2)
@@ -90,7 +89,7 @@ async def test_api_tokens_authenticate_by_id_and_secret_and_can_be_revoked(
     record, secret = await tokens.create(Role.OPERATOR, "ci", NOW)
     token_id, _, raw = secret.partition(".")
     assert token_id == record.id
-    kv = await store.get(API_TOKENS + record.id)
+    kv = await store.get(keys.api_token(record.id))
     assert kv is not None and raw.encode() not in kv.value
     found = await tokens.authenticate(secret)
     assert found.role is Role.OPERATOR and found.name == "ci"

@@ -1,5 +1,9 @@
 """Request and response bodies of the admin and node planes (the OpenAPI schema comes from here).
 
+This is the wire schema, not the storage encoding: `node_out` and friends build responses from
+the domain values field by field, and inventory/codec.py alone says how records are stored, so
+a field renamed here is an API change, never a data migration.
+
 Requests refuse unknown fields (`extra="forbid"`): a misspelt field must be an error, not
 silently ignored. Domain rules (MAC forms, host names, known settings) stay in model.py and
 surface as 422 through api/errors.py, so the API and the CLI refuse the same things.
@@ -11,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from provisioner.nodes.model import Firmware, NodeState
+from provisioner.nodes.model import Firmware, Group, Lease, Node, NodeState, redact
 
 SettingsMap = dict[str, str | int | bool]
 
@@ -37,6 +41,13 @@ class NodeOut(BaseModel):
     state: NodeState
     settings: SettingsMap = Field(description="the node's own settings; secrets are redacted")
     hardware: dict[str, Any] = Field(description="facts reported by the node's boot callback")
+
+
+def node_out(node: Node) -> NodeOut:
+    """A node as the API shows it: secrets redacted."""
+    return NodeOut(mac=node.mac.value, name=node.name, ip=str(node.ip) if node.ip else None,
+                   groups=list(node.groups), image=node.image, firmware=node.firmware,
+                   state=node.state, settings=redact(node.settings), hardware=dict(node.hardware))
 
 
 class NodePage(BaseModel):
@@ -90,6 +101,12 @@ class GroupOut(BaseModel):
     settings: SettingsMap
 
 
+def group_out(group: Group) -> GroupOut:
+    """A group as the API shows it: secrets redacted."""
+    return GroupOut(name=group.name, description=group.description,
+                    settings=redact(group.settings))
+
+
 class GroupCreate(Request):
     name: str = Field(max_length=63, examples=["compute"])
     description: str = Field(default="", max_length=1024)
@@ -128,6 +145,11 @@ class LeaseOut(BaseModel):
     hostname: str | None
     client_id: str | None
     state: str
+
+
+def lease_out(lease: Lease) -> LeaseOut:
+    return LeaseOut(ip=str(lease.ip), mac=lease.mac.value, expires=lease.expires,
+                    hostname=lease.hostname, client_id=lease.client_id, state=lease.state)
 
 
 class PowerRequest(Request):

@@ -19,7 +19,7 @@ from provisioner.cli.common import (
     with_inventory,
 )
 from provisioner.errors import ValidationError
-from provisioner.inventory.repository import Inventory, node_to_dict
+from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import (
     BootEvent,
     Effective,
@@ -41,10 +41,11 @@ NODE_ARG = typer.Argument(..., help="Node name or MAC address.", show_default=Fa
 
 
 def shown(node: Node) -> dict[str, Any]:
-    """A node as the CLI and API show it: secrets redacted."""
-    data = node_to_dict(node)
-    data["settings"] = redact(node.settings)
-    return data
+    """A node as the CLI shows it (the fields of the API's NodeOut): secrets redacted."""
+    return {"mac": node.mac.value, "name": node.name, "ip": str(node.ip) if node.ip else None,
+            "groups": list(node.groups), "image": node.image, "firmware": node.firmware.value,
+            "state": node.state.value, "settings": redact(node.settings),
+            "hardware": dict(node.hardware)}
 
 
 @app.command("add")

@@ -15,23 +15,17 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import math
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from provisioner.dhcp.policy import pick_address
 from provisioner.errors import Conflict, ProvisionerError
-from provisioner.inventory.repository import (
-    LEASES,
-    Follower,
-    Inventory,
-    Versioned,
-    lease_from_dict,
-    lease_to_dict,
-)
+from provisioner.inventory import codec, keys
+from provisioner.inventory.follower import Follower
+from provisioner.inventory.repository import Inventory
+from provisioner.inventory.versioned import Versioned
 from provisioner.nodes.model import Lease, MacAddress
 from provisioner.store.base import EventType, WatchEvent
 
@@ -52,21 +46,6 @@ def _lease(ip: IPv4Address, mac: MacAddress, expires: float, *, hostname: str | 
                            strict=True):
         object.__setattr__(lease, name, value)
     return lease
-
-
-def _lease_json(lease: Lease) -> bytes:
-    """The bytes Inventory.put_lease stores (inventory._dump(lease_to_dict(lease)): sorted keys,
-    compact), written out directly: json.dumps with sort_keys costs 7 us a lease."""
-    expires = lease.expires
-    if type(expires) not in (int, float) or not math.isfinite(expires):
-        return json.dumps(lease_to_dict(lease), separators=(",", ":"), sort_keys=True).encode()
-    return (f'{{"client_id":{_text(lease.client_id)},"expires":{expires!r},'
-            f'"hostname":{_text(lease.hostname)},"ip":"{lease.ip}","mac":"{lease.mac.value}",'
-            f'"state":"{lease.state}"}}').encode()
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else json.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +83,9 @@ class LeaseBook:
         self._leases: dict[IPv4Address, Versioned[Lease]] = {}
         self._by_mac: dict[MacAddress, IPv4Address] = {}
         self._holds: dict[IPv4Address, tuple[MacAddress, float]] = {}
-        self._follower = Follower(inventory.store, LEASES, self._apply)
+        self._follower = Follower(inventory.store, keys.LEASES, self._apply)
         # Revisions of our own writes, already in the view: their watch events are skipped
-        # unparsed (json.loads + lease_from_dict cost more than the rest of a bind).
+        # unparsed (decoding costs more than the rest of a bind).
         self._own: set[int] = set()
         self._seen = 0  # the newest revision the watch has delivered
         # Writes in flight, by key: the watch can deliver one before its put() returns (the
@@ -133,11 +112,11 @@ class LeaseBook:
             ip = lease.ip
         else:
             try:
-                ip = ipaddress.IPv4Address(event.key.removeprefix(LEASES))
+                ip = ipaddress.IPv4Address(event.key.removeprefix(keys.LEASES))
                 if event.type is EventType.DELETE:
                     self._forget(ip)
                     return
-                lease = lease_from_dict(json.loads(event.value))
+                lease = codec.decode_lease(event.value)
             except (ValueError, KeyError, ProvisionerError) as exc:
                 log.warning("dhcp: skipping unreadable lease %s: %s", event.key, exc)
                 return
@@ -218,7 +197,7 @@ class LeaseBook:
 
     async def _put(self, lease: Lease, *, expect: int) -> None:
         """Inventory.put_lease (the same key and bytes, CAS), then into the view."""
-        key, data = LEASES + str(lease.ip), _lease_json(lease)
+        key, data = keys.lease(lease.ip), codec.encode_lease(lease)
         pending = self._inflight[key] = (lease, data)
         try:
             revision = await self.inventory.store.put(key, data, expect=expect)

@@ -1,7 +1,7 @@
 """A durable outbox for handoffs: a booted node is registered with the scheduler even if the
 scheduler (or the appliance) is down when the node boots.
 
-`submit(node)` writes `/provisioner/v1/outbox/<mac>` and returns (or `entry(node)` is committed
+`submit(node)` writes keys.outbox(MAC) and returns (or `entry(node)` is committed
 in the caller's own txn, then `accepted(node, revision)`); a worker per MAC delivers it
 with exponential backoff (0.2 s doubling to 30 s, each wait jittered to 50-100 % so a scheduler
 coming back is not hit by every node at the same instant). Delivery is at-least-once: register,
@@ -29,10 +29,10 @@ from typing import Any
 
 from provisioner.errors import Conflict, HandoffError, NotFound, ProvisionerError, StoreUnavailable
 from provisioner.handoff.base import Handoff, HandoffNode, HandoffRejected
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.store.base import KeyValue, KeyValueStore, TxnConflict, TxnOp
 
-OUTBOX = "/provisioner/v1/outbox/"
 log = logging.getLogger("provisioner.handoff")
 
 #: (mac, the entry's delete) -> True if the delete was committed with the confirmation
@@ -70,8 +70,8 @@ class HandoffQueue:
     async def start(self) -> None:
         """Deliver what is queued, including entries left by a previous run."""
         self._running = True
-        for kv in (await self.store.range(OUTBOX)).items:
-            self._spawn(kv.key.removeprefix(OUTBOX))
+        for kv in (await self.store.range(keys.OUTBOX)).items:
+            self._spawn(kv.key.removeprefix(keys.OUTBOX))
 
     async def submit(self, node: HandoffNode) -> None:
         """Queue the node's registration durably; delivery happens in the background."""
@@ -84,7 +84,7 @@ class HandoffQueue:
         """The outbox write for `node`, for a caller that commits it in its own txn; call
         `accepted` once it is committed."""
         entry = {"node": node.to_dict(), "submitted": time.time()}
-        return TxnOp(OUTBOX + str(node.mac), json.dumps(entry).encode())
+        return TxnOp(keys.outbox(str(node.mac)), json.dumps(entry).encode())
 
     def accepted(self, node: HandoffNode, revision: int) -> None:
         """The entry for `node` is in the store at `revision`: deliver it."""
@@ -95,7 +95,7 @@ class HandoffQueue:
     async def queued(self) -> list[HandoffNode]:
         """Every handoff not yet confirmed, from the store."""
         return [HandoffNode.from_dict(json.loads(kv.value)["node"])
-                for kv in (await self.store.range(OUTBOX)).items]
+                for kv in (await self.store.range(keys.OUTBOX)).items]
 
     async def stop(self) -> None:
         """Stop delivering; queued entries stay in the store for the next start()."""
@@ -157,7 +157,7 @@ class HandoffQueue:
         if written is not None:
             node, revision = written
         else:
-            kv = await self.store.get(OUTBOX + mac)
+            kv = await self.store.get(keys.outbox(mac))
             if kv is None:
                 return True
             node, revision = _node(kv), kv.mod_revision
@@ -167,9 +167,9 @@ class HandoffQueue:
             await self.handoff.register(node)
         committed: bool | None = False
         try:
-            committed = await self.on_confirmed(node.mac, TxnOp(OUTBOX + mac, None, revision))
+            committed = await self.on_confirmed(node.mac, TxnOp(keys.outbox(mac), None, revision))
         except TxnConflict as exc:
-            if OUTBOX + mac in exc.keys:
+            if keys.outbox(mac) in exc.keys:
                 return False  # replaced (or gone) meanwhile: nothing was written
             raise
         except StoreUnavailable:
@@ -178,7 +178,7 @@ class HandoffQueue:
             log.warning("handoff of %s confirmed, but marking it ready failed: %s", mac, exc)
         if not committed:
             try:
-                await self.store.delete(OUTBOX + mac, expect=revision)
+                await self.store.delete(keys.outbox(mac), expect=revision)
             except Conflict:
                 return False
             except NotFound:

@@ -9,7 +9,7 @@ For each wave of N nodes, at the same time, for each node:
 A node that fails (power error, timeout, wrong version reported, boot failed) goes to `failed`
 and stays drained: a broken node must not get jobs. When K nodes have failed, no further node
 starts; nodes already past their power-cycle finish. The rollout's status is written to the
-store under /provisioner/v1/reimage/<id> at every step, so `node reimage --status` can show it
+store under keys.reimage(ID) at every step, so `node reimage --status` can show it
 while it runs and afterwards. Dependencies are injected, so tests drive it with a memory store.
 """
 
@@ -23,15 +23,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from provisioner.errors import HandoffError, NotFound, PowerError, ProvisionerError
-from provisioner.inventory.repository import ROOT, Inventory
+from provisioner.inventory import keys
+from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.power.base import OneTimeBoot, PowerDriver
 
 log = logging.getLogger(__name__)
-REIMAGE: Final = ROOT + "reimage/"
 S = NodeState
 
 
@@ -142,11 +142,11 @@ def new_id(now: float) -> str:
 async def load_status(inventory: Inventory, rollout_id: str | None = None) -> RolloutStatus:
     """A rollout's status by id, or the latest one (ids sort by start time)."""
     if rollout_id is not None:
-        kv = await inventory.store.get(REIMAGE + rollout_id)
+        kv = await inventory.store.get(keys.reimage(rollout_id))
         if kv is None:
             raise NotFound(f"no reimage rollout {rollout_id!r}")
         return RolloutStatus.from_dict(json.loads(kv.value))
-    items = (await inventory.store.range(REIMAGE)).items
+    items = (await inventory.store.range(keys.REIMAGE)).items
     if not items:
         raise NotFound("no reimage has run yet; start one with `provisioner node reimage`")
     latest = max(items, key=lambda kv: kv.key)
@@ -350,7 +350,8 @@ class Rollout:
 
     async def _save(self) -> None:
         status = self._status()
-        await self.inventory.store.put(REIMAGE + status.id, json.dumps(status.to_dict()).encode())
+        await self.inventory.store.put(keys.reimage(status.id),
+                                       json.dumps(status.to_dict()).encode())
 
 
 def check_event(kind: str, detail: Mapping[str, Any], request: Request) -> bool:

@@ -1,10 +1,10 @@
-"""The scheduler's records in the store under /scheduler/v1/, cached in memory, written with
+"""The scheduler's records in the store under keys.SCHED_ROOT, cached in memory, written with
 compare-and-swap.
 
-Layout: `/scheduler/v1/nodes/<name>` and `/scheduler/v1/jobs/<id, 10 digits>`, one JSON record
-each. The scheduler service is the one writer; every write expects the revision it last saw,
-so a second writer (or a restarted one) cannot silently undo a change: a Conflict re-reads the
-key and applies the change again.
+Layout: keys.sched_node(NAME) and keys.sched_job(ID), one JSON record each. The scheduler
+service is the one writer; every write expects the revision it last saw, so a second writer
+(or a restarted one) cannot silently undo a change: a Conflict re-reads the key and applies
+the change again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from provisioner.errors import Conflict
+from provisioner.inventory import keys
 from provisioner.scheduler.models import (
     Job,
     JobState,
@@ -25,20 +26,9 @@ from provisioner.scheduler.models import (
 )
 from provisioner.store.base import KeyValueStore
 
-PREFIX = "/scheduler/v1/"
-NODES = PREFIX + "nodes/"
-JOBS = PREFIX + "jobs/"
 RETRIES = 8  # CAS attempts before a write gives up with Conflict
 R = TypeVar("R", SchedNode, Job)
 K = TypeVar("K", str, int)
-
-
-def node_key(name: str) -> str:
-    return NODES + name
-
-
-def job_key(job_id: int) -> str:
-    return f"{JOBS}{job_id:010d}"
 
 
 class JobCache(dict[int, tuple[Job, int]]):
@@ -82,28 +72,28 @@ class Records:
         self.jobs = JobCache()
 
     async def load(self) -> None:
-        for kv in (await self.store.range(PREFIX)).items:
+        for kv in (await self.store.range(keys.SCHED_ROOT)).items:
             data = json.loads(kv.value)
-            if kv.key.startswith(NODES):
+            if kv.key.startswith(keys.SCHED_NODES):
                 node = node_from_dict(data)
                 self.nodes[node.name] = (node, kv.mod_revision)
-            elif kv.key.startswith(JOBS):
+            elif kv.key.startswith(keys.SCHED_JOBS):
                 job = job_from_dict(data)
                 self.jobs[job.id] = (job, kv.mod_revision)
 
     async def node(self, name: str, change: Callable[[SchedNode | None], SchedNode]
                    ) -> SchedNode:
-        return await self._update(node_key(name), self.nodes, name, change, node_from_dict)
+        return await self._update(keys.sched_node(name), self.nodes, name, change, node_from_dict)
 
     async def job(self, job_id: int, change: Callable[[Job | None], Job]) -> Job:
-        return await self._update(job_key(job_id), self.jobs, job_id, change, job_from_dict)
+        return await self._update(keys.sched_job(job_id), self.jobs, job_id, change, job_from_dict)
 
     async def create_job(self, job: Job) -> bool:
         """Write a new job under its id; False (and the cache refreshed) when it is taken."""
         try:
-            rev = await self.store.put(job_key(job.id), _dumps(job), expect=0)
+            rev = await self.store.put(keys.sched_job(job.id), _dumps(job), expect=0)
         except Conflict:
-            await self._reload(job_key(job.id), self.jobs, job.id, job_from_dict)
+            await self._reload(keys.sched_job(job.id), self.jobs, job.id, job_from_dict)
             return False
         self.jobs[job.id] = (job, rev)
         return True

@@ -1,8 +1,8 @@
 """The append-only audit log: who did what to which object, and whether it was allowed.
 
-    /provisioner/v1/audit/<seq>   {"seq", "who", "action", "target", "outcome", "at", "detail"}
+    keys.audit(SEQ)   {"seq", "who", "action", "target", "outcome", "at", "detail"}
 
-`seq` is the entry's time in nanoseconds, zero-padded so that keys sort in time order; entries
+`seq` is the entry's time as keys.seq spells it, so that keys sort in time order; entries
 are created with `expect=0` (never overwritten) and this module has no delete. Every admin
 change, every authentication failure and every one-boot token use is recorded.
 """
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from provisioner.errors import Conflict, StoreError
+from provisioner.inventory import keys
 from provisioner.store.base import KeyValueStore, TxnOp
 
 log = logging.getLogger(__name__)
 
-AUDIT: Final = "/provisioner/v1/audit/"
 _BUMPS: Final = 64
 
 
@@ -52,20 +52,19 @@ class AuditLog:
            detail: Mapping[str, Any] | None = None, bump: int = 0) -> TxnOp:
         """The create-only write of one entry, to commit in a txn with the change it records
         (`bump` picks the next sequence number when a retry finds this one taken)."""
-        entry = AuditEntry(f"{int(at * 1e9) + bump:020d}", who, action, target, outcome, at,
+        entry = AuditEntry(keys.seq(at, bump), who, action, target, outcome, at,
                            dict(detail or {}))
-        return TxnOp(AUDIT + entry.seq, _encode(entry), expect=0)
+        return TxnOp(keys.audit(entry.seq), _encode(entry), expect=0)
 
     async def record(self, who: str, action: str, target: str, outcome: str, at: float, *,
                      detail: Mapping[str, Any] | None = None) -> AuditEntry | None:
         """Append one entry. A store failure is logged, not raised: the audit log must not
         turn a refused request into a 500, nor undo a change that already happened."""
-        base = int(at * 1e9)
         for bump in range(_BUMPS):
-            entry = AuditEntry(f"{base + bump:020d}", who, action, target, outcome, at,
+            entry = AuditEntry(keys.seq(at, bump), who, action, target, outcome, at,
                                dict(detail or {}))
             try:
-                await self.store.put(AUDIT + entry.seq, _encode(entry), expect=0)
+                await self.store.put(keys.audit(entry.seq), _encode(entry), expect=0)
                 return entry
             except Conflict:
                 continue
@@ -78,7 +77,7 @@ class AuditLog:
     async def entries(self, *, limit: int = 100, before: str | None = None,
                       action: str | None = None) -> list[AuditEntry]:
         """Newest first; `before` is a seq from an earlier page."""
-        result = await self.store.range(AUDIT)
+        result = await self.store.range(keys.AUDIT)
         found: list[AuditEntry] = []
         for kv in reversed(result.items):
             data = json.loads(kv.value)

@@ -1,7 +1,7 @@
 """One-boot tokens for the node plane and bearer tokens for the admin plane, both stored hashed.
 
-    /provisioner/v1/boottokens/<mac>    {"sha256": HEX, "expires": EPOCH}   one per node
-    /provisioner/v1/apitokens/<id>      {"id", "name", "role", "sha256", "created"}
+    keys.boot_token(MAC)    {"sha256": HEX, "expires": EPOCH}   one per node
+    keys.api_token(ID)      {"id", "name", "role", "sha256", "created"}
 
 A one-boot token is issued when a node's overlay is built and redeemed once by its boot
 callback: redeeming deletes the key with compare-and-swap, so of two concurrent callbacks with
@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.store.base import KeyValueStore, TxnOp
 
-BOOT_TOKENS: Final = "/provisioner/v1/boottokens/"
-API_TOKENS: Final = "/provisioner/v1/apitokens/"
 BOOT_TOKEN_REFUSED: Final = ("the boot token is not valid for this node (wrong, expired or "
                              "already used); reboot the node to get a new one")
 API_TOKEN_REFUSED: Final = ("the bearer token is not valid; create one with `provisioner token "
@@ -66,7 +65,7 @@ class BootTokens:
         it, so whoever fetched first cannot be pre-empted by a later fetch."""
         token = secrets.token_urlsafe(32)
         record = _dump({"sha256": digest(token), "expires": now + ttl})
-        key = BOOT_TOKENS + mac.value
+        key = keys.boot_token(mac.value)
         kv = await self.store.get(key)
         if kv is not None and float(json.loads(kv.value).get("expires", 0)) > now:
             raise Conflict(f"a boot token was already issued for {mac} in this boot; the "
@@ -76,7 +75,7 @@ class BootTokens:
 
     async def new_boot(self, mac: MacAddress) -> None:
         """`mac` started a new boot: the previous boot's token, used or not, is void."""
-        kv = await self.store.get(BOOT_TOKENS + mac.value)
+        kv = await self.store.get(keys.boot_token(mac.value))
         if kv is not None:
             await self._discard(kv.key, kv.mod_revision)
 
@@ -93,7 +92,7 @@ class BootTokens:
         token's revision) redeems it, and is meant to be committed in one txn with what the
         token allows. Of two txns carrying it, exactly one commits; the other gets a
         TxnConflict on `op.key` and must refuse like a replay (`refused_concurrently`)."""
-        kv = await self.store.get(BOOT_TOKENS + mac.value)
+        kv = await self.store.get(keys.boot_token(mac.value))
         if kv is None:
             raise BootTokenRefused("no token issued or already used")
         record = json.loads(kv.value)
@@ -158,18 +157,18 @@ class ApiTokens:
             raise ValidationError("name", f"{name!r}: use 1-64 letters, digits, _ . @ -")
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         record = ApiToken(token_id, name, role, now)
-        await self.store.put(API_TOKENS + token_id, _dump(
+        await self.store.put(keys.api_token(token_id), _dump(
             {"id": token_id, "name": name, "role": role.label, "sha256": digest(secret),
              "created": now}), expect=0)
         return record, f"{token_id}.{secret}"
 
     async def list(self) -> list[ApiToken]:
-        result = await self.store.range(API_TOKENS)
+        result = await self.store.range(keys.API_TOKENS)
         return sorted((_token(json.loads(kv.value)) for kv in result.items),
                       key=lambda t: (t.created, t.id))
 
     async def revoke(self, token_id: str) -> ApiToken:
-        kv = await self.store.get(API_TOKENS + token_id) if _ID.fullmatch(token_id) else None
+        kv = await self.store.get(keys.api_token(token_id)) if _ID.fullmatch(token_id) else None
         if kv is None:
             raise NotFound(f"no token {token_id!r}; see `provisioner token list`")
         await self.store.delete(kv.key, expect=kv.mod_revision)
@@ -178,7 +177,7 @@ class ApiTokens:
     async def authenticate(self, presented: str) -> ApiToken:
         """The token a bearer string belongs to, or Unauthorized (same message every time)."""
         token_id, _, secret = presented.partition(".")
-        kv = await self.store.get(API_TOKENS + token_id) if _ID.fullmatch(token_id) else None
+        kv = await self.store.get(keys.api_token(token_id)) if _ID.fullmatch(token_id) else None
         record = json.loads(kv.value) if kv is not None else {}
         # Compare even when the id is unknown, so timing does not tell ids apart.
         expected = str(record.get("sha256", "0" * 64))

@@ -11,6 +11,7 @@ import httpx
 
 from provisioner.api.app import create_app
 from provisioner.api.routes.node import CallbackFastPath
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from tests.api.conftest import Api
 
@@ -125,7 +126,7 @@ async def test_an_accepted_callback_is_one_read_and_one_txn(api: Api) -> None:
     response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
     assert response.status_code == 200, response.text
     assert calls == ["get", "txn", "txn"]
-    assert await store.get("/provisioner/v1/boottokens/" + A.value) is None
+    assert await store.get(keys.boot_token(A.value)) is None
     assert [e.kind for e in await api.ctx.inventory.list_events(A)][-2:] == ["booted", "ready"]
 
 
@@ -136,7 +137,7 @@ async def test_a_callback_for_a_retired_node_writes_nothing_and_keeps_the_token(
     await api.ctx.lifecycle.transition(A, NodeState.RETIRED, reason="test")
     response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
     assert response.status_code == 409
-    assert await api.ctx.inventory.store.get("/provisioner/v1/boottokens/" + A.value)
+    assert await api.ctx.inventory.store.get(keys.boot_token(A.value))
     failed = (await api.ctx.audit.entries(action="boot_token.redeem"))[0]
     assert failed.outcome == "failed"
 

@@ -22,6 +22,7 @@ from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
 from provisioner.images.format import cpio
 from provisioner.images.format.catalog import ImageCatalog
+from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress, Node, NodeState
@@ -206,7 +207,7 @@ async def test_a_stranger_gets_403_for_a_nodes_files_and_changes_nothing(
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
     assert "127.0.0.1" in caplog.records[0].getMessage() and len(caplog.records) == 1
     assert [e.kind for e in await plane.inventory.list_events(MAC)] == before
-    assert await plane.plane.tokens.store.get(f"/provisioner/v1/boottokens/{MAC}") is None
+    assert await plane.plane.tokens.store.get(keys.boot_token(MAC.value)) is None
     plane.leases[MAC] = LOOPBACK  # the node itself still gets its overlay
     assert (await plane.http.get(f"/boot/nodes/{MAC}/overlay.cpio.xz")).status_code == 200
 
@@ -220,7 +221,7 @@ async def test_head_of_the_script_and_overlay_has_no_side_effect(plane: Plane) -
     assert (await plane.http.get(f"/boot/{MAC}.ipxe")).status_code == 200  # a GET starts a boot
     assert (await plane.inventory.get_node("node001")).value.state is NodeState.PROVISIONING
     assert (await plane.http.head(f"/boot/nodes/{MAC}/overlay.cpio.xz")).status_code == 200
-    assert await plane.plane.tokens.store.get(f"/provisioner/v1/boottokens/{MAC}") is None
+    assert await plane.plane.tokens.store.get(keys.boot_token(MAC.value)) is None
 
 
 async def test_the_token_is_issued_once_per_boot(plane: Plane) -> None:

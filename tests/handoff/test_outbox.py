@@ -10,7 +10,8 @@ from pathlib import Path
 
 from provisioner.handoff.base import HandoffNode
 from provisioner.handoff.builtin import BuiltinHandoff
-from provisioner.handoff.outbox import OUTBOX, HandoffQueue
+from provisioner.handoff.outbox import HandoffQueue
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.base import KeyValueStore
@@ -130,7 +131,7 @@ async def _true(value: bool) -> bool:
 
 
 async def _empty(store: KeyValueStore) -> bool:
-    return not (await store.range(OUTBOX)).items
+    return not (await store.range(keys.OUTBOX)).items
 
 
 async def test_a_submit_racing_the_end_of_a_delivery_is_not_lost() -> None:

@@ -9,8 +9,9 @@ import pytest
 
 from provisioner.errors import NotFound
 from provisioner.handoff.base import HandoffNode, HandoffRejected
-from provisioner.handoff.outbox import OUTBOX, HandoffQueue
+from provisioner.handoff.outbox import HandoffQueue
 from provisioner.handoff.slurm import SlurmHandoff
+from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.store.sqlite import SqliteStore
 from tests.handoff.conftest import Confirmations, eventually
@@ -65,7 +66,7 @@ async def test_outbox_delivers_to_slurm(slurm: SlurmCluster, tmp_path: Path) -> 
         await queue.submit(node("node002"))
         await eventually(lambda: _confirmed(confirmed))
         assert "IDLE" in slurm.scontrol("show", "node", "node002", "-o")
-        assert not (await store.range(OUTBOX)).items
+        assert not (await store.range(keys.OUTBOX)).items
     finally:
         await queue.stop()
         await store.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from provisioner.errors import NotFound, ValidationError
+from provisioner.inventory import keys
 from provisioner.scheduler.models import JobState, NodeState
-from provisioner.scheduler.records import node_key
 from provisioner.scheduler.state import SchedulerState
 from provisioner.store.base import KeyValueStore
 
@@ -22,9 +22,9 @@ class Clock:
 async def test_register_twice_writes_once(store: KeyValueStore) -> None:
     state = SchedulerState(store)
     await state.register("n1", cpus=4, memory_mib=2048, features=["gpu"])
-    first = await store.get(node_key("n1"))
+    first = await store.get(keys.sched_node("n1"))
     again = await state.register("n1", cpus=4, memory_mib=2048, features=["gpu"])
-    second = await store.get(node_key("n1"))
+    second = await store.get(keys.sched_node("n1"))
     assert first is not None and second is not None
     assert second.mod_revision == first.mod_revision
     assert again.cpus == 4 and again.features == ("gpu",)

@@ -26,9 +26,10 @@ from provisioner.api.schemas import (
     TokenCreate,
     TokenCreated,
     TokenOut,
+    group_out,
+    lease_out,
 )
 from provisioner.images.format.catalog import ImageInfo, ImageVersion
-from provisioner.inventory.repository import group_to_dict, lease_to_dict
 from provisioner.nodes.model import REDACTED, Group, redact
 from provisioner.security.tokens import ApiToken, Role
 
@@ -44,12 +45,6 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
     return api
 
 
-def _group_out(group: Group) -> GroupOut:
-    data = group_to_dict(group)
-    data["settings"] = redact(group.settings)
-    return GroupOut.model_validate(data)
-
-
 def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
     viewer, admin = auth.need(Role.VIEWER), auth.need(Role.ADMIN)
     inv = ctx.inventory
@@ -58,12 +53,12 @@ def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
     @api.get("/groups", response_model=list[GroupOut], tags=tags,
              responses=responses(401, 403))
     async def list_groups(_: Principal = viewer) -> list[GroupOut]:
-        return [_group_out(g) for g in sorted(await inv.list_groups(), key=lambda g: g.name)]
+        return [group_out(g) for g in sorted(await inv.list_groups(), key=lambda g: g.name)]
 
     @api.get("/groups/{name}", response_model=GroupOut, tags=tags,
              responses=responses(401, 403, 404, 422))
     async def get_group(name: str, _: Principal = viewer) -> GroupOut:
-        return _group_out((await inv.get_group(name)).value)
+        return group_out((await inv.get_group(name)).value)
 
     @api.post("/groups", response_model=GroupOut, status_code=status.HTTP_201_CREATED,
               tags=tags, responses=WRITE)
@@ -71,7 +66,7 @@ def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         group = Group(body.name, body.settings, body.description)
         await inv.add_group(group)
         await ctx.audit.record(who.who, "group.create", group.name, "ok", ctx.clock())
-        return _group_out(group)
+        return group_out(group)
 
     @api.patch("/groups/{name}", response_model=GroupOut, tags=tags, responses=WRITE)
     async def patch_group(name: str, body: GroupPatch, who: Principal = admin) -> GroupOut:
@@ -83,7 +78,7 @@ def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
 
         group = await inv.update_group(name, change)
         await ctx.audit.record(who.who, "group.update", name, "ok", ctx.clock())
-        return _group_out(group)
+        return group_out(group)
 
     @api.delete("/groups/{name}", status_code=status.HTTP_204_NO_CONTENT, tags=tags,
                 responses=responses(401, 403, 404, 409, 422))
@@ -145,7 +140,7 @@ def _admin(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
              responses=responses(401, 403))
     async def list_leases(_: Principal = viewer) -> list[LeaseOut]:
         leases = sorted(await ctx.inventory.list_leases(), key=lambda lease: lease.ip)
-        return [LeaseOut.model_validate(lease_to_dict(lease)) for lease in leases]
+        return [lease_out(lease) for lease in leases]
 
     @api.get("/settings", tags=["settings"], responses=responses(401, 403))
     async def settings_view(_: Principal = viewer) -> dict[str, Any]:

@@ -19,21 +19,15 @@ from provisioner.api.schemas import (
     PowerRequest,
     PowerResult,
     Timeline,
+    node_out,
 )
-from provisioner.inventory.repository import node_to_dict
 from provisioner.nodes.lifecycle import timeline
-from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4, redact
+from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4
 from provisioner.power.base import driver_for, power_action
 from provisioner.security.tokens import Role
 
 READ = responses(401, 403, 404, 422)
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)
-
-
-def shown(node: Node) -> NodeOut:
-    data = node_to_dict(node)
-    data["settings"] = redact(node.settings)
-    return NodeOut.model_validate(data)
 
 
 def router(ctx: ApiContext, auth: Authority) -> APIRouter:
@@ -54,12 +48,12 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         """Nodes sorted by name, a page at a time, filtered by state, group or image."""
         page, after = inv.page_nodes(limit=limit, cursor=cursor, state=state, group=group,
                                      image=image)
-        return NodePage(items=[shown(n) for n in page], next_cursor=after)
+        return NodePage(items=[node_out(n) for n in page], next_cursor=after)
 
     @api.get("/nodes/{ref}", response_model=NodeOut, responses=READ)
     async def get_node(ref: str, _: Principal = viewer) -> NodeOut:
         """One node by MAC (any common form) or name."""
-        return shown((await inv.get_node(ref)).value)
+        return node_out((await inv.get_node(ref)).value)
 
     @api.post("/nodes", response_model=NodeOut, status_code=status.HTTP_201_CREATED,
               responses=WRITE)
@@ -74,7 +68,7 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         await inv.settle(revision)
         await ctx.audit.record(who.who, "node.create", node.mac.value, "ok", ctx.clock(),
                                detail={"name": node.name})
-        return shown(node)
+        return node_out(node)
 
     @api.patch("/nodes/{ref}", response_model=NodeOut, responses=WRITE)
     async def patch_node(ref: str, body: NodePatch, who: Principal = operator) -> NodeOut:
@@ -91,7 +85,7 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         await inv.settle(versioned.revision)
         await ctx.audit.record(who.who, "node.update", node.mac.value, "ok", ctx.clock(),
                                detail={"fields": sorted(body.model_dump(exclude_unset=True))})
-        return shown(node)
+        return node_out(node)
 
     @api.delete("/nodes/{ref}", response_model=NodeOut,
                 responses=responses(401, 403, 404, 409, 422))
@@ -100,7 +94,7 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         node = await inv.delete_node(ref)
         await ctx.audit.record(who.who, "node.delete", node.mac.value, "ok", ctx.clock(),
                                detail={"name": node.name})
-        return shown(node)
+        return node_out(node)
 
     _actions(api, ctx, auth)
     return api
