@@ -19,10 +19,9 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Set
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from provisioner.dhcp.policy import pick_address
+from provisioner.dhcp.subnets import Pool, pick_address
 from provisioner.errors import Conflict, ProvisionerError
 from provisioner.inventory.repository import (
     LEASES,
@@ -67,15 +66,6 @@ def _lease_json(lease: Lease) -> bytes:
 
 def _text(value: str | None) -> str:
     return "null" if value is None else json.dumps(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    first: IPv4Address
-    last: IPv4Address
-
-    def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, IPv4Address) and self.first <= ip <= self.last
 
 
 class _Busy(Set[IPv4Address]):
