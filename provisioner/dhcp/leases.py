@@ -17,10 +17,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator, Set
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from provisioner.dhcp.policy import pick_address
+from provisioner.dhcp.subnets import Pool, pick_address
 from provisioner.errors import Conflict, ProvisionerError
 from provisioner.inventory import codec, keys
 from provisioner.inventory.follower import Follower
@@ -48,13 +47,6 @@ def _lease(ip: IPv4Address, mac: MacAddress, expires: float, *, hostname: str | 
     return lease
 
 
-@dataclass(frozen=True, slots=True)
-class Pool:
-    first: IPv4Address
-    last: IPv4Address
-
-    def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, IPv4Address) and self.first <= ip <= self.last
 
 
 class _Busy(Set[IPv4Address]):

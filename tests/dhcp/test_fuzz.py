@@ -10,8 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.dhcp import policy as p
+from provisioner.dhcp.bootfile import FirstStageFiles, boot_file, classify_firmware, client_arch
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import DhcpPacket, decode, encode
+from provisioner.dhcp.replies import (
+    Grant,
+    ack_reply,
+    inform_reply,
+    nak_reply,
+    offer_reply,
+    proxy_reply,
+    reply_destination,
+)
+from provisioner.dhcp.subnets import pick_address
 from provisioner.errors import MalformedPacket
 from provisioner.nodes.model import MacAddress
 from tests.dhcp.test_vectors import CLIENTS, client_wire, wire
@@ -20,9 +31,9 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 SERVER = IPv4Address("10.0.0.1")
 SEGMENTS = [
     p.Segment(frozenset({SERVER}), frozenset({IPv4Address("10.2.0.1")})),
-    p.Segment(frozenset({SERVER}), mode=p.Mode.PROXY),
+    p.Segment(frozenset({SERVER}), mode=p.DhcpMode.PROXY),
 ]
-GRANT = p.Grant(IPv4Address("10.0.0.5"), 3600, {1: bytes([255, 255, 255, 0]), 3: SERVER.packed})
+GRANT = Grant(IPv4Address("10.0.0.5"), 3600, {1: bytes([255, 255, 255, 0]), 3: SERVER.packed})
 SEEDS = [client_wire(name) for name in sorted(CLIENTS)] + [
     wire([(53, b"\x03"), (54, SERVER.packed), (50, bytes([10, 0, 0, 5])), (82, b"\x01\x01a")]),
     wire([(53, b"\x01"), (52, b"\x03")], file=bytes([12, 2]) + b"ab\xff"),
@@ -48,18 +59,18 @@ def answer(decision: p.Decision) -> None:
     if isinstance(decision, p.Ignore | p.ForeignServerReply):
         return
     request = decision.packet
-    firmware = p.classify_firmware(request)
-    boot = p.boot_file(
-        firmware, p.BootSettings(), server=SERVER, mac=decision.mac, arch=p.client_arch(request)
+    firmware = classify_firmware(request)
+    boot = boot_file(
+        firmware, FirstStageFiles(), server=SERVER, mac=decision.mac, arch=client_arch(request)
     )
-    replies = [p.offer_reply(request, SERVER, GRANT, boot), p.nak_reply(request, SERVER)]
-    replies.append(p.ack_reply(request, SERVER, GRANT, boot))
-    replies.append(p.inform_reply(request, SERVER, GRANT.options, boot))
+    replies = [offer_reply(request, SERVER, GRANT, boot), nak_reply(request, SERVER)]
+    replies.append(ack_reply(request, SERVER, GRANT, boot))
+    replies.append(inform_reply(request, SERVER, GRANT.options, boot))
     if boot is not None:
-        replies.append(p.proxy_reply(request, SERVER, boot, firmware))
+        replies.append(proxy_reply(request, SERVER, boot, firmware))
     for reply in replies:
         assert decode(encode(reply)).xid == request.xid
-        p.reply_destination(request, reply)
+        reply_destination(request, reply)
 
 
 @FUZZ
@@ -135,7 +146,7 @@ def test_round_trip(packet: DhcpPacket) -> None:
 def test_pick_address_never_returns_a_taken_one(taken_offsets: set[int], mac: bytes) -> None:
     first = IPv4Address("10.0.0.0")
     taken = {first + i for i in taken_offsets}
-    chosen = p.pick_address(first, first + 15, taken, mac=MacAddress.from_bytes(mac))
+    chosen = pick_address(first, first + 15, taken, mac=MacAddress.from_bytes(mac))
     if len(taken) == 16:
         assert chosen is None
     else:

@@ -656,9 +656,9 @@ async def _known(lab: Loopback, mac: str) -> bool:
 async def _idle(lab: Loopback) -> None:
     """Wait until the server has no request in flight (its writes are done)."""
     deadline = time.monotonic() + WAIT
-    while lab.server._tasks:
+    while lab.server.in_flight:
         if time.monotonic() > deadline:
-            pytest.fail(f"requests still in flight: {lab.server._tasks}")
+            pytest.fail(f"{lab.server.in_flight} requests still in flight")
         await asyncio.sleep(0.005)
 
 

@@ -14,7 +14,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from provisioner.dhcp.leases import LeaseBook, Pool
+from provisioner.dhcp.leases import LeaseBook
+from provisioner.dhcp.subnets import Pool
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import Lease, MacAddress, Node
 from provisioner.store.base import KeyValueStore

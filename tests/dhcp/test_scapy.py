@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from provisioner.dhcp import policy as p
+from provisioner.dhcp.bootfile import BootInfo, FirstStageFiles, boot_file, classify_firmware
 from provisioner.dhcp.options import MessageType
 from provisioner.dhcp.packet import decode, encode
+from provisioner.dhcp.replies import Grant, nak_reply, offer_reply, proxy_reply
+from provisioner.dhcp.subnets import subnet_options
 from provisioner.errors import MalformedPacket
 from provisioner.nodes.model import Firmware, MacAddress
 from tests.dhcp.test_vectors import CLIENTS, MAC, NODE_UUID
@@ -44,7 +47,7 @@ def test_we_decode_scapy_built_client_discovers(name: str) -> None:
     assert dict(packet.options) == dict(options)
     assert packet.mac == MacAddress.from_bytes(MAC)
     assert packet.broadcast is broadcast
-    assert p.classify_firmware(packet) == firmware
+    assert classify_firmware(packet) == firmware
 
 
 def test_we_decode_scapy_named_options() -> None:
@@ -73,7 +76,7 @@ def test_we_decode_scapy_named_options() -> None:
     assert info.remote_id == b"p7"
     segment = p.Segment(frozenset({SERVER}), frozenset({RELAY}))
     decision = p.classify(packet, segment)
-    assert isinstance(decision, p.Request)
+    assert isinstance(decision, p.DhcpRequest)
     assert decision.state is p.RequestState.SELECTING
 
 
@@ -89,13 +92,13 @@ def test_scapy_decodes_our_offer() -> None:
             giaddr=str(RELAY),
         )
     )
-    subnet = p.subnet_options(
+    subnet = subnet_options(
         IPv4Network("10.0.0.0/24"), routers=[SERVER], dns=[SERVER], domain="cluster", mtu=9000
     )
-    boot = p.boot_file(
-        Firmware.BIOS, p.BootSettings(), server=SERVER, mac=MacAddress.from_bytes(MAC)
+    boot = boot_file(
+        Firmware.BIOS, FirstStageFiles(), server=SERVER, mac=MacAddress.from_bytes(MAC)
     )
-    reply = p.offer_reply(request, SERVER, p.Grant(IPv4Address("10.0.0.5"), 3600, subnet), boot)
+    reply = offer_reply(request, SERVER, Grant(IPv4Address("10.0.0.5"), 3600, subnet), boot)
     data = encode(reply)
     parsed = BOOTP(data)
     assert (parsed.op, parsed.xid, parsed.flags) == (2, 0xCAFE, 0)
@@ -128,10 +131,10 @@ def test_scapy_decodes_our_nak_and_proxy_ack() -> None:
             ciaddr="192.168.1.50",
         )
     )
-    nak = scapy_options(encode(p.nak_reply(request, SERVER, "no")))
+    nak = scapy_options(encode(nak_reply(request, SERVER, "no")))
     assert nak["message-type"] == (6,)
     assert nak["error_message"] == (b"no",)
-    ack_data = encode(p.proxy_reply(request, SERVER, p.BootInfo("ipxe.efi", SERVER), Firmware.UEFI))
+    ack_data = encode(proxy_reply(request, SERVER, BootInfo("ipxe.efi", SERVER), Firmware.UEFI))
     ack = scapy_options(ack_data)
     assert ack["message-type"] == (5,)
     assert ack["vendor_class_id"] == (b"PXEClient",)
@@ -142,7 +145,7 @@ def test_scapy_decodes_our_nak_and_proxy_ack() -> None:
 def test_scapy_sees_our_long_option_as_consecutive_fragments() -> None:
     value = bytes(range(256)) * 2
     request = decode(scapy_request([("message-type", "discover"), ("max_dhcp_size", 1500)]))
-    offer = p.offer_reply(request, SERVER, p.Grant(IPv4Address("10.0.0.5"), 60, {43: value}))
+    offer = offer_reply(request, SERVER, Grant(IPv4Address("10.0.0.5"), 60, {43: value}))
     parsed = BOOTP(encode(offer))[DHCP].options
     fragments = [opt[1] for opt in parsed if isinstance(opt, tuple) and opt[0] == "vendor_specific"]
     assert [len(f) for f in fragments] == [255, 255, 2]
