@@ -16,7 +16,9 @@ from provisioner.nodes.model import Firmware, NodeState
 SettingsMap = dict[str, str | int | bool]
 
 
-class Request(BaseModel):
+class StrictBody(BaseModel):
+    """The base of every body a client sends: an unknown field is refused (module docstring)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -45,7 +47,7 @@ class NodePage(BaseModel):
                                     "null on the last page")
 
 
-class NodeCreate(Request):
+class NodeCreate(StrictBody):
     mac: str = Field(max_length=32, examples=["52:54:00:00:00:01"])
     name: str = Field(max_length=63, examples=["node001"])
     ip: str | None = Field(default=None, max_length=15)
@@ -55,7 +57,7 @@ class NodeCreate(Request):
     settings: SettingsMap = Field(default_factory=dict, max_length=64)
 
 
-class NodePatch(Request):
+class NodePatch(StrictBody):
     """Only the fields given change; `state` moves the node through the lifecycle table."""
 
     name: str | None = Field(default=None, max_length=63)
@@ -90,13 +92,13 @@ class GroupOut(BaseModel):
     settings: SettingsMap
 
 
-class GroupCreate(Request):
+class GroupCreate(StrictBody):
     name: str = Field(max_length=63, examples=["compute"])
     description: str = Field(default="", max_length=1024)
     settings: SettingsMap = Field(default_factory=dict, max_length=64)
 
 
-class GroupPatch(Request):
+class GroupPatch(StrictBody):
     description: str | None = Field(default=None, max_length=1024)
     settings: SettingsMap | None = Field(default=None, max_length=64)
 
@@ -117,7 +119,7 @@ class ImageOut(BaseModel):
     versions: list[ImageVersionOut]
 
 
-class SetCurrent(Request):
+class SetCurrent(StrictBody):
     version: str = Field(max_length=10, examples=["2"])
 
 
@@ -130,7 +132,7 @@ class LeaseOut(BaseModel):
     state: str
 
 
-class PowerRequest(Request):
+class PowerRequest(StrictBody):
     action: Literal["on", "off", "cycle", "soft-off", "status"]
 
 
@@ -140,7 +142,7 @@ class PowerResult(BaseModel):
     power: str = Field(description="on, off or unknown after the action")
 
 
-class ReimageRequest(Request):
+class ReimageRequest(StrictBody):
     nodes: list[str] = Field(min_length=1, max_length=10000)
     image: str = Field(max_length=128, examples=["compute:2"])
     wave: int = Field(default=1, ge=1, le=10000)
@@ -179,7 +181,7 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
-class TokenCreate(Request):
+class TokenCreate(StrictBody):
     role: Literal["viewer", "operator", "admin"]
     name: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
 
@@ -222,7 +224,7 @@ class Facts(BaseModel):
     nics: list[Nic] = Field(default_factory=list, max_length=256)
 
 
-class BootedIn(Request):
+class BootedIn(StrictBody):
     """The boot callback from a node's /init (see the /init contract)."""
 
     mac: str = Field(max_length=32)

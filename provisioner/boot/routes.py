@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from provisioner.boot.httpcore import Request
+from provisioner.boot.httpcore import HttpRequest
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.server import BootHttpServer, Reply
 from provisioner.config import Settings
@@ -79,7 +79,7 @@ class BootPlane:
 
     # -- /boot/<mac>.ipxe -----------------------------------------------------------------
 
-    async def script(self, request: Request, client: str) -> Reply:
+    async def script(self, request: HttpRequest, client: str) -> Reply:
         match = SCRIPT.fullmatch(request.path)
         if match is None:
             raise NotFound(f"{request.path}: no such boot resource")
@@ -139,7 +139,7 @@ class BootPlane:
 
     # -- /boot/nodes/<mac>/... ------------------------------------------------------------
 
-    async def node_file(self, request: Request, client: str) -> Reply:
+    async def node_file(self, request: HttpRequest, client: str) -> Reply:
         match = NODE_FILE.fullmatch(request.path)
         if match is None:
             raise NotFound(f"{request.path}: no such boot resource")
