@@ -2,7 +2,7 @@
 
 Requests refuse unknown fields (`extra="forbid"`): a misspelt field must be an error, not
 silently ignored. Domain rules (MAC forms, host names, known settings) stay in model.py and
-surface as 422 through api/errors.py, so the API and the CLI refuse the same things.
+surface as 422 through web/errors.py, so the API and the CLI refuse the same things.
 """
 
 from __future__ import annotations
@@ -20,13 +20,6 @@ class StrictBody(BaseModel):
     """The base of every body a client sends: an unknown field is refused (module docstring)."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class ErrorBody(BaseModel):
-    """Every error: a stable code for scripts and a message that says what to do."""
-
-    error: str = Field(examples=["not_found"])
-    message: str = Field(examples=["no node 'node9'; see `provisioner node list`"])
 
 
 class NodeOut(BaseModel):
