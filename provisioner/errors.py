@@ -13,7 +13,7 @@
 
 Each class's docstring is its default message (the dnspython way), so `raise Conflict()` already
 says something useful; pass a message to say more. Messages tell the operator what to do next.
-They are translated once per surface: HTTP status in api/errors.py, exit code and a one-line
+They are translated once per surface: HTTP status in web/errors.py, exit code and a one-line
 message in the CLI, log-count-and-drop in the server loops.
 """
 

@@ -2,7 +2,7 @@
 
 The boot plane (/boot/) is not here: it is served by boot/server.py with sendfile, and its
 rendered routes live in boot/routes.py. Request bodies are capped and depth-checked by
-api/limits.py before any route runs; errors are translated once by api/errors.py.
+web/limits.py before any route runs; errors are translated once by web/errors.py.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from provisioner import __version__
-from provisioner.api import errors
 from provisioner.api.auth import Authority
 from provisioner.api.context import ApiContext
-from provisioner.api.limits import BodyLimit
 from provisioner.api.routes import config, node, nodes, reimage
+from provisioner.web import errors
+from provisioner.web.limits import MAX_DEPTH, BodyLimit
 
 DESCRIPTION = """Bare-metal provisioning appliance.
 
@@ -28,7 +28,8 @@ Every error answers `{"error": CODE, "message": ...}`; the message says what to 
 
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="provisioner", version=__version__, description=DESCRIPTION)
-    app.add_middleware(BodyLimit, max_body=ctx.settings.api.max_body)
+    app.add_middleware(BodyLimit, max_body=ctx.settings.api.max_body, setting="[api] max_body",
+                       max_depth=MAX_DEPTH)
     errors.install(app)
     auth = Authority(ctx.api_tokens, ctx.audit, ctx.clock, enabled=ctx.settings.api.auth)
     app.include_router(config.health_router(ctx))

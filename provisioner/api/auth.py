@@ -12,15 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
 from provisioner.errors import Forbidden, Unauthorized
 from provisioner.security.audit import AuditLog
 from provisioner.security.tokens import API_TOKEN_REFUSED, ApiTokens, Role
+from provisioner.web.auth import Credentials, bearer
 
-BEARER = HTTPBearer(auto_error=False, description="a token from `provisioner token create`")
-_CREDENTIALS = Security(BEARER)
+_CREDENTIALS = bearer("a token from `provisioner token create`")
 NO_TOKEN = ("this API needs a bearer token: create one with `provisioner token create --role "
             "viewer` and send `Authorization: Bearer TOKEN`")
 
@@ -37,14 +36,14 @@ class Authority:
         self.tokens, self.audit, self.clock, self.enabled = tokens, audit, clock, enabled
 
     def need(self, role: Role) -> Any:
-        async def check(request: Request, credentials: HTTPAuthorizationCredentials | None =
-                        _CREDENTIALS) -> Principal:
+        async def check(request: Request, credentials: Credentials | None = _CREDENTIALS
+                        ) -> Principal:
             return await self.authorise(request, credentials, role)
 
         return Depends(check)
 
     async def authorise(self, request: Request,
-                        credentials: HTTPAuthorizationCredentials | None,
+                        credentials: Credentials | None,
                         role: Role) -> Principal:
         if not self.enabled:
             return Principal("anonymous", Role.ADMIN)

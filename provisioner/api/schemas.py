@@ -6,7 +6,7 @@ a field renamed here is an API change, never a data migration.
 
 Requests refuse unknown fields (`extra="forbid"`): a misspelt field must be an error, not
 silently ignored. Domain rules (MAC forms, host names, known settings) stay in model.py and
-surface as 422 through api/errors.py, so the API and the CLI refuse the same things.
+surface as 422 through web/errors.py, so the API and the CLI refuse the same things.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ from provisioner.nodes.model import Firmware, Group, Lease, Node, NodeState, red
 SettingsMap = dict[str, str | int | bool]
 
 
-class Request(BaseModel):
+class StrictBody(BaseModel):
+    """The base of every body a client sends: an unknown field is refused (module docstring)."""
+
     model_config = ConfigDict(extra="forbid")
-
-
-class ErrorBody(BaseModel):
-    """Every error: a stable code for scripts and a message that says what to do."""
-
-    error: str = Field(examples=["not_found"])
-    message: str = Field(examples=["no node 'node9'; see `provisioner node list`"])
 
 
 class NodeOut(BaseModel):
@@ -56,7 +51,7 @@ class NodePage(BaseModel):
                                     "null on the last page")
 
 
-class NodeCreate(Request):
+class NodeCreate(StrictBody):
     mac: str = Field(max_length=32, examples=["52:54:00:00:00:01"])
     name: str = Field(max_length=63, examples=["node001"])
     ip: str | None = Field(default=None, max_length=15)
@@ -66,7 +61,7 @@ class NodeCreate(Request):
     settings: SettingsMap = Field(default_factory=dict, max_length=64)
 
 
-class NodePatch(Request):
+class NodePatch(StrictBody):
     """Only the fields given change; `state` moves the node through the lifecycle table."""
 
     name: str | None = Field(default=None, max_length=63)
@@ -107,13 +102,13 @@ def group_out(group: Group) -> GroupOut:
                     settings=redact(group.settings))
 
 
-class GroupCreate(Request):
+class GroupCreate(StrictBody):
     name: str = Field(max_length=63, examples=["compute"])
     description: str = Field(default="", max_length=1024)
     settings: SettingsMap = Field(default_factory=dict, max_length=64)
 
 
-class GroupPatch(Request):
+class GroupPatch(StrictBody):
     description: str | None = Field(default=None, max_length=1024)
     settings: SettingsMap | None = Field(default=None, max_length=64)
 
@@ -134,7 +129,7 @@ class ImageOut(BaseModel):
     versions: list[ImageVersionOut]
 
 
-class SetCurrent(Request):
+class SetCurrent(StrictBody):
     version: str = Field(max_length=10, examples=["2"])
 
 
@@ -152,7 +147,7 @@ def lease_out(lease: Lease) -> LeaseOut:
                     hostname=lease.hostname, client_id=lease.client_id, state=lease.state)
 
 
-class PowerRequest(Request):
+class PowerRequest(StrictBody):
     action: Literal["on", "off", "cycle", "soft-off", "status"]
 
 
@@ -162,7 +157,7 @@ class PowerResult(BaseModel):
     power: str = Field(description="on, off or unknown after the action")
 
 
-class ReimageRequest(Request):
+class ReimageRequest(StrictBody):
     nodes: list[str] = Field(min_length=1, max_length=10000)
     image: str = Field(max_length=128, examples=["compute:2"])
     wave: int = Field(default=1, ge=1, le=10000)
@@ -201,7 +196,7 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
-class TokenCreate(Request):
+class TokenCreate(StrictBody):
     role: Literal["viewer", "operator", "admin"]
     name: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
 
@@ -244,7 +239,7 @@ class Facts(BaseModel):
     nics: list[Nic] = Field(default_factory=list, max_length=256)
 
 
-class BootedIn(Request):
+class BootedIn(StrictBody):
     """The boot callback from a node's /init (see the /init contract)."""
 
     mac: str = Field(max_length=32)

@@ -32,7 +32,7 @@ REASONS: Final = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
+class HttpRequest:
     method: str
     path: str  # percent-decoded, without the query
     version: str
@@ -54,7 +54,7 @@ class BadRequest(MalformedPacket):
         self.status = status
 
 
-def parse_head(head: bytes) -> Request:
+def parse_head(head: bytes) -> HttpRequest:
     """Parse `head` (everything up to and excluding the blank line)."""
     if len(head) > MAX_HEAD:
         raise BadRequest("request head too large", 431)
@@ -83,7 +83,7 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest("request target is not UTF-8 once percent-decoded") from None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise BadRequest("control character (NUL, CR, LF, ...) in the request target")
-    return Request(method, path, version, headers)
+    return HttpRequest(method, path, version, headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from provisioner.boot.binding import AddressBinding, Refusals
-from provisioner.boot.httpcore import Request
+from provisioner.boot.httpcore import HttpRequest
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.server import BootHttpServer, Reply
 from provisioner.config import Settings
@@ -95,7 +95,7 @@ class BootPlane:
 
     # -- /boot/<mac>.ipxe -----------------------------------------------------------------
 
-    async def script(self, request: Request, client: str) -> Reply:
+    async def script(self, request: HttpRequest, client: str) -> Reply:
         match = SCRIPT.fullmatch(request.path)
         if match is None:
             raise NotFound(f"{request.path}: no such boot resource")
@@ -130,7 +130,7 @@ class BootPlane:
         self._overlays.pop(node.mac, None)
         await self.tokens.new_boot(node.mac)
 
-    def _refuse(self, node: Node, request: Request, client: str) -> Reply:
+    def _refuse(self, node: Node, request: HttpRequest, client: str) -> Reply:
         bound = self.binding.bound_address(node)
         self.refusals.refuse(client, request.path, f"not the address of {node.mac}")
         where = f"its address {bound}" if bound else "the address our DHCP server leases it"
@@ -167,7 +167,7 @@ class BootPlane:
 
     # -- /boot/nodes/<mac>/... ------------------------------------------------------------
 
-    async def node_file(self, request: Request, client: str) -> Reply:
+    async def node_file(self, request: HttpRequest, client: str) -> Reply:
         match = NODE_FILE.fullmatch(request.path)
         if match is None:
             raise NotFound(f"{request.path}: no such boot resource")

@@ -24,7 +24,7 @@ from provisioner.boot.files import IMAGES_PREFIX, BootFile, open_boot_file
 from provisioner.boot.httpcore import (
     MAX_HEAD,
     BadRequest,
-    Request,
+    HttpRequest,
     Unsatisfiable,
     choose_span,
     etag_matches,
@@ -47,7 +47,7 @@ class Reply:
     status: int = 200
 
 
-Handler = Callable[[Request, str], Awaitable[Reply]]
+Handler = Callable[[HttpRequest, str], Awaitable[Reply]]
 
 
 class BootHttpServer:
@@ -121,7 +121,7 @@ class BootHttpServer:
         await self._dispatch(writer, request, client)
         return request.keep_alive
 
-    async def _dispatch(self, writer: asyncio.StreamWriter, request: Request,
+    async def _dispatch(self, writer: asyncio.StreamWriter, request: HttpRequest,
                         client: str) -> None:
         try:
             if request.path.startswith(IMAGES_PREFIX):
@@ -140,7 +140,7 @@ class BootHttpServer:
             log.warning("boot http: %s %s for %s: %s", request.method, request.path, client, exc)
             await self._send(writer, request, Reply(f"{exc.message}\n".encode(), status=500))
 
-    async def _send_file(self, writer: asyncio.StreamWriter, request: Request,
+    async def _send_file(self, writer: asyncio.StreamWriter, request: HttpRequest,
                          file: BootFile) -> None:
         with os.fdopen(file.fd, "rb", buffering=0) as handle:
             headers = {"Content-Type": file.content_type, "ETag": file.etag,
@@ -170,7 +170,7 @@ class BootHttpServer:
                 self.counters["bytes"] += length
             self.counters["files"] += 1
 
-    async def _send(self, writer: asyncio.StreamWriter, request: Request, reply: Reply,
+    async def _send(self, writer: asyncio.StreamWriter, request: HttpRequest, reply: Reply,
                     extra: dict[str, str] | None = None) -> None:
         headers = {"Content-Type": reply.content_type, "Content-Length": str(len(reply.body)),
                    **(extra or {})}
@@ -188,7 +188,7 @@ class BootHttpServer:
             await writer.drain()
 
 
-def _range_header(request: Request, etag: str) -> str | None:
+def _range_header(request: HttpRequest, etag: str) -> str | None:
     """The Range to honour: none when If-Range names another version (RFC 9110 13.1.5)."""
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != etag:

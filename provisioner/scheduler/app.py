@@ -8,8 +8,6 @@ the raw output tail.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -19,8 +17,6 @@ from pydantic import ValidationError as PydanticError
 
 from provisioner import __version__
 from provisioner.errors import ValidationError
-from provisioner.scheduler import errors
-from provisioner.scheduler.errors import Unauthorized
 from provisioner.scheduler.models import (
     OUTPUT_TAIL,
     Job,
@@ -30,11 +26,12 @@ from provisioner.scheduler.models import (
     to_dict,
 )
 from provisioner.scheduler.state import SchedulerState
+from provisioner.web import errors
+from provisioner.web.auth import shared_secret
+from provisioner.web.limits import BodyLimit
 
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
+REFUSED = ("no or wrong token: send Authorization: Bearer <[scheduler] token> (the CLI sends "
+           "PROVISIONER_SCHEDULER_TOKEN)")
 
 
 class NodeIn(BaseModel):
@@ -64,23 +61,16 @@ class DoneIn(BaseModel):
     output: str = Field(default="", max_length=1 << 20)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The body is not valid JSON"},
-    404: {"model": ErrorBody, "description": "No such node or job"},
-    409: {"model": ErrorBody, "description": "Changed concurrently; retry"},
-    413: {"model": ErrorBody, "description": "Request body too large"},
-    422: {"model": ErrorBody, "description": "Invalid request"},
-    503: {"model": ErrorBody, "description": "The store is not answering"},
-}
-
-
-def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "") -> Any:
-    """The FastAPI app over a loaded SchedulerState, wrapped in the body-size cap. With a
-    `token`, every route but the agent's poll and done needs `Authorization: Bearer TOKEN`."""
-    app = FastAPI(title="provisioner scheduler", version=__version__, responses=ERRORS)
+def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "") -> FastAPI:
+    """The FastAPI app over a loaded SchedulerState, behind the body-size cap. With a `token`,
+    every route but the agent's poll and done needs `Authorization: Bearer TOKEN`."""
+    app = FastAPI(title="provisioner scheduler", version=__version__,
+                  responses=errors.responses(400, 404, 409, 413, 422, 503))
+    app.add_middleware(BodyLimit, max_body=max_body, setting="[scheduler] max_body")
     errors.install(app)
-    admin = APIRouter(dependencies=[Depends(_bearer(token))] if token else [],
-                      responses={401: {"model": ErrorBody, "description": "No or wrong token"}})
+    guard = shared_secret(token, REFUSED, "the [scheduler] token")
+    admin = APIRouter(dependencies=[Depends(guard)] if token else [],
+                      responses=errors.responses(401))
     _node_routes(admin, state)
     _job_routes(admin, state)
     app.include_router(admin)
@@ -90,25 +80,13 @@ def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "
     async def health() -> dict[str, Any]:
         return {"status": "ok", "nodes": len(state.nodes), "jobs": len(state.jobs)}
 
-    return errors.BodyLimit(app, max_body)
+    return app
 
 
 def node_view(state: SchedulerState, node: SchedNode) -> dict[str, Any]:
     data = to_dict(node)
     data["state"] = str(shown_state(node, [j for j in state.running() if j.node == node.name]))
     return data
-
-
-def _bearer(token: str) -> Callable[[Request], Awaitable[None]]:
-    expected = f"Bearer {token}".encode()
-
-    async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("no or wrong token: send Authorization: Bearer <[scheduler] "
-                               "token> (the CLI sends PROVISIONER_SCHEDULER_TOKEN)")
-
-    return check
 
 
 def _node_routes(app: APIRouter, state: SchedulerState) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from provisioner.api.limits import MAX_DEPTH, json_depth
+from provisioner.web.limits import MAX_DEPTH, json_depth
 from tests.api.conftest import Api
 
 LIMIT = 65536  # api_settings() sets [api] max_body to this

@@ -11,7 +11,7 @@ from provisioner.boot.httpcore import (
     MAX_HEADERS,
     MAX_RANGES,
     BadRequest,
-    Request,
+    HttpRequest,
     Span,
     Unsatisfiable,
     choose_span,
@@ -26,7 +26,7 @@ from provisioner.boot.httpcore import (
 def test_parse_good_get() -> None:
     request = parse_head(b"GET /boot/images/rocky/9.4/vmlinuz?x=1 HTTP/1.1\r\n"
                          b"Host: 10.0.0.1\r\nUser-Agent: iPXE/1.21.1\r\nRange:  bytes=0-99 ")
-    assert request == Request("GET", "/boot/images/rocky/9.4/vmlinuz", "HTTP/1.1",
+    assert request == HttpRequest("GET", "/boot/images/rocky/9.4/vmlinuz", "HTTP/1.1",
                               {"host": "10.0.0.1", "user-agent": "iPXE/1.21.1",
                                "range": "bytes=0-99"})
     assert request.keep_alive
@@ -233,7 +233,7 @@ def test_parse_head_fuzz(head: bytes) -> None:
     except BadRequest as exc:
         assert exc.status in (400, 431, 505)
     else:
-        assert isinstance(request, Request)
+        assert isinstance(request, HttpRequest)
         assert request.path.startswith("/")
         assert request.version in ("HTTP/1.1", "HTTP/1.0")
 

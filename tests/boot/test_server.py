@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioner.boot.httpcore import Request
+from provisioner.boot.httpcore import HttpRequest
 from provisioner.boot.server import BootHttpServer, Reply
 
 IMAGE = "/boot/images/rocky/9.4/image.cpio.xz"
@@ -72,7 +72,7 @@ def images(tmp_path: Path) -> Images:
     return Images(root, image, kernel, extra)
 
 
-async def render_ipxe(request: Request, client: str) -> Reply:
+async def render_ipxe(request: HttpRequest, client: str) -> Reply:
     name = request.path.removeprefix("/boot/ipxe/")
     if name != "menu.ipxe":
         return Reply(b"no such script\n", status=404)

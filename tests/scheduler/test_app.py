@@ -58,6 +58,22 @@ async def test_jobs_run_through_poll_and_done(sched: SchedulerServer) -> None:
         assert [j["id"] for j in listed] == [job_id]
 
 
+async def test_a_raw_output_tail_may_hold_any_brackets(sched: SchedulerServer) -> None:
+    """The body cap does not check JSON nesting here: the agent's output is not JSON."""
+    tail = "[" * 100 + "{" * 100 + "\n"
+    async with httpx.AsyncClient(base_url=sched.url) as client:
+        await client.put("/sched/v1/nodes/node001", json=NODE)
+        job_id = (await client.post("/sched/v1/jobs", json={
+            "cpus": 1, "memory_mib": 1, "walltime": 60, "command": "dump"})).json()["id"]
+        await wait_for(client, job_id, "running")
+        await client.post("/sched/v1/nodes/node001/poll", params={"format": "text"})
+        for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
+            done = await client.post(f"/sched/v1/jobs/{job_id}/done", params={"exit_code": 3},
+                                     content=tail.encode(), headers=headers)
+            assert done.status_code == 200, done.text
+            assert done.json()["output"] == tail and done.json()["exit_code"] == 3
+
+
 async def test_json_done_and_cancel(sched: SchedulerServer) -> None:
     async with httpx.AsyncClient(base_url=sched.url) as client:
         made = (await client.post("/sched/v1/jobs", json={
@@ -85,6 +101,9 @@ async def test_errors_have_one_shape(sched: SchedulerServer) -> None:
             (await client.put("/sched/v1/nodes/n1", content=b"x" * (2 << 20)), 413,
              "too_large"),
             (await client.post("/sched/v1/nodes/n1/drain", json={}), 422, "invalid"),
+            (await client.put("/sched/v1/nodes/n1", content=b'{"cpus": ',
+                              headers={"content-type": "application/json"}), 400, "bad_json"),
+            (await client.patch("/sched/v1/jobs"), 405, "method_not_allowed"),
         ]
         for response, status, code in cases:
             assert (response.status_code, response.json()["error"]) == (status, code), \
@@ -132,6 +151,10 @@ async def test_with_a_token_only_the_agent_routes_are_open(tmp_path: Path) -> No
                 refused = await client.put("/sched/v1/nodes/n1", json=NODE, headers=headers)
                 assert refused.status_code == 401
                 assert refused.json()["error"] == "unauthorized"
+                assert refused.headers["www-authenticate"] == "Bearer"  # RFC 9110 15.5.2
+            # RFC 9110 section 11.1: the scheme name is case-insensitive.
+            assert (await client.get("/sched/v1/jobs", headers={
+                "Authorization": "bearer s3cret"})).status_code == 200
             assert (await client.post("/sched/v1/jobs", json={
                 "cpus": 1, "memory_mib": 1, "walltime": 9, "command": "id"})).status_code == 401
             assert (await client.get("/sched/v1/jobs")).status_code == 401

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Query, status
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
-from provisioner.api.errors import responses
 from provisioner.api.schemas import (
     AuditOut,
     GroupCreate,
@@ -32,6 +31,7 @@ from provisioner.api.schemas import (
 from provisioner.images.format.catalog import ImageInfo, ImageVersion
 from provisioner.nodes.model import REDACTED, Group, redact
 from provisioner.security.tokens import ApiToken, Role
+from provisioner.web.errors import responses
 
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)
 _SECRET_WORDS = ("password", "secret")

@@ -11,36 +11,30 @@ booted with its facts, its timeline event and the handoff outbox entry, all or n
 `CallbackFastPath` answers this one route without the FastAPI stack (routing, dependency
 solving, response-model validation: about two thirds of the CPU of a callback, measured with
 bench/api.py at 200 callbacks/s). It runs the same `accept_callback` and translates errors with
-the same api/errors.py; any request that is not a plain, bounded, valid JSON body goes to the
+the same web/errors.py; any request that is not a plain, bounded, valid JSON body goes to the
 full app with its body replayed, so 400, 413 and 422 keep coming from the one place.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, NoReturn
+from typing import Final, NoReturn
 
 import pydantic
 from fastapi import APIRouter
 
 from provisioner.api.context import ApiContext
-from provisioner.api.errors import error_body, responses, translate
-from provisioner.api.limits import MAX_DEPTH, json_depth, replay_body
 from provisioner.api.schemas import BootedIn, BootedOut
 from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
 from provisioner.nodes.model import MacAddress, Node
 from provisioner.security.tokens import BootTokenRefused
 from provisioner.store.base import TxnConflict, TxnOp
+from provisioner.web.asgi import App, Receive, Scope, Send, send_json
+from provisioner.web.errors import INTERNAL, responses, translate
+from provisioner.web.limits import MAX_DEPTH, json_depth, replay_body
 
 log = logging.getLogger(__name__)
 PATH: Final = "/node/v1/booted"
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -137,10 +131,9 @@ class CallbackFastPath:
             return
         except Exception:
             log.exception("POST %s failed", PATH)
-            await _answer(send, 500, error_body(
-                "internal", "internal error; the appliance log has the detail"))
+            await send_json(send, 500, INTERNAL)
             return
-        await _answer(send, 200, out.model_dump(mode="json"))
+        await send_json(send, 200, out.model_dump(mode="json"))
 
 
 def _headers(scope: Scope) -> tuple[int | None, bool]:
@@ -169,11 +162,3 @@ async def _read(receive: Receive, length: int) -> bytes | None:
         if not message.get("more_body", False):
             break
     return b"".join(chunks) if size == length else None
-
-
-async def _answer(send: Send, status: int, data: dict[str, Any]) -> None:
-    payload = json.dumps(data, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})

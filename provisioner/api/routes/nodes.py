@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, status
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
-from provisioner.api.errors import responses
 from provisioner.api.schemas import (
     EventOut,
     NodeCreate,
@@ -25,6 +24,7 @@ from provisioner.nodes.lifecycle import timeline
 from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4
 from provisioner.power.base import driver_for, power_action
 from provisioner.security.tokens import Role
+from provisioner.web.errors import responses
 
 READ = responses(401, 403, 404, 422)
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)

@@ -14,7 +14,6 @@ from fastapi import APIRouter, status
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
-from provisioner.api.errors import responses
 from provisioner.api.schemas import ReimageAccepted, ReimageRequest, RolloutOut
 from provisioner.errors import ProvisionerError
 from provisioner.handoff import open_handoff
@@ -23,6 +22,7 @@ from provisioner.nodes.model import Node
 from provisioner.nodes.rollout import Request, Rollout, load_status
 from provisioner.power.base import PowerDriver, driver_for
 from provisioner.security.tokens import Role
+from provisioner.web.errors import responses
 
 log = logging.getLogger(__name__)
 START_WAIT = 5.0  # seconds to wait for the rollout to write its id

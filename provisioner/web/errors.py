@@ -1,4 +1,4 @@
-"""Errors -> HTTP, translated once for both FastAPI planes.
+"""Errors -> HTTP, translated once for both FastAPI apps (the admin API and the scheduler).
 
 Every error body is {"error": CODE, "message": ...}, for our own errors, for FastAPI's
 validation errors (422, or 400 for a body that is not JSON), for routing errors (404, 405) and
@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from provisioner.api.schemas import ErrorBody
 from provisioner.errors import (
     ConfigError,
     Conflict,
@@ -37,13 +37,15 @@ from provisioner.errors import (
 log = logging.getLogger(__name__)
 
 
+class ErrorBody(BaseModel):
+    """Every error: a stable code for scripts and a message that says what to do."""
 
-class NotAvailable(ProvisionerError):
-    """This feature is not available in this build."""
+    error: str = Field(examples=["not_found"])
+    message: str = Field(examples=["no node 'node9'; see `provisioner node list`"])
 
 
+#: the first entry the error is an instance of answers: subclasses before their bases
 STATUS: list[tuple[type[ProvisionerError], int, str]] = [
-    (NotAvailable, 501, "not_implemented"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
     (NotFound, 404, "not_found"),
@@ -58,20 +60,25 @@ STATUS: list[tuple[type[ProvisionerError], int, str]] = [
     (ConfigError, 500, "config"),
 ]
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid",
-              501: "not_implemented"}
+              405: "method_not_allowed", 409: "conflict", 413: "too_large",
+              415: "unsupported_media_type", 422: "invalid", 501: "not_implemented"}
 DESCRIPTIONS = {
     400: "The body is not valid JSON or is nested too deeply", 401: "No or bad bearer token",
     403: "The token's role does not allow this", 404: "No such object",
-    409: "It changed meanwhile, or the node's state does not allow it",
-    413: "The body is larger than [api] max_body", 422: "A field was refused",
-    500: "A bug or a failed render; the log has the detail", 501: "Not available in this build",
-    502: "The node's power controller failed", 503: "The store or the scheduler did not answer",
+    409: "It changed meanwhile, or its state does not allow this",
+    413: "The body is larger than the service's max_body setting", 422: "A field was refused",
+    500: "A bug or a failed render; the log has the detail",
+    502: "The node's power controller failed",
+    503: "The store, or the scheduler behind it, did not answer",
 }
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
+
+
+#: a bug's answer: its detail goes to the log only
+INTERNAL = error_body("internal", "internal error; the appliance log has the detail")
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -83,6 +90,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def translate(exc: ProvisionerError) -> JSONResponse:
     for kind, status, code in STATUS:
         if isinstance(exc, kind):
+            # RFC 9110 section 15.5.2: a 401 names the scheme that would be accepted.
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse(error_body(code, exc.message), status_code=status,
                                 headers=headers)
@@ -126,5 +134,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse(error_body("internal", "internal error; the appliance log has the "
-                                       "detail"), status_code=500)
+        return JSONResponse(INTERNAL, status_code=500)

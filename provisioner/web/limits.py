@@ -1,29 +1,28 @@
-"""Request body limits, enforced before any route sees the body.
+"""Request body limits, enforced before any route sees the body (both apps install BodyLimit).
 
 A pure ASGI middleware: it reads the body itself, at most `max_body` bytes, answering 413 as
 soon as Content-Length or the stream itself goes past the cap (a client that sends no
-Content-Length, or a chunked one, cannot stream more than the cap into memory). A JSON body
-nested deeper than MAX_DEPTH is refused with 400 before it reaches the JSON parser, whose
-recursion a deep document could otherwise exhaust. The checked body is then replayed to the
-app unchanged.
+Content-Length, or a chunked one, cannot stream more than the cap into memory). The 413 keeps
+the connection open: the server then reads and drops the rest of the body, so the client gets
+to read its answer (closing with unread data in the socket resets the connection, and the
+client sees that instead). With
+`max_depth`, a JSON body nested deeper than that is refused with 400 before it reaches the JSON
+parser, whose recursion a deep document could otherwise exhaust; the admin API sets it, the
+scheduler does not (its node agent posts raw job output, which may hold any brackets). The
+checked body is then replayed to the app unchanged.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Final
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from provisioner.web.asgi import App, Message, Receive, Scope, Send, send_json
 
 MAX_DEPTH: Final = 32
 _STRINGS: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS: Final = re.compile(rb"[\[\]{}]")
+_BODILESS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
 def json_depth(body: bytes) -> int:
@@ -39,31 +38,37 @@ def json_depth(body: bytes) -> int:
 
 
 class BodyLimit:
-    def __init__(self, app: App, max_body: int) -> None:
+    """`setting` names what to raise (`[api] max_body`) in the 413's message."""
+
+    def __init__(self, app: App, max_body: int, setting: str, max_depth: int | None = None
+                 ) -> None:
         self.app = app
         self.max_body = max_body
+        self.setting = setting
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or scope["method"] in _BODILESS:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
-            await _refuse(send, 413, "too_large", self._too_large())
+            await self._too_large(send)
             return
         body = await self._read(receive)
         if body is None:
-            await _refuse(send, 413, "too_large", self._too_large())
+            await self._too_large(send)
             return
-        if json_depth(body) > MAX_DEPTH:
-            await _refuse(send, 400, "too_deep", f"the JSON body is nested more than "
-                          f"{MAX_DEPTH} levels deep; flatten it")
+        if self.max_depth is not None and json_depth(body) > self.max_depth:
+            await send_json(send, 400, {"error": "too_deep", "message": (
+                f"the JSON body is nested more than {self.max_depth} levels deep; flatten it")})
             return
         await self.app(scope, replay_body(body, receive), send)
 
-    def _too_large(self) -> str:
-        return (f"the request body is larger than {self.max_body} bytes; send less, or raise "
-                "[api] max_body")
+    async def _too_large(self, send: Send) -> None:
+        await send_json(send, 413, {"error": "too_large", "message": (
+            f"the request body is larger than {self.max_body} bytes; send less, or raise "
+            f"{self.setting}")})
 
     async def _read(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -104,12 +109,3 @@ def replay_body(body: bytes, original: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
-
-
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": code, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
