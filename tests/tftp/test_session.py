@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provisioner.errors import ValidationError
+from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.packet import (
     Ack,
     Data,
@@ -31,13 +32,12 @@ from provisioner.tftp.packet import (
     encode_data,
     encode_error,
 )
-from provisioner.tftp.session import (
-    READAHEAD,
+from provisioner.tftp.readers import READAHEAD
+from provisioner.tftp.session import TftpSession
+from provisioner.tftp.transitions import (
     TRANSITIONS,
     Event,
-    SessionConfig,
     State,
-    TftpSession,
     TransferCompleted,
     TransferFailed,
 )
