@@ -99,12 +99,19 @@ class TftpServer:
         log.info("tftp: listening on %s:%d, root %s", *self.address, self.resolver.root)
 
     async def close(self) -> None:
-        """Stop listening and abort every transfer (ERROR 0 to its client, sockets closed)."""
-        if self._listener is not None:
-            self._listener.close()
+        """Stop listening and abort every transfer (ERROR 0 to its client); on return every
+        socket of the server is closed, so a new server can bind the port at once."""
+        listener = self._listener
+        if listener is not None:
+            listener.close()
         for transfer in list(self._transfers):
             transfer.abort("server shutting down")
         self._poller.close()
+        if listener is not None:
+            # The transport closes its socket on a later turn of the loop; wait for it.
+            protocol = listener.get_protocol()
+            assert isinstance(protocol, _Listener)
+            await protocol.closed
 
     def active(self) -> int:
         return len(self._transfers)
@@ -174,12 +181,17 @@ class TftpServer:
 class _Listener(asyncio.DatagramProtocol):
     def __init__(self, server: TftpServer) -> None:
         self.server = server
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.server.on_request(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("tftp: listener socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 def _raise_file_limit(wanted: int) -> None:
