@@ -289,6 +289,7 @@ async def test_close_with_transfers_in_flight_ends_them_and_leaves_nothing(
     try:
         with clients(3) as in_flight:
             fds_before, timers_before = open_fds(), armed_timers(loop)
+            tasks_before = asyncio.all_tasks()
             # A retransmit timeout far beyond the test: the timers are armed when close() runs.
             server = make_server(tmp_path, records, SessionConfig(timeout=60, max_timeout=60))
             await server.start()
@@ -313,7 +314,7 @@ async def test_close_with_transfers_in_flight_ends_them_and_leaves_nothing(
         assert sorted(r.client for r in records) == addresses
         assert all(not r.ok for r in records)
         assert armed_timers(loop) - timers_before == set(), "a transfer timer outlived close()"
-        assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
+        assert asyncio.all_tasks() - tasks_before == set(), "a task outlived close()"
         assert open_fds() - fds_before == set(), "sockets, epoll or files left open"
         assert still_registered(loop, fds_during) == [], "closed sockets still watched"
         assert port_is_free(listener)
