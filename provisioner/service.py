@@ -39,9 +39,10 @@ from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
 from provisioner.store import open_store
+from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
-from provisioner.tftp.session import SessionConfig, TransferCompleted
 from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe_chain_provider
+from provisioner.tftp.transitions import TransferCompleted
 
 log = logging.getLogger("provisioner")
 SWEEP_INTERVAL = 5.0  # seconds between looks for nodes whose boot callback is overdue

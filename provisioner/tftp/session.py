@@ -1,27 +1,26 @@
 """One TFTP read transfer as a sans-IO state machine: aioquic's `now`-driven API, h11's table.
 
-Rules of this file (after h11/_state.py):
+Rules of this file:
 
-1. Everything that moves a transfer from one state to another is in TRANSITIONS below. The code
-   classifies an input (a datagram, the timer, a failing source), looks up (next state, action)
-   and runs the action. A (state, input) pair missing from the table is ignored: that is how the
-   terminal states DONE and FAILED swallow late duplicates.
+1. Everything that moves a transfer from one state to another is in TRANSITIONS (transitions.py).
+   The code here classifies an input (a datagram, the timer, a failing source), looks up (next
+   state, action) and runs the action; a pair missing from the table is ignored.
 2. No I/O and no clock. Time arrives as `now` (seconds, any monotonic origin), datagrams arrive
    through `receive_datagram` and leave through `datagrams_to_send`, file bytes come from a
-   `Source`. The server owns the socket, the peer's address (TID) and the sleeping.
+   `Source` (readers.py). The server owns the socket, the peer's address (TID) and the sleeping.
 3. The peer cannot make this code raise. Garbage becomes ERROR 4 plus `TransferFailed`; an ERROR
    from the peer becomes `TransferFailed` and no reply (RFC 1350 section 7).
-4. Only the timer resends the window it is waiting on. A duplicate ACK never does: that is the
-   Sorcerer's Apprentice bug (RFC 1123 section 4.2.3.1). An ACK inside the window moves the
-   window to the block after it and sends from there (RFC 7440 section 4: the blocks after it
-   were lost). An ACK for a block not yet sent, or an old one, is ignored.
+4. Only the timer resends the window it is waiting on, as often and as late as retransmit.py
+   says. A duplicate ACK never does: that is the Sorcerer's Apprentice bug (RFC 1123 section
+   4.2.3.1). An ACK inside the window moves the window to the block after it and sends from
+   there (RFC 7440 section 4: the blocks after it were lost). An ACK for a block not yet sent,
+   or an old one, is ignored.
 5. Blocks are counted without bound internally and sent modulo 65536, so block 65535 is followed
    by block 0 (tftp-hpa's and iPXE's rollover), and files of any size can be served.
 6. Entering DONE or FAILED emits exactly one event, stops the timer and closes the source.
 
-Netascii (RFC 1350, RFC 764) is converted, not refused: LF becomes CR LF and a bare CR becomes
-CR NUL, block by block as the file is read. tsize is not answered in netascii mode, because the
-converted size is only known after reading the whole file (tftp-hpa does the same).
+What options the client gets is negotiation.py's job; what the blocks contain (octet, or
+netascii converted on the fly) is readers.py's.
 """
 
 from __future__ import annotations
@@ -30,229 +29,32 @@ import contextlib
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum, auto
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
-from provisioner.errors import MalformedPacket, ProvisionerError, ValidationError
+from provisioner.errors import MalformedPacket, ProvisionerError
+from provisioner.tftp.negotiation import SessionConfig, negotiate
 from provisioner.tftp.packet import (
     Error,
     ErrorCode,
-    Mode,
     Opcode,
-    Options,
     ReadRequest,
-    WriteRequest,
     decode,
     encode_error,
     encode_oack,
 )
-from provisioner.tftp.paths import ForbiddenPath, canonical_path
+from provisioner.tftp.readers import Source, block_reader
+from provisioner.tftp.retransmit import RetransmitPolicy
+from provisioner.tftp.transitions import (
+    TRANSITIONS,
+    Action,
+    Event,
+    Input,
+    State,
+    TransferCompleted,
+    TransferFailed,
+)
 
-__all__ = [
-    "READAHEAD",
-    "TRANSITIONS",
-    "UNKNOWN_TID",
-    "Accepted",
-    "Event",
-    "Negotiated",
-    "Rejected",
-    "SessionConfig",
-    "Source",
-    "State",
-    "TftpSession",
-    "TransferCompleted",
-    "TransferFailed",
-    "error_datagram",
-    "negotiate",
-    "screen_request",
-]
-
-
-class Source(Protocol):
-    """File content for one transfer, implemented by the adapters in sources.py.
-
-    `read` returns exactly `length` bytes unless the file ends first; a shorter result (b"" at
-    the end) means end of file. The session reads sequentially, each byte once (READAHEAD bytes
-    at a time in octet mode), and calls `close` exactly once when the transfer ends. `read` may
-    raise OSError or a ProvisionerError: the transfer then fails with ERROR 0, it does not
-    crash the server.
-    """
-
-    @property
-    def size(self) -> int | None: ...
-
-    def read(self, offset: int, length: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-# RFC 2348 / 2349 / 7440 ranges; IPv4 + UDP + TFTP headers sit between the MTU and a block.
-BLKSIZE_RANGE: Final = (8, 65464)
-TIMEOUT_RANGE: Final = (1, 255)
-WINDOWSIZE_RANGE: Final = (1, 65535)
-HEADER_OVERHEAD: Final = 20 + 8 + 4
-DEFAULT_BLKSIZE: Final = 512
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    max_blksize: int = 1468  # 1500-byte Ethernet MTU less HEADER_OVERHEAD
-    mtu: int = 1500
-    timeout: float = 1.0  # retransmit timeout unless the client negotiates one
-    max_timeout: float = 8.0  # cap of the exponential backoff
-    max_retries: int = 5  # retransmits of one window before giving up
-    max_windowsize: int = 64
-    allow_tsize: bool = True
-
-    def __post_init__(self) -> None:
-        if not BLKSIZE_RANGE[0] <= self.max_blksize <= BLKSIZE_RANGE[1]:
-            raise ValidationError("tftp.max_blksize", "must be between 8 and 65464")
-        if self.mtu - HEADER_OVERHEAD < BLKSIZE_RANGE[0]:
-            raise ValidationError("tftp.mtu", f"must be at least {HEADER_OVERHEAD + 8}")
-        if not 0 < self.timeout <= self.max_timeout:
-            raise ValidationError("tftp.timeout", "must be positive and at most max_timeout")
-        if self.max_retries < 0:
-            raise ValidationError("tftp.max_retries", "must not be negative")
-        if not WINDOWSIZE_RANGE[0] <= self.max_windowsize <= WINDOWSIZE_RANGE[1]:
-            raise ValidationError("tftp.max_windowsize", "must be between 1 and 65535")
-
-    @property
-    def blksize_ceiling(self) -> int:
-        return min(self.max_blksize, self.mtu - HEADER_OVERHEAD)
-
-
-@dataclass(frozen=True, slots=True)
-class Negotiated:
-    """What RFC 2347 negotiation settled on; `oack` is empty when no option was accepted."""
-
-    blksize: int = DEFAULT_BLKSIZE
-    windowsize: int = 1
-    timeout: float | None = None
-    oack: Options = ()
-
-
-def _digits(value: str, low: int, high: int) -> int | None:
-    # Plain ASCII digits only (fullwidth and superscript digits pass str.isdigit() too); ten
-    # digits is past any range and keeps int() away from Python's 4300-digit limit.
-    if 0 < len(value) <= 10 and value.isascii() and value.isdigit():
-        number = int(value)
-        if low <= number <= high:
-            return number
-    return None
-
-
-def negotiate(request: ReadRequest, size: int | None, config: SessionConfig) -> Negotiated:
-    """Accept or leave out each option; out of range or not digits is left out, not an error."""
-    blksize, windowsize, timeout = DEFAULT_BLKSIZE, 1, None
-    accepted: list[tuple[str, str]] = []
-    for name, value in request.options:
-        if name == "blksize" and (number := _digits(value, *BLKSIZE_RANGE)) is not None:
-            blksize = min(number, config.blksize_ceiling)  # RFC 2348: the server may lower it
-            accepted.append((name, str(blksize)))
-        elif name == "windowsize" and (number := _digits(value, *WINDOWSIZE_RANGE)) is not None:
-            windowsize = min(number, config.max_windowsize)  # RFC 7440 section 3
-            accepted.append((name, str(windowsize)))
-        elif name == "timeout" and (number := _digits(value, *TIMEOUT_RANGE)) is not None:
-            timeout = float(number)  # RFC 2349: echoed unchanged
-            accepted.append((name, str(number)))
-        elif name == "tsize" and _tsize_allowed(request, size, config, value):
-            accepted.append((name, str(size)))  # RFC 2349: the client sends 0, we the size
-    return Negotiated(blksize, windowsize, timeout, tuple(accepted))
-
-
-def _tsize_allowed(
-    request: ReadRequest, size: int | None, config: SessionConfig, value: str
-) -> bool:
-    known = size is not None and request.mode is Mode.OCTET
-    return config.allow_tsize and known and _digits(value, 0, 10**10 - 1) is not None
-
-
-class TransferCompleted(NamedTuple):
-    bytes_sent: int  # file bytes delivered, each counted once
-    duration: float
-    retransmits: int  # datagrams sent again (timer or lost-block recovery)
-
-
-class TransferFailed(NamedTuple):
-    reason: str  # counter token: timeout, peer_error, malformed, illegal_operation, ...
-    error_code: int | None  # the ERROR code sent or received; None when nothing was said
-    message: str
-    bytes_sent: int = 0
-    duration: float = 0.0
-    retransmits: int = 0
-
-
-Event = TransferCompleted | TransferFailed
-
-
-class State(Enum):
-    START = auto()
-    SENT_OACK = auto()  # waiting for ACK 0
-    SENDING = auto()  # a window is out, waiting for the ACK of its last block
-    DONE = auto()
-    FAILED = auto()
-
-
-class Input(Enum):
-    REQUEST = auto()  # no option accepted: DATA 1 goes out at once
-    REQUEST_WITH_OPTIONS = auto()
-    ACK_OACK = auto()  # ACK 0 after our OACK
-    ACK_WINDOW = auto()  # ACK of the last block sent
-    ACK_PARTIAL = auto()  # ACK of an earlier block of the window: the rest was lost
-    ACK_FINAL = auto()  # ACK of the file's last block
-    ACK_DUPLICATE = auto()  # ACK of the block already acknowledged
-    ACK_IGNORED = auto()  # ACK of a block not yet sent, or far in the past
-    PEER_ERROR = auto()
-    GARBAGE = auto()  # undecodable, or an opcode a reading client never sends
-    TIMEOUT = auto()
-    RETRIES_EXHAUSTED = auto()
-    SOURCE_FAILED = auto()
-    ABORT = auto()  # the server is shutting the transfer down
-
-
-class Action(Enum):
-    SEND_OACK = auto()  # kept in the window, so RETRANSMIT resends it like any datagram
-    SEND_FIRST_WINDOW = auto()  # blocks 1..windowsize
-    SEND_WINDOW = auto()  # slide the window to just after the ACKed block and send it
-    RETRANSMIT = auto()  # the timer fired: the same datagrams again, with backoff
-    IGNORE = auto()
-    COMPLETE = auto()
-    FAIL_QUIETLY = auto()  # TransferFailed, no datagram
-    FAIL_WITH_ERROR = auto()  # ERROR datagram, then TransferFailed
-
-
-_ENDINGS: Final = {
-    Input.PEER_ERROR: (State.FAILED, Action.FAIL_QUIETLY),
-    Input.GARBAGE: (State.FAILED, Action.FAIL_WITH_ERROR),
-    Input.RETRIES_EXHAUSTED: (State.FAILED, Action.FAIL_QUIETLY),
-    Input.ABORT: (State.FAILED, Action.FAIL_WITH_ERROR),
-}
-
-TRANSITIONS: Final[dict[State, dict[Input, tuple[State, Action]]]] = {
-    State.START: {
-        Input.REQUEST: (State.SENDING, Action.SEND_FIRST_WINDOW),
-        Input.REQUEST_WITH_OPTIONS: (State.SENT_OACK, Action.SEND_OACK),
-    },
-    State.SENT_OACK: {
-        Input.ACK_OACK: (State.SENDING, Action.SEND_FIRST_WINDOW),
-        Input.ACK_IGNORED: (State.SENT_OACK, Action.IGNORE),
-        Input.TIMEOUT: (State.SENT_OACK, Action.RETRANSMIT),
-        **_ENDINGS,
-    },
-    State.SENDING: {
-        Input.ACK_WINDOW: (State.SENDING, Action.SEND_WINDOW),
-        Input.ACK_PARTIAL: (State.SENDING, Action.SEND_WINDOW),
-        Input.ACK_FINAL: (State.DONE, Action.COMPLETE),
-        Input.ACK_DUPLICATE: (State.SENDING, Action.IGNORE),
-        Input.ACK_IGNORED: (State.SENDING, Action.IGNORE),
-        Input.TIMEOUT: (State.SENDING, Action.RETRANSMIT),
-        Input.SOURCE_FAILED: (State.FAILED, Action.FAIL_WITH_ERROR),
-        **_ENDINGS,
-    },
-    State.DONE: {},
-    State.FAILED: {},
-}
+__all__ = ["TftpSession"]
 
 
 class _Failure(NamedTuple):
@@ -269,67 +71,6 @@ assert _DATA == 3  # the literal in ack_and_send
 _BLOCK_MASK: Final = 0xFFFF
 
 
-#: the octet reader asks the source for this much at a time (one read call, for a file one
-#: pread system call, per ~22 blocks of 1468 bytes instead of one per block)
-READAHEAD: Final = 32768
-
-
-class _OctetReader:
-    """Sequential blocks cut from READAHEAD-sized reads of the source."""
-
-    __slots__ = ("_chunk", "_eof", "_offset", "_position", "_source")
-
-    def __init__(self, source: Source) -> None:
-        self._source = source
-        self._offset = 0  # of the source, after what was read into _chunk
-        self._chunk = b""
-        self._position = 0  # in _chunk, of the next block
-        self._eof = False
-
-    def next(self, length: int) -> bytes:
-        position = self._position
-        end = position + length
-        chunk = self._chunk
-        if end <= len(chunk):
-            self._position = end
-            return chunk[position:end]
-        return self._refill(length)
-
-    def _refill(self, length: int) -> bytes:
-        rest = self._chunk[self._position :]
-        if not self._eof:
-            wanted = max(length, READAHEAD)
-            data = self._source.read(self._offset, wanted)
-            self._offset += len(data)
-            self._eof = len(data) < wanted  # a short read is the end of the file
-            rest += data
-        block = rest[:length]
-        self._chunk, self._position = rest, len(block)
-        return block
-
-
-class _NetasciiReader:
-    """RFC 764 NVT line endings; each byte maps on its own, so chunks convert independently."""
-
-    __slots__ = ("_eof", "_offset", "_pending", "_source")
-
-    def __init__(self, source: Source) -> None:
-        self._source = source
-        self._offset = 0
-        self._pending = b""
-        self._eof = False
-
-    def next(self, length: int) -> bytes:
-        while len(self._pending) < length and not self._eof:
-            chunk = self._source.read(self._offset, length)
-            self._offset += len(chunk)
-            self._eof = not chunk
-            # CR first, so the CRs that LF expansion adds are not expanded again.
-            self._pending += chunk.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-        block, self._pending = self._pending[:length], self._pending[length:]
-        return block
-
-
 class TftpSession:
     """The server side of one read transfer, from the accepted RRQ to the last ACK."""
 
@@ -344,12 +85,9 @@ class TftpSession:
         self.bytes_sent = 0
         self.retransmits = 0
         self._source = source
-        self._reader = (
-            _NetasciiReader(source) if request.mode is Mode.NETASCII else _OctetReader(source)
-        )
-        self._base_timeout = self.negotiated.timeout or config.timeout
-        self._max_timeout = max(self._base_timeout, config.max_timeout)
-        self._rto = self._base_timeout
+        self._reader = block_reader(source, request.mode)
+        self._policy = RetransmitPolicy.for_transfer(self.negotiated, config)
+        self._rto = self._policy.base
         self._retries = 0
         self._deadline: float | None = None
         self._started = now
@@ -402,7 +140,7 @@ class TftpSession:
     def handle_timer(self, now: float) -> None:
         if self._deadline is None or now < self._deadline:
             return
-        if self._retries < self.config.max_retries:
+        if not self._policy.exhausted(self._retries):
             self._process(Input.TIMEOUT, now)
         else:
             message = f"no ACK after {self._retries} retransmits"
@@ -464,7 +202,7 @@ class TftpSession:
                 self._acked = block
                 if self._retries:  # only a retransmission changes them
                     self._retries = 0
-                    self._rto = self._base_timeout
+                    self._rto = self._policy.base
                 rto = self._rto
                 try:
                     if self.windowsize == 1:  # _fill_window for one block, without the loop
@@ -532,7 +270,7 @@ class TftpSession:
             window.popleft()
         self._acked = block
         self._retries = 0
-        self._rto = self._base_timeout
+        self._rto = self._policy.base
         if window:  # an ACK_PARTIAL: the blocks after `block` are sent again
             self.retransmits += len(window)
             self._out.extend(window)
@@ -555,7 +293,7 @@ class TftpSession:
 
     def _retransmit(self, now: float, block: int, failure: _Failure) -> None:
         self._retries += 1
-        self._rto = min(self._base_timeout * 2**self._retries, self._max_timeout)
+        self._rto = self._policy.rto(self._retries)
         self.retransmits += len(self._window)
         self._out.extend(self._window)
         self._deadline = now + self._rto
@@ -605,50 +343,3 @@ class TftpSession:
 # receive_ack's and ack_and_send's shortcuts for ACK_WINDOW stand for this entry of the table.
 assert TRANSITIONS[State.SENDING][Input.ACK_WINDOW] == (State.SENDING, Action.SEND_WINDOW)
 _SENDING: Final = State.SENDING
-
-
-# -- for the server: answering a request without a session ------------------------------------
-
-
-def error_datagram(code: int, message: str) -> bytes:
-    """An ERROR datagram, e.g. ERROR 1 when the source does not exist, ERROR 0 when full."""
-    return encode_error(code, message)
-
-
-#: RFC 1350 section 4: the answer to a datagram from a TID that is not the transfer's peer.
-UNKNOWN_TID: Final = error_datagram(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    request: ReadRequest
-    path: tuple[str, ...]  # canonical components under the TFTP root
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: str  # counter token
-    message: str
-    datagram: bytes | None  # the ERROR to send back, or None to drop silently
-
-
-def screen_request(data: bytes, *, strip_leading_slash: bool = True) -> Accepted | Rejected:
-    """Decide what to do with a datagram that arrived on port 69."""
-    try:
-        packet = decode(data)
-    except MalformedPacket as exc:
-        # Answer only what looks like a request; random traffic gets no reply to reflect.
-        looks_like_request = len(data) >= 2 and data[0] == 0 and data[1] in (1, 2)
-        reply = error_datagram(ErrorCode.ILLEGAL_OPERATION, exc.message)
-        return Rejected(exc.reason, exc.message, reply if looks_like_request else None)
-    if isinstance(packet, WriteRequest):
-        reply = error_datagram(ErrorCode.ACCESS_VIOLATION, "read-only server")
-        return Rejected("write_request", "write request refused: read-only server", reply)
-    if not isinstance(packet, ReadRequest):
-        return Rejected("not_a_request", f"{type(packet).__name__} sent to the server port", None)
-    try:
-        path = canonical_path(packet.filename, strip_leading_slash=strip_leading_slash)
-    except ForbiddenPath as exc:
-        reply = error_datagram(ErrorCode.ACCESS_VIOLATION, exc.message)
-        return Rejected(exc.reason, exc.message, reply)
-    return Accepted(packet, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from provisioner.tftp.negotiation import Negotiated, SessionConfig, negotiate
 from provisioner.tftp.packet import (
     Error,
     ErrorCode,
@@ -16,18 +17,15 @@ from provisioner.tftp.packet import (
     encode_oack,
     encode_request,
 )
-from provisioner.tftp.session import (
+from provisioner.tftp.screening import (
     UNKNOWN_TID,
     Accepted,
-    Negotiated,
     Rejected,
-    SessionConfig,
-    State,
-    TftpSession,
     error_datagram,
-    negotiate,
     screen_request,
 )
+from provisioner.tftp.session import TftpSession
+from provisioner.tftp.transitions import State
 
 
 class Source:
