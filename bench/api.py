@@ -42,7 +42,7 @@ from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.security.tokens import ApiTokens, BootTokens, Role
 from provisioner.store import open_store
-from tests.etcd_server import EtcdServer, free_port
+from tests.support.etcd_server import EtcdServer, free_port
 
 T = TypeVar("T")
 BATCH = 100

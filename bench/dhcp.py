@@ -171,7 +171,7 @@ def wait_for_log(proc: subprocess.Popen[bytes], path: str, text: str) -> None:
 
 
 def start_etcd(work: str) -> subprocess.Popen[bytes]:
-    """One etcd member on the server namespace's loopback, flags as tests/etcd_server.py."""
+    """One etcd member on the server namespace's loopback, flags as tests/support/etcd_server.py."""
     client, peer = f"http://127.0.0.1:{ETCD_CLIENT}", f"http://127.0.0.1:{ETCD_PEER}"
     argv = ["etcd", "--name=bench", f"--data-dir={work}/etcd", f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",

@@ -178,7 +178,7 @@ async def _quick_check(count: int, rounds: int) -> None:
     from pathlib import Path
 
     from provisioner.store.etcd import EtcdStore
-    from tests.etcd_server import EtcdServer
+    from tests.support.etcd_server import EtcdServer
 
     raw: dict[str, list[float]] = {}
     ours: dict[str, list[float]] = {}

@@ -39,7 +39,7 @@ from provisioner.inventory.repository import Inventory  # noqa: E402
 from provisioner.nodes.model import MacAddress, Node  # noqa: E402
 from provisioner.store.etcd import EtcdStore  # noqa: E402
 from provisioner.store.sqlite import SqliteStore  # noqa: E402
-from tests.etcd_server import EtcdServer  # noqa: E402
+from tests.support.etcd_server import EtcdServer  # noqa: E402
 
 CONCURRENCY = 16
 

@@ -17,7 +17,9 @@ from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 from provisioner.store.sqlite import SqliteStore
-from tests.etcd_server import EtcdServer
+from tests.support.etcd_server import EtcdServer
+
+pytest_plugins = ["tests.support.kernel"]
 
 BACKENDS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 

@@ -16,7 +16,7 @@ from schemathesis import GenerationMode
 
 from tests.api.conftest import api_settings
 from tests.api.live import LiveApi
-from tests.schema_run import schema_failures, schema_operations
+from tests.support.schema_run import schema_failures, schema_operations
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.runner import Cli
+from tests.support.cli import Cli
 
 
 @pytest.fixture

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from provisioner.images.build.kernel import KernelTree
 from provisioner.images.format import cpio
-from tests.cli.runner import Cli
-from tests.images.conftest import KERNEL_CACHE
-
-
-@pytest.fixture(scope="module")
-def kernel() -> KernelTree:
-    return fetch_kernel(DEFAULT_KERNEL_PACKAGE, KERNEL_CACHE)
+from tests.support.cli import Cli
 
 
 @pytest.fixture

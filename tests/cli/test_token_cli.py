@@ -12,7 +12,7 @@ from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress
 from provisioner.security.tokens import ApiTokens, Role
 from provisioner.store import open_store
-from tests.cli.runner import Cli
+from tests.support.cli import Cli
 
 
 def test_create_prints_the_token_once_and_it_authenticates(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 
 import pytest
@@ -19,10 +19,10 @@ from provisioner.dhcp.subnets import Pool
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import Lease, MacAddress, Node
 from provisioner.store.base import KeyValueStore
+from tests.support.waiting import eventually
 
 POOL = Pool(IPv4Address("10.20.0.10"), IPv4Address("10.20.0.200"))
 LEASE_TIME = 600
-WATCH_LIMIT = 10.0  # seconds a watch event may take to reach the other book (etcd: a few ms)
 
 
 def mac(index: int, prefix: int = 0x52) -> MacAddress:
@@ -56,13 +56,6 @@ async def start_book(started: list[LeaseBook], inventory: Inventory, *,
     started.append(book)
     return book
 
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WATCH_LIMIT
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WATCH_LIMIT:.0f} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_offer_holds_the_address(inventory: Inventory, books: list[LeaseBook]) -> None:

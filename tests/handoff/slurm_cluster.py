@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from provisioner.lab.netns import stop_process
-from tests.etcd_server import free_port
+from tests.support.etcd_server import free_port
 
 NODES = "node[001-004]"
 

@@ -13,8 +13,8 @@ from provisioner.nodes.model import MacAddress
 from provisioner.scheduler.models import JobState
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.sqlite import SqliteStore
-from tests.etcd_server import free_port
-from tests.handoff.conftest import eventually
+from tests.support.etcd_server import free_port
+from tests.support.waiting import eventually
 
 NODE = HandoffNode("node001", MacAddress("52:54:00:00:00:01"), cpus=2, memory_mib=2048)
 

@@ -12,7 +12,7 @@ import pytest
 from provisioner.errors import HandoffError
 from provisioner.handoff.builtin import BuiltinHandoff
 from provisioner.handoff.http import JsonHttp
-from tests.etcd_server import free_port
+from tests.support.etcd_server import free_port
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok": 1.5}'
 

@@ -16,8 +16,9 @@ from provisioner.nodes.model import MacAddress
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.base import KeyValueStore
 from provisioner.store.sqlite import SqliteStore
-from tests.etcd_server import free_port
-from tests.handoff.conftest import Confirmations, eventually
+from tests.handoff.conftest import Confirmations
+from tests.support.etcd_server import free_port
+from tests.support.waiting import eventually
 
 MAC = MacAddress("52:54:00:12:34:56")
 NODE = HandoffNode("node007", MAC, cpus=2, memory_mib=1024, features=("ib",), partition="batch")

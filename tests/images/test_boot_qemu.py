@@ -113,13 +113,13 @@ def _wait_for(log: Path, proc: subprocess.Popen[Any], text: str, deadline: float
     return log.read_text(errors="replace")
 
 
-def test_busybox_image_boots_and_calls_back(tmp_path: Path, cloud_kernel: KernelTree,
+def test_busybox_image_boots_and_calls_back(tmp_path: Path, kernel: KernelTree,
                                             segment: Segment) -> None:
     renderer = Renderer()
     catalog = ImageCatalog(tmp_path / "images")
     builder = ImageBuilder(catalog, renderer, tmp_path / "cache")
     image = builder.build(BuildRequest("kickstart/compute.ks.j2", "compute",
-                                       kernel=str(cloud_kernel.root))).image
+                                       kernel=str(kernel.root))).image
     token = secrets.token_urlsafe(24)
     initrd = tmp_path / "initrd"
     initrd.write_bytes(image.file("image.cpio.xz").read_bytes() + _overlay(renderer, segment,

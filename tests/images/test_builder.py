@@ -33,17 +33,17 @@ def builder(catalog: ImageCatalog, tmp_path: Path) -> ImageBuilder:
     return ImageBuilder(catalog, Renderer(), tmp_path / "cache")
 
 
-def _request(cloud_kernel: KernelTree, template: str = "kickstart/compute.ks.j2",
+def _request(kernel: KernelTree, template: str = "kickstart/compute.ks.j2",
              **variables: str) -> BuildRequest:
-    return BuildRequest(template, "compute", variables, kernel=str(cloud_kernel.root))
+    return BuildRequest(template, "compute", variables, kernel=str(kernel.root))
 
 
 def _members(path: Path) -> dict[str, cpio.Entry]:
     return {e.path: e for e in cpio.unpack(lzma.decompress(path.read_bytes()))}
 
 
-def test_image_contents(builder: ImageBuilder, cloud_kernel: KernelTree) -> None:
-    image = builder.build(_request(cloud_kernel)).image
+def test_image_contents(builder: ImageBuilder, kernel: KernelTree) -> None:
+    image = builder.build(_request(kernel)).image
     data = image.file("image.cpio.xz").read_bytes()
     assert data[:6] == b"\xfd7zXZ\0" and data[7] & 0x0F == 1  # CRC32, what the kernel reads
     # The builder's streamed xz is byte for byte compress.xz_compress of the same cpio.
@@ -66,26 +66,26 @@ def test_image_contents(builder: ImageBuilder, cloud_kernel: KernelTree) -> None
     assert manifest["files"]["image.cpio.xz"]["sha256"] == sha256_file(image.file(
         "image.cpio.xz"))
     assert manifest["files"]["image.cpio.xz"]["cpio_size"] == len(lzma.decompress(data))
-    assert manifest["kernel_release"] == cloud_kernel.release
+    assert manifest["kernel_release"] == kernel.release
     assert (image.path / "build.log").read_text().count("== ") >= 3
 
 
 def test_reproducible_and_cached(builder: ImageBuilder, catalog: ImageCatalog,
-                                 cloud_kernel: KernelTree, tmp_path: Path) -> None:
-    first = builder.build(_request(cloud_kernel))
+                                 kernel: KernelTree, tmp_path: Path) -> None:
+    first = builder.build(_request(kernel))
     assert not first.cached and first.image.version == "1"
-    again = builder.build(_request(cloud_kernel))
+    again = builder.build(_request(kernel))
     assert again.cached and again.image.version == "1" and again.seconds < 2
     forced = builder.build(BuildRequest("kickstart/compute.ks.j2", "compute",
-                                        kernel=str(cloud_kernel.root), force=True))
+                                        kernel=str(kernel.root), force=True))
     assert forced.image.version == "2"
     digest = first.image.manifest["files"]["image.cpio.xz"]["sha256"]
     assert forced.image.manifest["files"]["image.cpio.xz"]["sha256"] == digest
     assert sha256_file(forced.image.file("image.cpio.xz")) == digest
     one_thread = ImageBuilder(ImageCatalog(tmp_path / "other"), Renderer(), tmp_path / "cache",
-                              xz_threads=1).build(_request(cloud_kernel)).image
+                              xz_threads=1).build(_request(kernel)).image
     assert sha256_file(one_thread.file("image.cpio.xz")) == digest  # threads do not matter
-    changed = builder.build(_request(cloud_kernel, timezone="Europe/Paris"))
+    changed = builder.build(_request(kernel, timezone="Europe/Paris"))
     assert not changed.cached and changed.image.version == "3"
     assert catalog.show("compute").current == "3"
     assert [p.name for p in (catalog.root / ".staging").iterdir()
@@ -111,14 +111,14 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_one_line_naming_file_and_line(
-        case: str, builder: ImageBuilder, catalog: ImageCatalog, cloud_kernel: KernelTree,
+        case: str, builder: ImageBuilder, catalog: ImageCatalog, kernel: KernelTree,
         tmp_path: Path) -> None:
-    current = catalog.import_pair("compute", cloud_kernel.vmlinuz, _tiny_initrd(tmp_path))
+    current = catalog.import_pair("compute", kernel.vmlinuz, _tiny_initrd(tmp_path))
     text, error, expected = BAD[case]
     kickstart = tmp_path / f"{case}.ks.j2"
     kickstart.write_text(text)
     request = BuildRequest(str(kickstart), "compute",
-                           kernel=None if case == "missing-kernel" else str(cloud_kernel.root))
+                           kernel=None if case == "missing-kernel" else str(kernel.root))
     with pytest.raises(error) as failed:
         builder.build(request)
     message = str(failed.value)
@@ -144,11 +144,11 @@ def _assert_untouched(catalog: ImageCatalog, digest: str) -> None:
 
 
 def test_failed_post_keeps_its_log(builder: ImageBuilder, catalog: ImageCatalog,
-                                   cloud_kernel: KernelTree, tmp_path: Path) -> None:
+                                   kernel: KernelTree, tmp_path: Path) -> None:
     kickstart = tmp_path / "post.ks"
     kickstart.write_text("base busybox\n%post\necho the-output-tail\nfalse\n%end\n")
     with pytest.raises(ImageBuildError):
-        builder.build(BuildRequest(str(kickstart), "compute", kernel=str(cloud_kernel.root)))
+        builder.build(BuildRequest(str(kickstart), "compute", kernel=str(kernel.root)))
     log = (catalog.root / ".staging" / "compute.failed.log").read_text()
     assert "the-output-tail" in log and "%post at" in log
 
@@ -165,14 +165,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
-def test_disk_full_leaves_current_serving(small_disk: Path, cloud_kernel: KernelTree,
+def test_disk_full_leaves_current_serving(small_disk: Path, kernel: KernelTree,
                                           tmp_path: Path) -> None:
     catalog = ImageCatalog(small_disk / "images")
-    current = catalog.import_pair("compute", cloud_kernel.vmlinuz, _tiny_initrd(tmp_path))
+    current = catalog.import_pair("compute", kernel.vmlinuz, _tiny_initrd(tmp_path))
     builder = ImageBuilder(catalog, Renderer(), tmp_path / "cache")
     started = time.monotonic()
     with pytest.raises(ProvisionerError) as failed:
-        builder.build(_request(cloud_kernel))
+        builder.build(_request(kernel))
     assert "no space left on device" in str(failed.value), str(failed.value)
     assert "\n" not in str(failed.value)
     assert time.monotonic() - started < 60

@@ -13,17 +13,17 @@ import pytest
 from provisioner.errors import ImageBuildError
 from provisioner.images.build import kernel
 from provisioner.images.build.kernel import KernelTree, fetch_kernel, resolve_package
-from tests.images.conftest import KERNEL_CACHE
+from tests.support.kernel import KERNEL_CACHE
 
 
-def test_cloud_kernel_is_a_complete_tree(cloud_kernel: KernelTree) -> None:
-    assert cloud_kernel.release.endswith("-cloud-amd64")
-    assert cloud_kernel.vmlinuz.name == f"vmlinuz-{cloud_kernel.release}"
-    assert cloud_kernel.vmlinuz.stat().st_size > 4 * 1024 * 1024
-    assert cloud_kernel.modules_root == cloud_kernel.root / "lib/modules" / cloud_kernel.release
-    assert (cloud_kernel.modules_root / "modules.dep").is_file()
-    assert cloud_kernel.package_version
-    magic = subprocess.run(["file", "-b", str(cloud_kernel.vmlinuz)], capture_output=True,
+def test_cloud_kernel_is_a_complete_tree(kernel: KernelTree) -> None:
+    assert kernel.release.endswith("-cloud-amd64")
+    assert kernel.vmlinuz.name == f"vmlinuz-{kernel.release}"
+    assert kernel.vmlinuz.stat().st_size > 4 * 1024 * 1024
+    assert kernel.modules_root == kernel.root / "lib/modules" / kernel.release
+    assert (kernel.modules_root / "modules.dep").is_file()
+    assert kernel.package_version
+    magic = subprocess.run(["file", "-b", str(kernel.vmlinuz)], capture_output=True,
                            text=True, check=False).stdout
     assert "Linux kernel" in magic or not magic  # `file` may be absent; the size check stands
 
@@ -34,13 +34,13 @@ def test_metapackage_resolves_to_the_versioned_image() -> None:
     assert version
 
 
-def test_second_fetch_is_cached_and_fast(cloud_kernel: KernelTree) -> None:
+def test_second_fetch_is_cached_and_fast(kernel: KernelTree) -> None:
     debs = sorted((KERNEL_CACHE / "debs").glob("*.deb"))
     before = [d.stat().st_mtime_ns for d in debs]
     start = time.monotonic()
     again = fetch_kernel("linux-image-cloud-amd64", KERNEL_CACHE)
     assert time.monotonic() - start < 1.5  # no apt-cache call (about 1 s each)
-    assert again == cloud_kernel
+    assert again == kernel
     assert [d.stat().st_mtime_ns for d in debs] == before
 
 
@@ -57,27 +57,27 @@ def test_resolution_is_redone_when_apt_lists_change(tmp_path: Path,
     assert stamp == lists.stat().st_mtime_ns
 
 
-def test_accepts_an_unpacked_tree(cloud_kernel: KernelTree, tmp_path: Path) -> None:
-    assert fetch_kernel(str(cloud_kernel.root), tmp_path) == KernelTree(
-        cloud_kernel.vmlinuz, cloud_kernel.release, cloud_kernel.modules_root)
+def test_accepts_an_unpacked_tree(kernel: KernelTree, tmp_path: Path) -> None:
+    assert fetch_kernel(str(kernel.root), tmp_path) == KernelTree(
+        kernel.vmlinuz, kernel.release, kernel.modules_root)
 
 
-def test_accepts_a_deb_and_runs_depmod(cloud_kernel: KernelTree, tmp_path: Path) -> None:
+def test_accepts_a_deb_and_runs_depmod(kernel: KernelTree, tmp_path: Path) -> None:
     deb = next((KERNEL_CACHE / "debs").glob("linux-image-*.deb"))
     tree = fetch_kernel(str(deb), tmp_path, progress=None)
-    assert tree.release == cloud_kernel.release
+    assert tree.release == kernel.release
     assert tree.root.parent == tmp_path / "kernels"
     assert (tree.modules_root / "modules.dep").read_text() == (
-        cloud_kernel.modules_root / "modules.dep").read_text()
+        kernel.modules_root / "modules.dep").read_text()
 
 
-def test_unpacked_tree_without_modules_dep_gets_one(cloud_kernel: KernelTree,
+def test_unpacked_tree_without_modules_dep_gets_one(kernel: KernelTree,
                                                      tmp_path: Path) -> None:
     root = tmp_path / "k"
     (root / "boot").mkdir(parents=True)
-    shutil.copy(cloud_kernel.vmlinuz, root / "boot")
-    mods = root / "lib/modules" / cloud_kernel.release
-    shutil.copytree(cloud_kernel.modules_root / "kernel/drivers/virtio", mods / "kernel/virtio")
+    shutil.copy(kernel.vmlinuz, root / "boot")
+    mods = root / "lib/modules" / kernel.release
+    shutil.copytree(kernel.modules_root / "kernel/drivers/virtio", mods / "kernel/virtio")
     tree = fetch_kernel(str(root), tmp_path / "cache")
     assert "virtio_ring.ko" in (tree.modules_root / "modules.dep").read_text()
 

@@ -34,57 +34,57 @@ def _respects_modules_dep(paths: list[Path], modules_root: Path) -> bool:
                for name in position for d in table[name][1])
 
 
-def test_default_net_modules_on_the_cloud_kernel(cloud_kernel: KernelTree) -> None:
-    paths = modules_with_deps(cloud_kernel.modules_root, DEFAULT_NET_MODULES)
+def test_default_net_modules_on_the_cloud_kernel(kernel: KernelTree) -> None:
+    paths = modules_with_deps(kernel.modules_root, DEFAULT_NET_MODULES)
     names = _names(paths)
     assert sorted(names) == sorted(ENV_ORDER)
     assert names[:2] == ENV_ORDER[:2] and names[4:] == ENV_ORDER[4:]
-    assert all(p.is_file() and p.is_relative_to(cloud_kernel.modules_root) for p in paths)
-    assert _respects_modules_dep(paths, cloud_kernel.modules_root)
+    assert all(p.is_file() and p.is_relative_to(kernel.modules_root) for p in paths)
+    assert _respects_modules_dep(paths, kernel.modules_root)
 
 
-def test_order_matches_modprobe_show_depends(cloud_kernel: KernelTree) -> None:
+def test_order_matches_modprobe_show_depends(kernel: KernelTree) -> None:
     out = subprocess.run(
-        ["modprobe", "-d", str(cloud_kernel.root), "-S", cloud_kernel.release, "--show-depends",
+        ["modprobe", "-d", str(kernel.root), "-S", kernel.release, "--show-depends",
          "-a", *DEFAULT_NET_MODULES], capture_output=True, text=True, check=True).stdout
     # With -a, modprobe prints each module's full chain; a module is loaded once, the first time.
     modprobe = list(dict.fromkeys(module_name(line.split()[1]) for line in out.splitlines()
                                   if line.startswith("insmod")))
-    assert _names(modules_with_deps(cloud_kernel.modules_root, DEFAULT_NET_MODULES)) == modprobe
+    assert _names(modules_with_deps(kernel.modules_root, DEFAULT_NET_MODULES)) == modprobe
 
 
-def test_each_module_once_even_when_asked_twice(cloud_kernel: KernelTree) -> None:
-    names = _names(modules_with_deps(cloud_kernel.modules_root,
+def test_each_module_once_even_when_asked_twice(kernel: KernelTree) -> None:
+    names = _names(modules_with_deps(kernel.modules_root,
                                      ["virtio_net", "virtio-net", "virtio_blk", "virtio_ring"]))
     assert len(names) == len(set(names))
     assert names.index("virtio_ring") < names.index("virtio_blk")
 
 
-def test_unknown_module_names_the_module_and_kernel(cloud_kernel: KernelTree) -> None:
+def test_unknown_module_names_the_module_and_kernel(kernel: KernelTree) -> None:
     with pytest.raises(ImageBuildError,
-                       match=f"kernel module e1000zz not found for kernel {cloud_kernel.release}"):
-        modules_with_deps(cloud_kernel.modules_root, ["virtio_net", "e1000zz"])
+                       match=f"kernel module e1000zz not found for kernel {kernel.release}"):
+        modules_with_deps(kernel.modules_root, ["virtio_net", "e1000zz"])
 
 
-def _copy_virtio(cloud_kernel: KernelTree, tmp_path: Path) -> Path:
-    root = tmp_path / "lib/modules" / cloud_kernel.release
+def _copy_virtio(kernel: KernelTree, tmp_path: Path) -> Path:
+    root = tmp_path / "lib/modules" / kernel.release
     for sub in ("kernel/drivers/virtio", "kernel/drivers/net", "kernel/net/core"):
-        shutil.copytree(cloud_kernel.modules_root / sub, root / sub)
+        shutil.copytree(kernel.modules_root / sub, root / sub)
     return root
 
 
-def test_depmod_runs_when_modules_dep_is_missing(cloud_kernel: KernelTree,
+def test_depmod_runs_when_modules_dep_is_missing(kernel: KernelTree,
                                                  tmp_path: Path) -> None:
-    root = _copy_virtio(cloud_kernel, tmp_path)
+    root = _copy_virtio(kernel, tmp_path)
     paths = modules_with_deps(root, DEFAULT_NET_MODULES)
     assert (root / "modules.dep").is_file()
-    assert _names(paths) == _names(modules_with_deps(cloud_kernel.modules_root,
+    assert _names(paths) == _names(modules_with_deps(kernel.modules_root,
                                                      DEFAULT_NET_MODULES))
 
 
-def test_modinfo_fallback_gives_a_valid_order(cloud_kernel: KernelTree, tmp_path: Path,
+def test_modinfo_fallback_gives_a_valid_order(kernel: KernelTree, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    root = _copy_virtio(cloud_kernel, tmp_path)
+    root = _copy_virtio(kernel, tmp_path)
     # No depmod on PATH: modules.dep cannot be written, so modinfo's depends= is used.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -133,11 +133,11 @@ def test_render_and_pack_is_fast() -> None:
 
 
 def test_kernel_boots_image_plus_overlay_and_init_calls_back(
-        cloud_kernel: KernelTree, tmp_path: Path) -> None:
+        kernel: KernelTree, tmp_path: Path) -> None:
     """QEMU (TCG) boots image.cpio.xz + overlay (xz part + plain token cpio) concatenated:
     the kernel unpacks all three archives, our /init loads virtio_net, gets a lease from
     QEMU's user network and POSTs the token and facts to a server on this host's loopback."""
-    image = minimal_image(cloud_kernel)
+    image = minimal_image(kernel)
     assert len(image) % 4 == 0
     with Callback([200]) as server:
         port = server.server.server_address[1]
@@ -151,7 +151,7 @@ def test_kernel_boots_image_plus_overlay_and_init_calls_back(
         log = tmp_path / "console.log"
         qemu = subprocess.run(
             ["qemu-system-x86_64", "-m", "512", "-nographic", "-no-reboot", "-monitor", "none",
-             "-kernel", str(cloud_kernel.vmlinuz), "-initrd", str(initrd),
+             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
              "-append", "console=ttyS0 panic=-1", "-serial", f"file:{log}",
              "-netdev", "user,id=n0", "-device",
              "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"],

@@ -29,7 +29,7 @@ from provisioner.images.build.rootfs import (
 )
 from provisioner.images.format.catalog import ImageCatalog
 from provisioner.render.environment import Renderer
-from tests.images.conftest import KERNEL_CACHE
+from tests.support.kernel import KERNEL_CACHE
 
 #: debootstrap's downloaded .debs are kept here between runs (gitignored); the build still runs.
 REPO_CACHE = KERNEL_CACHE.parent
@@ -180,7 +180,7 @@ echo built > /etc/provisioner-built
 
 
 @pytest.mark.slow
-def test_debootstrap_minbase_image(tmp_path: Path, cloud_kernel: KernelTree) -> None:
+def test_debootstrap_minbase_image(tmp_path: Path, kernel: KernelTree) -> None:
     """The one debootstrap build: minbase from the host's mirror (debs cached under .cache, the
     bootstrap itself runs every time), a package, /init's busybox applets; then an unknown
     package on a tarball of that rootfs names its kickstart line."""
@@ -189,7 +189,7 @@ def test_debootstrap_minbase_image(tmp_path: Path, cloud_kernel: KernelTree) -> 
     kickstart = tmp_path / "minbase.ks"
     kickstart.write_text(DEBOOTSTRAP_KS)
     image = builder.build(BuildRequest(str(kickstart), "minbase",
-                                       kernel=str(cloud_kernel.root))).image
+                                       kernel=str(kernel.root))).image
     root = tmp_path / "unpacked"
     root.mkdir()
     unpack = f"xz -dc {image.file('image.cpio.xz')} | busybox cpio -idm"
@@ -211,7 +211,7 @@ def test_debootstrap_minbase_image(tmp_path: Path, cloud_kernel: KernelTree) -> 
     bad = tmp_path / "bad.ks"
     bad.write_text(f"base tarball {tarball}\n%packages\nnetbase\nno-such-package-xyz\n%end\n")
     with pytest.raises(ImageBuildError) as failed:
-        builder.build(BuildRequest(str(bad), "minbase", kernel=str(cloud_kernel.root)))
+        builder.build(BuildRequest(str(bad), "minbase", kernel=str(kernel.root)))
     assert str(failed.value) == (f"{bad}:4: unknown package 'no-such-package-xyz': not in the "
                                  "image's apt sources")
     assert catalog.show("minbase").current == image.version

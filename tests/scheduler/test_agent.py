@@ -15,7 +15,7 @@ import pytest
 from provisioner.render.environment import Renderer
 from provisioner.scheduler.models import JobState
 from provisioner.scheduler.service import SchedulerServer
-from tests.etcd_server import free_port
+from tests.support.etcd_server import free_port
 
 AGENT = "overlay/etc/provisioner/agent.j2"
 APPLETS = ("wget", "timeout", "sleep", "tail", "mkdir", "rm", "cat", "setsid")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from provisioner.lab.netns import stop_process
-from tests.etcd_server import free_port
+from tests.support.etcd_server import free_port
 
 
 def run(env: dict[str, str], *args: str, code: int = 0) -> str:

@@ -11,7 +11,7 @@ import schemathesis
 from schemathesis import GenerationMode
 
 from tests.scheduler.live import LiveScheduler
-from tests.schema_run import schema_failures, schema_operations
+from tests.support.schema_run import schema_failures, schema_operations
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from provisioner.errors import NotFound, StoreUnavailable, ValidationError
 from provisioner.store.base import EventType, KeyValueStore, WatchEvent
 from provisioner.store.etcd import EtcdStore, parse_endpoint
-from tests.etcd_server import EtcdServer
+from tests.support.etcd_server import EtcdServer
 
 pytestmark = pytest.mark.etcd
 
@@ -248,7 +248,7 @@ def test_endpoints_are_parsed_and_checked() -> None:
 
 
 def test_missing_etcd_binary_fails_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tests.etcd_server.ETCD_BIN", str(tmp_path / "no-etcd"))
+    monkeypatch.setattr("tests.support.etcd_server.ETCD_BIN", str(tmp_path / "no-etcd"))
     with pytest.raises(RuntimeError, match=r"scripts/setup\.sh"):
         EtcdServer(tmp_path).start()
 

@@ -17,13 +17,12 @@ from urllib.parse import unquote
 import pytest
 
 from provisioner.boot.overlay import OverlayBuilder
-from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel
+from provisioner.images.build.kernel import KernelTree
 from provisioner.lab.netns import stop_process
 from provisioner.nodes.model import Firmware, MacAddress, Node
 from provisioner.render.environment import BootContext, Renderer
 from tests.templates.bootimage import minimal_image
 
-KERNEL_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "kernel"
 MAC = "52:54:00:12:34:57"
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 
@@ -74,10 +73,6 @@ class BootPlane:
         self.server.shutdown()
         self.server.server_close()
 
-
-@pytest.fixture(scope="module")
-def kernel() -> KernelTree:
-    return fetch_kernel(DEFAULT_KERNEL_PACKAGE, KERNEL_CACHE)
 
 
 def make_plane(kernel: KernelTree, *, fail_overlay: int, retries: int = 5) -> BootPlane:

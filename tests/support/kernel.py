@@ -1,8 +1,5 @@
-"""Fixtures shared by the image tests (and by other suites that need a real kernel).
-
-`cloud_kernel` fetches Debian's linux-image-cloud-amd64 once into /work/main/.cache/kernel (kept
-between runs, gitignored) and returns its KernelTree; later sessions reuse the unpacked tree.
-"""
+"""The Debian cloud kernel the image, iPXE and lab tests boot, fetched once per session into
+the checkout's cache (apt-get download + dpkg -x; see images/build/kernel.py)."""
 
 from __future__ import annotations
 
@@ -16,5 +13,5 @@ KERNEL_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "kernel"
 
 
 @pytest.fixture(scope="session")
-def cloud_kernel() -> KernelTree:
+def kernel() -> KernelTree:
     return fetch_kernel(DEFAULT_KERNEL_PACKAGE, KERNEL_CACHE)
