@@ -16,7 +16,8 @@ import pytest
 
 from provisioner.errors import NotFound, StoreUnavailable, ValidationError
 from provisioner.store.base import EventType, KeyValueStore, WatchEvent
-from provisioner.store.etcd import EtcdStore, parse_endpoint
+from provisioner.store.etcd import EtcdStore
+from provisioner.store.etcd.connection import parse_endpoint
 from tests.etcd_server import EtcdServer
 
 pytestmark = pytest.mark.etcd
