@@ -21,6 +21,7 @@ in tests/store/test_contract.py. The rules:
   its own. A delete of an absent key with `expect=None` is a no-op inside a txn. One txn is one
   round trip (etcd Txn, one sqlite transaction): the boot callback writes its five keys in one.
 - A backend that cannot answer within its timeout raises `StoreUnavailable`.
+- `close()` ends every open watch: its iteration stops without an error. Closing twice is fine.
 
 The backends share their implementation of these rules through common.py.
 """

@@ -178,14 +178,16 @@ def plan_txn(
 
 
 class Changes:
-    """Wakes this process's watchers when a write lands.
+    """Wakes this process's watchers when a write lands, and ends them when the store closes.
 
     A watcher takes `ticket()` before it reads, reads, then awaits the ticket: a write between
-    the read and the wait has already set that ticket, so it is never missed.
+    the read and the wait has already set that ticket, so it is never missed. It stops once
+    `closed` is set.
     """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def ticket(self) -> asyncio.Event:
         return self._event
@@ -193,6 +195,10 @@ class Changes:
     def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.notify()
 
 
 def first_revision(start: int | None, revision: int) -> int:

@@ -94,7 +94,7 @@ class MemoryStore:
         oldest = self._history[0].revision if self._history else self._revision + 1
         if next_rev <= self._compacted or (next_rev < oldest and next_rev <= self._revision):
             raise watch_compacted(prefix, next_rev, max(oldest, self._compacted + 1))
-        while True:
+        while not self._changes.closed:
             ticket = self._changes.ticket()
             # One event per revision, so the history is indexed by revision - oldest.
             oldest = self._history[0].revision if self._history else self._revision + 1
@@ -145,6 +145,7 @@ class MemoryStore:
                            f"{len(self._leases)} leases, checked {time.strftime('%H:%M:%S')}")
 
     async def close(self) -> None:
+        self._changes.close()
         for _, handle in self._leases.values():
             if handle is not None:
                 handle.cancel()

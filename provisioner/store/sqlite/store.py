@@ -196,6 +196,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        self._changes.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self._writer.stop()

@@ -27,13 +27,16 @@ WATCH_BATCH = 1000  # most log rows one watch reads at a time
 async def follow_log(
     reader: Reader, changes: Changes, prefix: str, start: int | None
 ) -> AsyncIterator[WatchEvent]:
-    """Changes under `prefix` from revision `start` (None: from the next one)."""
+    """Changes under `prefix` from revision `start` (None: from the next one), until the store
+    is closed."""
+    if changes.closed:
+        return
     compacted, revision = reader.meta()
     next_rev = first_revision(start, revision)
     if next_rev <= compacted:
         raise watch_compacted(prefix, next_rev, compacted + 1)
     end = prefix_end(prefix)
-    while True:
+    while not changes.closed:
         ticket = changes.ticket()
         # The prefix is matched by sqlite, between next_rev and the newest revision read
         # first: a watch on nodes/ then never fetches (or wakes Python for) the rows of a
