@@ -21,6 +21,9 @@ in tests/store/test_contract.py. The rules:
   its own. A delete of an absent key with `expect=None` is a no-op inside a txn. One txn is one
   round trip (etcd Txn, one sqlite transaction): the boot callback writes its five keys in one.
 - A backend that cannot answer within its timeout raises `StoreUnavailable`.
+- `close()` ends every open watch: its iteration stops without an error. Closing twice is fine.
+
+The backends share their implementation of these rules through common.py.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from provisioner.errors import Conflict, ValidationError
+from provisioner.errors import Conflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,47 +143,3 @@ class KeyValueStore(Protocol):
 
     async def close(self) -> None: ...
 
-
-def check_key(key: str) -> str:
-    """Keys are absolute, printable paths: `/provisioner/v1/...`."""
-    if not key.startswith("/") or not key.isprintable() or len(key) > 1024:
-        raise ValidationError("key", f"{key!r} must be a printable path starting with '/'")
-    return key
-
-
-def check_expect(expect: int | None) -> None:
-    if expect is not None and expect < 0:
-        raise ValidationError("expect", "must be None, 0 (absent) or a revision > 0")
-
-
-def check_txn(ops: Sequence[TxnOp]) -> None:
-    """Validate a txn's ops: keys well formed and distinct, expectations sane."""
-    if not ops:
-        raise ValidationError("ops", "a txn needs at least one operation")
-    seen: set[str] = set()
-    for op in ops:
-        check_key(op.key)
-        check_expect(op.expect)
-        if op.key in seen:
-            raise ValidationError("ops", f"{op.key} appears twice in one txn")
-        seen.add(op.key)
-
-
-def txn_conflict(failed: Sequence[tuple[str, KeyValue | None, int | None]]) -> TxnConflict:
-    """The TxnConflict for (key, what was found, what was expected) of each failed op."""
-    message = "; ".join(conflict_message(key, found, expect) for key, found, expect in failed)
-    return TxnConflict(message, [key for key, _, _ in failed])
-
-
-def expect_matches(current: KeyValue | None, expect: int | None) -> bool:
-    if expect is None:
-        return True
-    if expect == 0:
-        return current is None
-    return current is not None and current.mod_revision == expect
-
-
-def conflict_message(key: str, current: KeyValue | None, expect: int | None) -> str:
-    found = "absent" if current is None else f"at revision {current.mod_revision}"
-    wanted = "absent" if expect == 0 else f"at revision {expect}"
-    return f"{key} changed: expected it {wanted}, found it {found}; read it again and retry"

@@ -8,21 +8,21 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from provisioner.errors import Conflict, NotFound
-from provisioner.store.base import (
-    Compacted,
-    EventType,
-    KeyValue,
-    RangeResult,
-    StoreStatus,
-    TxnOp,
-    WatchEvent,
+from provisioner.store.base import KeyValue, RangeResult, StoreStatus, TxnOp, WatchEvent
+from provisioner.store.common import (
+    Change,
+    Changes,
     check_expect,
     check_key,
     check_txn,
-    conflict_message,
-    expect_matches,
-    txn_conflict,
+    delete_refusal,
+    first_revision,
+    lease_gone,
+    plan_txn,
+    put_change,
+    put_refusal,
+    txn_refusal,
+    watch_compacted,
 )
 
 HISTORY = 100_000  # watch events kept for `watch(start=...)`
@@ -35,7 +35,7 @@ class MemoryStore:
         self._data: dict[str, KeyValue] = {}
         self._revision = 0
         self._history: deque[WatchEvent] = deque(maxlen=history)
-        self._changed = asyncio.Event()
+        self._changes = Changes()
         self._leases: dict[int, tuple[float, asyncio.TimerHandle | None]] = {}
         self._lease_ids = itertools.count(1)
         self._compacted = 0
@@ -53,65 +53,49 @@ class MemoryStore:
         check_key(key)
         check_expect(expect)
         current = self._data.get(key)
-        if not expect_matches(current, expect):
-            raise Conflict(conflict_message(key, current, expect))
+        if (refusal := put_refusal(key, current, expect)) is not None:
+            raise refusal
         if lease and lease not in self._leases:
-            raise NotFound(f"lease {lease} has expired or was revoked; grant a new one")
-        self._revision += 1
-        created = current.create_revision if current else self._revision
-        self._data[key] = KeyValue(key, bytes(value), created, self._revision, lease)
-        self._emit(WatchEvent(EventType.PUT, key, bytes(value), self._revision))
+            raise lease_gone(lease)
+        self._apply(put_change(key, value, current, self._revision + 1, lease))
         return self._revision
 
     async def delete(self, key: str, *, expect: int | None = None) -> int:
         check_key(key)
         check_expect(expect)
         current = self._data.get(key)
-        if expect is None and current is None:
-            raise NotFound(f"{key} does not exist")
-        if not expect_matches(current, expect):
-            raise Conflict(conflict_message(key, current, expect))
-        if current is None:
-            return self._revision  # expect=0 and absent: nothing to do
-        return self._remove(key)
+        if (refusal := delete_refusal(key, current, expect)) is not None:
+            raise refusal
+        if current is not None:  # (expect=0 and absent: nothing to do)
+            self._apply(Change(key, self._revision + 1, None))
+        return self._revision
 
     async def txn(self, ops: Sequence[TxnOp]) -> list[int]:
         check_txn(ops)
-        failed = [(op.key, self._data.get(op.key), op.expect) for op in ops
-                  if not expect_matches(self._data.get(op.key), op.expect)]
-        if failed:
-            raise txn_conflict(failed)
-        revisions: list[int] = []
-        for op in ops:
-            current = self._data.get(op.key)
-            if op.value is None:
-                revisions.append(self._remove(op.key) if current else self._revision)
-                continue
-            self._revision += 1
-            created = current.create_revision if current else self._revision
-            self._data[op.key] = KeyValue(op.key, bytes(op.value), created, self._revision)
-            self._emit(WatchEvent(EventType.PUT, op.key, bytes(op.value), self._revision))
-            revisions.append(self._revision)
+        found = [self._data.get(op.key) for op in ops]
+        if (conflict := txn_refusal(ops, found)) is not None:
+            raise conflict
+        changes, revisions = plan_txn(ops, found, self._revision)
+        for change in changes:
+            self._apply(change)
         return revisions
 
-    def _remove(self, key: str) -> int:
-        del self._data[key]
-        self._revision += 1
-        self._emit(WatchEvent(EventType.DELETE, key, b"", self._revision))
-        return self._revision
-
-    def _emit(self, event: WatchEvent) -> None:
-        self._history.append(event)
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _apply(self, change: Change) -> None:
+        if change.kv is None:
+            del self._data[change.key]
+        else:
+            self._data[change.key] = change.kv
+        self._revision = change.revision
+        self._history.append(change.event)
+        self._changes.notify()
 
     async def watch(self, prefix: str, start: int | None = None) -> AsyncIterator[WatchEvent]:
-        next_rev = self._revision + 1 if start is None else start
+        next_rev = first_revision(start, self._revision)
         oldest = self._history[0].revision if self._history else self._revision + 1
         if next_rev <= self._compacted or (next_rev < oldest and next_rev <= self._revision):
-            raise Compacted(f"revision {next_rev} was compacted; the oldest kept is {oldest}")
-        while True:
-            waiter = self._changed
+            raise watch_compacted(prefix, next_rev, max(oldest, self._compacted + 1))
+        while not self._changes.closed:
+            ticket = self._changes.ticket()
             # One event per revision, so the history is indexed by revision - oldest.
             oldest = self._history[0].revision if self._history else self._revision + 1
             for index in range(max(next_rev - oldest, 0), len(self._history)):
@@ -119,7 +103,7 @@ class MemoryStore:
                 next_rev = event.revision + 1
                 if event.key.startswith(prefix):
                     yield event
-            await waiter.wait()
+            await ticket.wait()
 
     async def compact(self, revision: int) -> None:
         while self._history and self._history[0].revision < revision:
@@ -139,12 +123,12 @@ class MemoryStore:
     def _expire(self, lease: int) -> None:
         self._leases.pop(lease, None)
         for key in [k for k, kv in self._data.items() if kv.lease == lease]:
-            self._remove(key)
+            self._apply(Change(key, self._revision + 1, None))
 
     async def keepalive(self, lease: int) -> None:
         entry = self._leases.get(lease)
         if entry is None:
-            raise NotFound(f"lease {lease} has expired or was revoked; grant a new one")
+            raise lease_gone(lease)
         ttl, handle = entry
         if handle is not None:
             handle.cancel()
@@ -161,6 +145,7 @@ class MemoryStore:
                            f"{len(self._leases)} leases, checked {time.strftime('%H:%M:%S')}")
 
     async def close(self) -> None:
+        self._changes.close()
         for _, handle in self._leases.values():
             if handle is not None:
                 handle.cancel()

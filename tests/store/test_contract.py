@@ -230,19 +230,73 @@ async def test_lease_keepalive_extends_and_revoke_deletes(store: KeyValueStore) 
     assert await store.get("/l/kept") is None
 
 
-async def test_put_with_unknown_lease_is_refused(store: KeyValueStore) -> None:
+async def test_a_dead_lease_is_refused_and_revoking_it_again_is_fine(
+        store: KeyValueStore) -> None:
     lease = await store.grant(5)
     await store.revoke(lease)
-    with pytest.raises(NotFound, match="lease"):
-        await store.put("/l/x", b"v", lease=lease)
+    await store.revoke(lease)  # revoking a lease that is already gone is fine
+    for expect in (None, 0):  # a plain put and a compare-and-swap alike
+        with pytest.raises(NotFound, match=f"lease {lease} "):
+            await store.put("/l/x", b"v", expect=expect, lease=lease)
+    assert await store.get("/l/x") is None
+    with pytest.raises(NotFound, match=f"lease {lease} "):
+        await store.keepalive(lease)
 
 
 async def test_status_reports_revision_and_keys(store: KeyValueStore) -> None:
-    rev = await store.put("/s/a", b"1")
+    await store.put("/s/a", b"1")
+    rev = await store.put("/s/b", b"2")
+    await store.put("/s/a", b"3")
     status = await store.status()
     assert status.backend == store.backend
-    assert status.revision >= rev
-    assert status.keys >= 1
+    assert status.revision >= rev + 1
+    assert status.keys == 2  # each test's store is new (etcd: a namespace of its own)
+
+
+async def test_range_reads_a_large_prefix_whole_at_one_revision(store: KeyValueStore) -> None:
+    """More keys than one read returns (etcd pages them), read while another task writes more:
+    the result is the prefix exactly as it stood at the revision it reports."""
+    count = 2500
+    for first in range(0, count, 100):
+        await store.txn([TxnOp(f"/many/{i:05d}", b"v") for i in range(first, first + 100)])
+    await store.put("/many-not", b"beside the prefix")
+    written: list[tuple[str, int]] = []
+    stop = asyncio.Event()
+
+    async def write_more() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            key = f"/many/{count + i:05d}"
+            written.append((key, await store.put(key, b"w")))
+            await asyncio.sleep(0)  # (a memory store's put never yields by itself)
+
+    writer = asyncio.create_task(write_more())
+    await asyncio.sleep(0.01)
+    result = await store.range("/many/")
+    stop.set()
+    await writer
+    expected = [f"/many/{i:05d}" for i in range(count)]
+    expected += [key for key, rev in written if rev <= result.revision]
+    assert [kv.key for kv in result.items] == expected
+    assert all(kv.mod_revision <= result.revision for kv in result.items)
+
+
+async def test_close_ends_open_watches(store: KeyValueStore) -> None:
+    await store.put("/w/a", b"1")
+    events: list[WatchEvent] = []
+
+    async def follow() -> None:
+        async for event in store.watch("/w/"):
+            events.append(event)
+
+    watcher = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)  # the watch is open and waiting
+    await store.close()
+    await store.close()  # closing twice is fine
+    async with asyncio.timeout(3):
+        await watcher  # ends cleanly: the iteration stops, it does not raise
+    assert events == []
 
 
 # -- txn: several writes, all or none --------------------------------------------------------

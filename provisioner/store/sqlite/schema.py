@@ -1,0 +1,130 @@
+"""The sqlite store's tables, its connections, and the statements that read and write them.
+
+`kv` holds the keys, `log` every change by revision (what `watch` reads forward), `leases` the
+leases and their deadlines, `meta` the revision counter and how far the log was compacted. The
+write statements run in the writer thread inside its open transaction (writer.py); the reads
+run on the caller's thread on a second connection (`Reader`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import StoreUnavailable
+from provisioner.store.base import KeyValue, RangeResult
+from provisioner.store.common import Change, prefix_end
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+"""
+PUT_KV = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)"
+PUT_LOG = "INSERT INTO log VALUES (?, ?, ?, 0)"
+
+
+def connect(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
+    """A connection in WAL mode (readers never block the writer) in autocommit: transactions
+    are begun explicitly."""
+    try:
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
+    return db
+
+
+# -- writes: in the writer thread, inside its transaction ------------------------------------
+
+
+def current(db: sqlite3.Connection, key: str) -> KeyValue | None:
+    row = db.execute("SELECT * FROM kv WHERE key = ?", (key,)).fetchone()
+    return KeyValue(*row) if row else None
+
+
+def write(db: sqlite3.Connection, change: Change) -> None:
+    """Apply `change` to `kv` and append it to the `log`."""
+    kv = change.kv
+    if kv is None:
+        db.execute("DELETE FROM kv WHERE key = ?", (change.key,))
+        db.execute("INSERT INTO log VALUES (?, ?, x'', 1)", (change.revision, change.key))
+        return
+    db.execute(PUT_KV, (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease))
+    db.execute(PUT_LOG, (change.revision, kv.key, kv.value))
+
+
+def drop_lease(db: sqlite3.Connection, lease: int, rev: int) -> int:
+    """Forget `lease` and delete its keys from revision `rev` on; the new revision."""
+    db.execute("DELETE FROM leases WHERE id = ?", (lease,))
+    keys = db.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)).fetchall()
+    for (key,) in keys:
+        rev += 1
+        write(db, Change(key, rev, None))
+    return rev
+
+
+def prune(db: sqlite3.Connection, upto: int) -> None:
+    """Drop the log up to revision `upto`: a watch from there on raises Compacted."""
+    if upto <= 0:
+        return
+    db.execute("DELETE FROM log WHERE rev <= ?", (upto,))
+    db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (upto,))
+
+
+# -- reads: inline, on the caller's thread ---------------------------------------------------
+
+
+class Reader:
+    """The read connection. A point read costs tens of microseconds, less than a hop to a
+    thread pool would, so reads run inline on the caller's thread."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self._path = path
+        self._db = db
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store {self._path} read failed: {exc}") from exc
+
+    def get(self, key: str) -> KeyValue | None:
+        rows = self.read("SELECT * FROM kv WHERE key = ?", (key,))
+        return KeyValue(*rows[0]) if rows else None
+
+    def range(self, prefix: str) -> RangeResult:
+        # One read transaction so the revision matches the rows (watch from revision + 1).
+        try:
+            self._db.execute("BEGIN")
+            rows = self._db.execute(
+                "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, prefix_end(prefix)),
+            ).fetchall()
+            revision = self._db.execute(
+                "SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store {self._path} read failed: {exc}") from exc
+        return RangeResult([KeyValue(*row) for row in rows], revision)
+
+    def meta(self) -> tuple[int, int]:
+        """(the revision the log was compacted to, the store's revision)."""
+        rows = dict(self.read("SELECT name, value FROM meta"))
+        return rows["compacted"], rows["revision"]
+
+    def close(self) -> None:
+        self._db.close()
