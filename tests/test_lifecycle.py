@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 
 import pytest
 
@@ -20,7 +21,14 @@ from provisioner.nodes.lifecycle import (
     check_transition,
     timeline,
 )
-from provisioner.nodes.model import BootEvent, Group, MacAddress, Node, NodeState
+from provisioner.nodes.model import (
+    BootEvent,
+    Group,
+    MacAddress,
+    Node,
+    NodeState,
+    SettingValue,
+)
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 
@@ -245,3 +253,45 @@ def test_timeline_orders_events_and_only_state_changes_have_durations() -> None:
     assert [e.state for e in entries] == [None, None, "provisioning", "booted"]
     assert [e.offset for e in entries] == [0.0, 0.5, 1.0, 30.0]
     assert timeline([], 1.0) == []
+
+
+def _layered_by_hand(node: Node, groups: dict[str, Group],
+                     defaults: dict[str, SettingValue]) -> dict[str, SettingValue]:
+    """How Lifecycle layered settings before it used model.effective_values: the reference
+    the one function must still agree with (it adds only the node's `image` field)."""
+    layers: list[Mapping[str, SettingValue]] = [defaults]
+    layers += [groups[g].settings for g in node.groups if g in groups]
+    layers.append(node.settings)
+    return {k: v for layer in layers for k, v in layer.items()}
+
+
+async def test_the_handoff_ticket_and_timeout_read_the_one_layering() -> None:
+    groups = [Group("batch", {"scheduler_partition": "batch", "callback_timeout": 120}),
+              Group("gpu", {"scheduler_features": "gpu", "scheduler_partition": "gpu"}),
+              Group("slow", {"callback_timeout": 1800})]
+    defaults: dict[str, SettingValue] = {"scheduler_partition": "default",
+                                         "callback_timeout": 300}
+    inventory = Inventory(MemoryStore())
+    for group in groups:
+        await inventory.add_group(group)
+    nodes = [Node(MacAddress(f"52:54:00:00:04:{i:02x}"), f"n{i}", image="compute:1",
+                  groups=tuple(g.name for g in order),
+                  settings={"scheduler_features": "fast"} if i % 2 else {})
+             for i, order in enumerate(itertools.permutations(groups))]
+    nodes.append(Node(MacAddress("52:54:00:00:04:ff"), "lonely", groups=("gone",)))
+    await inventory.start()
+    try:
+        await asyncio.sleep(0.05)  # the groups reach the cache through the watch
+        life = Lifecycle(inventory, None, Clock(), defaults=defaults)
+        by_name = {g.name: g for g in groups}
+        for node in nodes:
+            before = _layered_by_hand(node, by_name, defaults)
+            after = life.effective(node)
+            assert {k: v for k, v in after.items() if k != "image"} == before, node.groups
+            assert after.get("image") == node.image
+            ticket = life.ticket(node, FACTS)
+            assert ticket.partition == before["scheduler_partition"]
+            assert ",".join(ticket.features) == before.get("scheduler_features", "")
+            assert life.callback_timeout(node) == before["callback_timeout"]
+    finally:
+        await inventory.stop()

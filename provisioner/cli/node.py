@@ -30,6 +30,7 @@ from provisioner.nodes.model import (
     check_ipv4,
     parse_enum,
     redact,
+    setting_values,
     unique,
 )
 
@@ -117,7 +118,7 @@ def show(
     if as_json:
         data = shown(node)
         if effective:
-            values = redact({k: e.value for k, e in resolved.items()})
+            values = redact(setting_values(resolved))
             data["effective"] = {k: {"value": values[k], "source": e.source}
                                  for k, e in resolved.items()}
         print_json(data)
@@ -130,7 +131,7 @@ def show(
 
 def _show_settings(node: Node, resolved: dict[str, Effective], effective: bool) -> None:
     if effective:
-        values = redact({k: e.value for k, e in resolved.items()})
+        values = redact(setting_values(resolved))
         rows: list[list[object]] = [[k, values[k], e.source] for k, e in resolved.items()]
         typer.echo("")
         print_table(["setting", "value", "from"], rows)

@@ -32,7 +32,7 @@ from provisioner.nodes.model import (
     Node,
     NodeState,
     SettingValue,
-    effective_settings,
+    effective_values,
 )
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,7 @@ class DhcpServer:
                                 mac=mac, arch=policy.client_arch(packet), override=override)
 
     def _effective(self, node: Node) -> dict[str, SettingValue]:
-        resolved = effective_settings(node, self.inventory.cached_groups(), self.defaults)
-        return {k: e.value for k, e in resolved.items()}
+        return effective_values(node, self.inventory.cached_groups(), self.defaults)
 
     async def _on_request(self, decision: policy.Request,
                           transport: asyncio.DatagramTransport) -> None:

@@ -27,7 +27,14 @@ from typing import Any, Final, Protocol
 from provisioner.errors import InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
 from provisioner.inventory.repository import Also, Inventory
-from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState, SettingValue
+from provisioner.nodes.model import (
+    BootEvent,
+    MacAddress,
+    Node,
+    NodeState,
+    SettingValue,
+    effective_values,
+)
 from provisioner.store.base import TxnOp
 
 log = logging.getLogger(__name__)
@@ -202,11 +209,8 @@ class Lifecycle:
     # -- callback deadlines ---------------------------------------------------------------
 
     def effective(self, node: Node) -> dict[str, SettingValue]:
-        layers: list[Mapping[str, SettingValue]] = [self.defaults]
-        groups = self.inventory.cached_groups()
-        layers += [groups[g].settings for g in node.groups if g in groups]
-        layers.append(node.settings)
-        return {k: v for layer in layers for k, v in layer.items()}
+        """The node's effective settings, from the cached groups."""
+        return effective_values(node, self.inventory.cached_groups(), self.defaults)
 
     def callback_timeout(self, node: Node) -> float:
         value = self.effective(node).get("callback_timeout", DEFAULT_CALLBACK_TIMEOUT)
