@@ -208,7 +208,7 @@ def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION)
     """The node's timeline: every event, and how long it stayed in each state."""
     import time
 
-    from provisioner.nodes.lifecycle import timeline
+    from provisioner.nodes.timeline import timeline
 
     async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
         node = (await inv.get_node(ref)).value

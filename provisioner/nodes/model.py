@@ -130,6 +130,20 @@ class NodeState(enum.StrEnum):
     RETIRED = "retired"
 
 
+class NodeEvent(enum.StrEnum):
+    """What happens to a node; lifecycle.TRANSITIONS says which state each moves it to."""
+
+    REGISTER = "register"  # an operator accepts, resets or brings back a node
+    BOOT_SCRIPT_SERVED = "boot_script_served"  # the iPXE route served its script
+    CALLBACK = "callback"  # the booted image called back
+    HANDED_OFF = "handed_off"  # the scheduler confirmed it (or handoff is off)
+    DRAIN = "drain"  # taken out of the scheduler, e.g. before a reimage
+    RESUME = "resume"  # back to ready without a reboot (a reimage skipped it)
+    REIMAGE = "reimage"  # a reimage takes it
+    FAIL = "fail"  # no callback in time, a render or power error, an operator
+    RETIRE = "retire"  # out of service
+
+
 def parse_enum(kind: type[E], value: str, field_name: str) -> E:
     try:
         return kind(value)

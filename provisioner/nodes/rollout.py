@@ -27,12 +27,13 @@ from typing import Any, Final, Protocol
 
 from provisioner.errors import HandoffError, NotFound, PowerError, ProvisionerError
 from provisioner.inventory.repository import ROOT, Inventory
-from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.nodes.model import MacAddress, Node, NodeEvent, NodeState
 from provisioner.power.base import OneTimeBoot, PowerDriver
 
 log = logging.getLogger(__name__)
 REIMAGE: Final = ROOT + "reimage/"
 S = NodeState
+E = NodeEvent
 
 
 class Scheduler(Protocol):
@@ -48,7 +49,7 @@ class Scheduler(Protocol):
 class States(Protocol):
     """lifecycle.Lifecycle.transition: the one way a node's state changes (checked, evented)."""
 
-    async def transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
+    async def transition(self, mac: MacAddress | str, event: NodeEvent, *, reason: str,
                          detail: Mapping[str, Any] | None = None,
                          change: Callable[[Node], Node] | None = None) -> Node: ...
 
@@ -249,7 +250,7 @@ class Rollout:
         except HandoffError as exc:
             raise NodeFailed(f"the scheduler did not drain it: {exc}") from None
         if node.state in (S.READY, S.BOOTED):
-            node = await self.states.transition(node.mac, S.DRAINING,
+            node = await self.states.transition(node.mac, E.DRAIN,
                                                 reason=f"reimage to {request.image}")
         if not request.force:
             await self._emit(name, Step.WAITING_IDLE, "waiting for its jobs to end")
@@ -266,7 +267,7 @@ class Rollout:
     async def _cycle_and_wait(self, node: Node, request: Request) -> bool:
         since = self.clock()
         node = await self.states.transition(
-            node.mac, S.REIMAGING, reason=f"reimage to {request.image}",
+            node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
             detail={"image": request.image, "version": request.version},
             change=lambda n: n.with_changes(image=request.image))
         await self._emit(node.name, Step.POWER_CYCLE, "power-cycling")
@@ -320,7 +321,7 @@ class Rollout:
     async def _fail(self, node: Node, reason: str) -> None:
         """Mark the node failed (it stays drained) and end its part of the rollout."""
         try:
-            await self.states.transition(node.mac, S.FAILED, reason=f"reimage: {reason}")
+            await self.states.transition(node.mac, E.FAIL, reason=f"reimage: {reason}")
         except ProvisionerError as exc:  # already failed by the callback timeout sweep
             log.info("%s: not moved to failed: %s", node.name, exc)
         raise NodeFailed(reason)
@@ -330,7 +331,7 @@ class Rollout:
             await self.scheduler.resume(node.name)
             current = (await self.inventory.get_node(node.name)).value
             if current.state is S.DRAINING:
-                await self.states.transition(node.mac, S.READY, reason="reimage skipped")
+                await self.states.transition(node.mac, E.RESUME, reason="reimage skipped")
         except ProvisionerError as exc:
             log.warning("%s: could not undo the drain: %s", node.name, exc)
 

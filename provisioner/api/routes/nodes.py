@@ -21,8 +21,8 @@ from provisioner.api.schemas import (
     Timeline,
 )
 from provisioner.inventory.repository import node_to_dict
-from provisioner.nodes.lifecycle import timeline
 from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4, redact
+from provisioner.nodes.timeline import timeline
 from provisioner.power.base import driver_for, power_action
 from provisioner.security.tokens import Role
 
@@ -86,8 +86,8 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         versioned = await inv.update_node_versioned(ref, lambda n: _patched(n, fields))
         node = versioned.value
         if body.state is not None and body.state is not node.state:
-            node = await ctx.lifecycle.transition(node.mac, body.state,
-                                                  reason=f"set by {who.who}")
+            node = await ctx.lifecycle.set_state(node.mac, body.state,
+                                                 reason=f"set by {who.who}")
         await inv.settle(versioned.revision)
         await ctx.audit.record(who.who, "node.update", node.mac.value, "ok", ctx.clock(),
                                detail={"fields": sorted(body.model_dump(exclude_unset=True))})
