@@ -36,8 +36,9 @@ S = NodeState
 E = NodeEvent
 
 
-class Scheduler(Protocol):
-    """What a rollout needs of handoff.base.Handoff."""
+class DrainControl(Protocol):
+    """What a rollout needs of handoff.base.Handoff: take a node out of the scheduler's
+    service, see when its jobs have ended, put it back."""
 
     async def drain(self, name: str, reason: str) -> None: ...
 
@@ -66,7 +67,9 @@ class Step(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Request:
+class RolloutRequest:
+    """What to reimage and how: the nodes, the image, the wave size and the limits."""
+
     nodes: tuple[str, ...]
     image: str  # NAME or NAME:VERSION, as the node's `image` will hold it
     version: str | None = None  # the version the callback must report; None: any that boots
@@ -155,24 +158,24 @@ async def load_status(inventory: Inventory, rollout_id: str | None = None) -> Ro
 
 
 class Rollout:
-    """Runs one reimage request; see the module docstring for the steps."""
+    """Runs one RolloutRequest; see the module docstring for the steps."""
 
-    def __init__(self, inventory: Inventory, states: States, scheduler: Scheduler,
+    def __init__(self, inventory: Inventory, states: States, drains: DrainControl,
                  power_for: Callable[[Node], Awaitable[PowerDriver]], *,
                  on_progress: Callable[[Progress], None] | None = None,
                  clock: Callable[[], float] = time.time, poll: float = 1.0) -> None:
-        self.inventory, self.states, self.scheduler = inventory, states, scheduler
+        self.inventory, self.states, self.drains = inventory, states, drains
         self.power_for, self.on_progress = power_for, on_progress
         self.clock, self.poll = clock, poll
         self.status: RolloutStatus | None = None
         self._plan: list[list[str]] = []
 
-    async def run(self, request: Request) -> RolloutStatus:
+    async def run(self, request: RolloutRequest) -> RolloutStatus:
         """Start and execute: returns when every node is done, failed or skipped."""
         await self.start(request)
         return await self.execute(request)
 
-    async def start(self, request: Request) -> RolloutStatus:
+    async def start(self, request: RolloutRequest) -> RolloutStatus:
         """Check the nodes, plan the waves and save the status (state "running"). Nothing has
         changed on any node yet; an API can return the id here and `execute` in a task."""
         if not request.nodes:
@@ -192,7 +195,7 @@ class Rollout:
                          f"rollout {status.id}")
         return status
 
-    async def execute(self, request: Request) -> RolloutStatus:
+    async def execute(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
         try:
             for number, wave in enumerate(self._plan, 1):
@@ -208,7 +211,7 @@ class Rollout:
             raise
         return await self._finish(request)
 
-    async def _finish(self, request: Request) -> RolloutStatus:
+    async def _finish(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
         for progress in status.nodes.values():
             if progress.step is Step.PENDING:
@@ -223,7 +226,7 @@ class Rollout:
                          f"{len(status.nodes) - done - status.failures} skipped")
         return status
 
-    async def _one(self, name: str, request: Request) -> None:
+    async def _one(self, name: str, request: RolloutRequest) -> None:
         progress = self._status().nodes[name]
         progress.started = self.clock()
         try:
@@ -241,12 +244,12 @@ class Rollout:
         if finished:
             await self._emit(name, Step.DONE, f"running {request.image} and resumed")
 
-    async def _reimage(self, name: str, request: Request) -> bool:
+    async def _reimage(self, name: str, request: RolloutRequest) -> bool:
         """Returns False when the node was skipped (the rollout stopped meanwhile)."""
         node = (await self.inventory.get_node(name)).value
         await self._emit(name, Step.DRAINING, "draining in the scheduler")
         try:
-            await self.scheduler.drain(name, f"reimage to {request.image}")
+            await self.drains.drain(name, f"reimage to {request.image}")
         except HandoffError as exc:
             raise NodeFailed(f"the scheduler did not drain it: {exc}") from None
         if node.state in (S.READY, S.BOOTED):
@@ -264,7 +267,7 @@ class Rollout:
             return False
         return await self._cycle_and_wait(node, request)
 
-    async def _cycle_and_wait(self, node: Node, request: Request) -> bool:
+    async def _cycle_and_wait(self, node: Node, request: RolloutRequest) -> bool:
         since = self.clock()
         node = await self.states.transition(
             node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
@@ -285,7 +288,7 @@ class Rollout:
         except NodeFailed as exc:
             await self._fail(node, str(exc))
         try:
-            await self.scheduler.resume(node.name)
+            await self.drains.resume(node.name)
         except HandoffError as exc:
             raise NodeFailed(f"booted {request.image} but the scheduler did not resume it: "
                              f"{exc}; resume it by hand") from None
@@ -295,7 +298,7 @@ class Rollout:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                if await self.scheduler.is_idle(name):
+                if await self.drains.is_idle(name):
                     return True
             except HandoffError as exc:
                 log.warning("is_idle(%s): %s", name, exc)
@@ -303,7 +306,7 @@ class Rollout:
                 return False
             await asyncio.sleep(self.poll)
 
-    async def _wait_ready(self, node: Node, since: float, request: Request) -> None:
+    async def _wait_ready(self, node: Node, since: float, request: RolloutRequest) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout
         booted = False
@@ -328,7 +331,7 @@ class Rollout:
 
     async def _undrain(self, node: Node) -> None:
         try:
-            await self.scheduler.resume(node.name)
+            await self.drains.resume(node.name)
             current = (await self.inventory.get_node(node.name)).value
             if current.state is S.DRAINING:
                 await self.states.transition(node.mac, E.RESUME, reason="reimage skipped")
@@ -354,7 +357,7 @@ class Rollout:
         await self.inventory.store.put(REIMAGE + status.id, json.dumps(status.to_dict()).encode())
 
 
-def check_event(kind: str, detail: Mapping[str, Any], request: Request) -> bool:
+def check_event(kind: str, detail: Mapping[str, Any], request: RolloutRequest) -> bool:
     """True for the callback we wait for; raises NodeFailed for one that proves failure."""
     if kind == "failed":
         raise NodeFailed(f"the node failed: {detail.get('reason', 'see its events')}")
