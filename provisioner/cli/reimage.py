@@ -11,7 +11,7 @@ from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_
 from provisioner.config import Settings
 from provisioner.errors import ValidationError
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import Node, check_setting
+from provisioner.nodes.model import Node, check_setting, setting_values
 from provisioner.nodes.rollout import (
     Progress,
     Rollout,
@@ -19,7 +19,8 @@ from provisioner.nodes.rollout import (
     RolloutStatus,
     load_status,
 )
-from provisioner.power.base import PowerDriver, driver_for_node
+from provisioner.power.base import PowerDriver
+from provisioner.power.registry import open_power
 from provisioner.store import open_store
 
 
@@ -91,8 +92,9 @@ async def _run(settings: Settings, request: RolloutRequest, quiet: bool) -> Roll
         lifecycle = Lifecycle(inventory, handoff=None, defaults=settings.defaults)
 
         async def power_for(node: Node) -> PowerDriver:
-            return await driver_for_node(inventory, node, settings.defaults,
-                                         notify=lambda text: typer.echo(text, err=True))
+            effective = await inventory.effective(node, settings.defaults)
+            return open_power(setting_values(effective), node=node.name,
+                              notify=lambda text: typer.echo(text, err=True))
 
         rollout = Rollout(inventory, lifecycle, scheduler, power_for,
                           on_progress=None if quiet else _print_progress)

@@ -21,9 +21,18 @@ from provisioner.api.schemas import (
     Timeline,
 )
 from provisioner.inventory.repository import node_to_dict
-from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4, redact
+from provisioner.nodes.model import (
+    Firmware,
+    MacAddress,
+    Node,
+    NodeState,
+    check_ipv4,
+    redact,
+    setting_values,
+)
 from provisioner.nodes.timeline import timeline
-from provisioner.power.base import driver_for, power_action
+from provisioner.power.base import power_action
+from provisioner.power.registry import open_power
 from provisioner.security.tokens import Role
 
 READ = responses(401, 403, 404, 422)
@@ -126,9 +135,8 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         """Power on, off, cycle (hard reset) or read the state, through the node's
         power_driver setting."""
         node = (await inv.get_node(ref)).value
-        settings = {k: e.value for k, e in (await inv.effective(
-            node, ctx.settings.defaults)).items()}
-        driver = driver_for(settings, node=node.name)
+        effective = await inv.effective(node, ctx.settings.defaults)
+        driver = open_power(setting_values(effective), node=node.name)
         try:
             state = await power_action(driver, body.action)
         finally:

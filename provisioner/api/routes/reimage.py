@@ -19,9 +19,10 @@ from provisioner.api.schemas import ReimageAccepted, ReimageRequest, RolloutOut
 from provisioner.errors import ProvisionerError
 from provisioner.handoff import open_handoff
 from provisioner.images.format.catalog import split_ref
-from provisioner.nodes.model import Node
+from provisioner.nodes.model import Node, setting_values
 from provisioner.nodes.rollout import Rollout, RolloutRequest, load_status
-from provisioner.power.base import PowerDriver, driver_for
+from provisioner.power.base import PowerDriver
+from provisioner.power.registry import open_power
 from provisioner.security.tokens import Role
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
 async def _start(ctx: ApiContext, request: RolloutRequest) -> str:
     async def power_for(node: Node) -> PowerDriver:
         effective = await ctx.inventory.effective(node, ctx.settings.defaults)
-        return driver_for({k: e.value for k, e in effective.items()}, node=node.name)
+        return open_power(setting_values(effective), node=node.name)
 
     handoff = open_handoff(ctx.settings)
     rollout = Rollout(ctx.inventory, ctx.lifecycle, handoff, power_for, clock=ctx.clock)
