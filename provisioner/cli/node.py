@@ -84,7 +84,8 @@ def list_(
     ctx: typer.Context,
     node_state: str | None = typer.Option(None, "--state", help="Only nodes in this state."),
     group: str | None = typer.Option(None, "--group", help="Only members of this group."),
-    image: str | None = typer.Option(None, "--image", help="Only nodes with this image."),
+    image: str | None = typer.Option(None, "--image", help="Only nodes on this image: NAME "
+                                     "(any version) or NAME:VERSION."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List nodes, sorted by name."""

@@ -325,10 +325,10 @@ class Inventory:
 
     async def list_nodes(self, *, state: NodeState | None = None, group: str | None = None,
                          image: str | None = None) -> list[Node]:
+        """Nodes read from the store; `image` matches as in page_nodes (image_matches)."""
         result = await self.store.range(NODES)
         nodes = [node_from_dict(json.loads(kv.value)) for kv in result.items]
-        return [n for n in nodes if (state is None or n.state is state)
-                and (group is None or group in n.groups) and (image is None or n.image == image)]
+        return [n for n in nodes if _matches(n, state, group, image)]
 
     async def add_node(self, node: Node) -> int:
         """Create a node; its MAC, name and IP must all be free."""
