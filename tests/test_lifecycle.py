@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 
 import pytest
 
@@ -17,34 +18,45 @@ from provisioner.nodes.lifecycle import (
     DEFAULT_CALLBACK_TIMEOUT,
     TRANSITIONS,
     Lifecycle,
-    check_transition,
-    timeline,
+    event_between,
+    next_state,
 )
-from provisioner.nodes.model import BootEvent, Group, MacAddress, Node, NodeState
+from provisioner.nodes.model import Group, MacAddress, Node, NodeEvent, NodeState, SettingValue
+from provisioner.nodes.timeline import timeline
 from provisioner.store.base import KeyValueStore
 from provisioner.store.memory import MemoryStore
 
 S = NodeState
+E = NodeEvent
 MAC = MacAddress("52:54:00:00:00:01")
 FACTS = {"cpus": 4, "memory_mib": 2048, "disks": [], "nics": [{"name": "eth0", "mac": str(MAC)}]}
-#: the table as the design reads it; the test fails if the code drifts from it
-LEGAL = {
-    (S.DISCOVERED, S.REGISTERED), (S.DISCOVERED, S.PROVISIONING), (S.DISCOVERED, S.FAILED),
-    (S.DISCOVERED, S.RETIRED),
-    (S.REGISTERED, S.PROVISIONING), (S.REGISTERED, S.FAILED), (S.REGISTERED, S.RETIRED),
-    (S.PROVISIONING, S.PROVISIONING), (S.PROVISIONING, S.BOOTED), (S.PROVISIONING, S.FAILED),
-    (S.PROVISIONING, S.REGISTERED),
-    (S.BOOTED, S.READY), (S.BOOTED, S.PROVISIONING), (S.BOOTED, S.DRAINING),
-    (S.BOOTED, S.FAILED),
-    (S.READY, S.PROVISIONING), (S.READY, S.DRAINING), (S.READY, S.REIMAGING),
-    (S.READY, S.FAILED),
-    (S.DRAINING, S.READY), (S.DRAINING, S.PROVISIONING), (S.DRAINING, S.REIMAGING),
-    (S.DRAINING, S.FAILED), (S.DRAINING, S.RETIRED),
-    (S.REIMAGING, S.PROVISIONING), (S.REIMAGING, S.FAILED), (S.REIMAGING, S.READY),
-    (S.FAILED, S.PROVISIONING), (S.FAILED, S.BOOTED), (S.FAILED, S.REGISTERED),
-    (S.FAILED, S.REIMAGING), (S.FAILED, S.RETIRED),
-    (S.RETIRED, S.REGISTERED),
-}
+#: the table as the design reads it, (from, event, to); the test fails if the code drifts
+ROWS = [
+    (S.DISCOVERED, E.REGISTER, S.REGISTERED), (S.PROVISIONING, E.REGISTER, S.REGISTERED),
+    (S.FAILED, E.REGISTER, S.REGISTERED), (S.RETIRED, E.REGISTER, S.REGISTERED),
+    (S.DISCOVERED, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.REGISTERED, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.PROVISIONING, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.BOOTED, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.READY, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.DRAINING, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.REIMAGING, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.FAILED, E.BOOT_SCRIPT_SERVED, S.PROVISIONING),
+    (S.PROVISIONING, E.CALLBACK, S.BOOTED), (S.FAILED, E.CALLBACK, S.BOOTED),
+    (S.BOOTED, E.HANDED_OFF, S.READY),
+    (S.BOOTED, E.DRAIN, S.DRAINING), (S.READY, E.DRAIN, S.DRAINING),
+    (S.DRAINING, E.RESUME, S.READY), (S.REIMAGING, E.RESUME, S.READY),
+    (S.READY, E.REIMAGE, S.REIMAGING), (S.DRAINING, E.REIMAGE, S.REIMAGING),
+    (S.FAILED, E.REIMAGE, S.REIMAGING),
+    (S.DISCOVERED, E.FAIL, S.FAILED), (S.REGISTERED, E.FAIL, S.FAILED),
+    (S.PROVISIONING, E.FAIL, S.FAILED), (S.BOOTED, E.FAIL, S.FAILED),
+    (S.READY, E.FAIL, S.FAILED), (S.DRAINING, E.FAIL, S.FAILED),
+    (S.REIMAGING, E.FAIL, S.FAILED),
+    (S.DISCOVERED, E.RETIRE, S.RETIRED), (S.REGISTERED, E.RETIRE, S.RETIRED),
+    (S.DRAINING, E.RETIRE, S.RETIRED), (S.FAILED, E.RETIRE, S.RETIRED),
+]
+MISSING = [(s, e) for s, e in itertools.product(S, E)
+           if (s, e) not in {(a, b) for a, b, _ in ROWS}]
 
 
 class Clock:
@@ -55,26 +67,78 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize(("current", "target"), list(itertools.product(S, S)))
-def test_every_pair_of_states_is_legal_or_refused_with_the_allowed_targets(
-        current: NodeState, target: NodeState) -> None:
+def test_the_code_reads_the_table_as_the_design_does() -> None:
+    assert {(a, e, b) for (a, e), b in TRANSITIONS.items()} == set(ROWS)
+    assert len(ROWS) == len(set(ROWS))
+    assert {a for a, _, _ in ROWS} == set(S)  # every state has a way out
+    assert S.RETIRED not in BOOTABLE and S.DRAINING in BOOTABLE
+
+
+def test_an_event_leads_to_one_state_and_two_states_are_joined_by_one_event() -> None:
+    """So an error can name where an event leads, and an operator's `set state` finds the one
+    event that does it."""
+    for event in E:
+        assert len({b for _, e, b in ROWS if e is event}) == 1, event
+    pairs = [(a, b) for a, _, b in ROWS]
+    assert len(pairs) == len(set(pairs))
+
+
+@pytest.mark.parametrize(("current", "event", "target"), ROWS)
+async def test_each_row_moves_a_stored_node_and_records_the_event(
+        current: NodeState, event: NodeEvent, target: NodeState) -> None:
     node = Node(MAC, "node001", state=current)
-    if (current, target) in LEGAL:
-        check_transition(node, target)
-        return
+    assert next_state(node, event) is target
+    assert event_between(node, target) is event
+    inventory = await _inventory(MemoryStore(), node)
+    try:
+        moved = await Lifecycle(inventory, None, Clock()).transition(MAC, event, reason="test")
+        assert moved.state is target
+        assert (await inventory.get_node("node001")).value.state is target
+        [recorded] = await inventory.list_events(MAC)
+        assert recorded.kind == target.value
+        assert recorded.detail["from"] == current.value
+        assert recorded.detail["event"] == event.value
+    finally:
+        await inventory.stop()
+
+
+@pytest.mark.parametrize(("current", "event"), MISSING)
+def test_an_event_not_in_the_table_is_refused_with_the_allowed_targets(
+        current: NodeState, event: NodeEvent) -> None:
+    node = Node(MAC, "node001", state=current)
     with pytest.raises(InvalidTransition) as refused:
-        check_transition(node, target)
+        next_state(node, event)
     message = str(refused.value)
     assert f"node node001 is {current.value}" in message
-    assert f"cannot go to {target.value}" in message
-    for allowed in TRANSITIONS[current]:
-        assert allowed.value in message.split("can go to:")[1]
+    assert refused.value.allowed == tuple(sorted({b.value for a, _, b in ROWS if a is current}))
+    for allowed in refused.value.allowed:
+        assert allowed in message.split("can go to:")[1]
 
 
-def test_the_table_covers_every_state_and_retired_is_nearly_final() -> None:
-    assert set(TRANSITIONS) == set(S)
-    assert {(a, b) for a, targets in TRANSITIONS.items() for b in targets} == LEGAL
-    assert S.RETIRED not in BOOTABLE and S.DRAINING in BOOTABLE
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(S, S)))
+def test_setting_a_state_needs_a_row_between_the_two(current: NodeState,
+                                                     target: NodeState) -> None:
+    node = Node(MAC, "node001", state=current)
+    rows = [e for a, e, b in ROWS if a is current and b is target]
+    if rows:
+        assert event_between(node, target) is rows[0]
+        return
+    with pytest.raises(InvalidTransition, match=f"cannot go to {target.value};"):
+        event_between(node, target)
+
+
+async def test_an_operator_sets_a_state_through_the_table() -> None:
+    inventory = await _inventory(MemoryStore(), Node(MAC, "node001", state=S.FAILED))
+    try:
+        life = Lifecycle(inventory, None, Clock())
+        node = await life.set_state(MAC, S.RETIRED, reason="set by admin")
+        assert node.state is S.RETIRED
+        with pytest.raises(InvalidTransition, match=r"from retired it can go to: registered$"):
+            await life.set_state(MAC, S.READY, reason="set by admin")
+        [event] = await inventory.list_events(MAC)
+        assert event.detail["event"] == "retire" and event.detail["reason"] == "set by admin"
+    finally:
+        await inventory.stop()
 
 
 async def _inventory(store: KeyValueStore, *nodes: Node) -> Inventory:
@@ -231,17 +295,43 @@ async def test_deadlines_survive_a_restart_from_the_provisioning_event(
         await inventory.stop()
 
 
-def test_timeline_orders_events_and_only_state_changes_have_durations() -> None:
-    events = [
-        BootEvent(MAC, "booted", 130.0, {"from": "provisioning"}),
-        BootEvent(MAC, "dhcp_offered", 100.0, {}),
-        BootEvent(MAC, "provisioning", 101.0, {"from": "registered"}),
-        BootEvent(MAC, "tftp_served", 100.5, {"file": "undionly.kpxe"}),
-    ]
-    entries = timeline(events, now=150.0)
-    assert [e.event.kind for e in entries] == ["dhcp_offered", "tftp_served", "provisioning",
-                                               "booted"]
-    assert [e.duration for e in entries] == [None, None, 29.0, 20.0]
-    assert [e.state for e in entries] == [None, None, "provisioning", "booted"]
-    assert [e.offset for e in entries] == [0.0, 0.5, 1.0, 30.0]
-    assert timeline([], 1.0) == []
+def _layered_by_hand(node: Node, groups: dict[str, Group],
+                     defaults: dict[str, SettingValue]) -> dict[str, SettingValue]:
+    """How Lifecycle layered settings before it used model.effective_values: the reference
+    the one function must still agree with (it adds only the node's `image` field)."""
+    layers: list[Mapping[str, SettingValue]] = [defaults]
+    layers += [groups[g].settings for g in node.groups if g in groups]
+    layers.append(node.settings)
+    return {k: v for layer in layers for k, v in layer.items()}
+
+
+async def test_the_handoff_ticket_and_timeout_read_the_one_layering() -> None:
+    groups = [Group("batch", {"scheduler_partition": "batch", "callback_timeout": 120}),
+              Group("gpu", {"scheduler_features": "gpu", "scheduler_partition": "gpu"}),
+              Group("slow", {"callback_timeout": 1800})]
+    defaults: dict[str, SettingValue] = {"scheduler_partition": "default",
+                                         "callback_timeout": 300}
+    inventory = Inventory(MemoryStore())
+    for group in groups:
+        await inventory.add_group(group)
+    nodes = [Node(MacAddress(f"52:54:00:00:04:{i:02x}"), f"n{i}", image="compute:1",
+                  groups=tuple(g.name for g in order),
+                  settings={"scheduler_features": "fast"} if i % 2 else {})
+             for i, order in enumerate(itertools.permutations(groups))]
+    nodes.append(Node(MacAddress("52:54:00:00:04:ff"), "lonely", groups=("gone",)))
+    await inventory.start()
+    try:
+        await asyncio.sleep(0.05)  # the groups reach the cache through the watch
+        life = Lifecycle(inventory, None, Clock(), defaults=defaults)
+        by_name = {g.name: g for g in groups}
+        for node in nodes:
+            before = _layered_by_hand(node, by_name, defaults)
+            after = life.effective(node)
+            assert {k: v for k, v in after.items() if k != "image"} == before, node.groups
+            assert after.get("image") == node.image
+            ticket = life.ticket(node, FACTS)
+            assert ticket.partition == before["scheduler_partition"]
+            assert ",".join(ticket.features) == before.get("scheduler_features", "")
+            assert life.callback_timeout(node) == before["callback_timeout"]
+    finally:
+        await inventory.stop()

@@ -12,15 +12,19 @@ from provisioner.errors import ValidationError
 from provisioner.nodes.model import (
     REDACTED,
     BootEvent,
+    Effective,
     Group,
     Lease,
     MacAddress,
     Node,
     NodeState,
+    SettingValue,
     check_hostname,
     effective_settings,
+    effective_values,
     parse_enum,
     redact,
+    setting_values,
 )
 
 MAC = MacAddress("52:54:00:12:34:56")
@@ -93,6 +97,57 @@ def test_effective_settings_layer_defaults_groups_in_order_then_node() -> None:
         "image": ("gpu-image", "node"),
         "kernel_args": ("nomodeset", "group:gpu"),
     }
+
+
+def test_groups_apply_in_the_nodes_order_not_by_name_or_by_catalogue_order() -> None:
+    groups = {"alpha": Group("alpha", {"console": "ttyS0"}),
+              "zeta": Group("zeta", {"console": "ttyS1"})}
+    for order in (("zeta", "alpha"), ("alpha", "zeta")):
+        node = Node(MAC, "n1", groups=order)
+        resolved = effective_settings(node, groups, {"console": "tty0"})
+        assert resolved["console"] == Effective(groups[order[-1]].settings["console"],
+                                                f"group:{order[-1]}")
+    node = Node(MAC, "n1", groups=("zeta", "alpha"), settings={"console": "ttyAMA0"})
+    assert effective_values(node, groups, {})["console"] == "ttyAMA0"
+    assert effective_values(Node(MAC, "n1"), groups, {"console": "tty0"}) == {"console": "tty0"}
+
+
+_KEYS = ["console", "kernel_args", "scheduler_partition", "callback_timeout"]
+_LAYER = st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(["a", "b", "c"]), max_size=3)
+
+
+def _value(key: str, text: str) -> SettingValue:
+    return len(text) * 10 if key == "callback_timeout" else text
+
+
+@given(defaults=_LAYER, group_layers=st.lists(_LAYER, min_size=0, max_size=4),
+       own=_LAYER, order=st.permutations(range(4)), missing=st.sets(st.integers(0, 3)))
+def test_effective_settings_take_each_key_from_the_closest_layer(
+        defaults: dict[str, str], group_layers: list[dict[str, str]], own: dict[str, str],
+        order: list[int], missing: set[int]) -> None:
+    """For every key: the node's value if it has one, else the last of its groups (in its
+    order) that has one, else the default; a group the node names but that is gone is
+    skipped. Written as a search from the node down, not as the layering itself."""
+    groups = {f"g{i}": Group(f"g{i}", {k: _value(k, v) for k, v in layer.items()})
+              for i, layer in enumerate(group_layers) if i not in missing}
+    node = Node(MAC, "n1", groups=tuple(f"g{i}" for i in order),
+                settings={k: _value(k, v) for k, v in own.items()})
+    expected: dict[str, Effective] = {}
+    for key in _KEYS:
+        if key in node.settings:
+            expected[key] = Effective(node.settings[key], "node")
+            continue
+        holders = [g for g in reversed(node.groups) if g in groups and key in groups[g].settings]
+        if holders:
+            expected[key] = Effective(groups[holders[0]].settings[key], f"group:{holders[0]}")
+        elif key in defaults:
+            expected[key] = Effective(_value(key, defaults[key]), "default")
+    plain = {k: _value(k, v) for k, v in defaults.items()}
+    resolved = effective_settings(node, groups, plain)
+    assert resolved == expected
+    assert list(resolved) == sorted(resolved)
+    assert effective_values(node, groups, plain) == setting_values(resolved) == {
+        k: e.value for k, e in expected.items()}
 
 
 def test_secrets_are_redacted() -> None:

@@ -14,7 +14,7 @@ from provisioner.errors import HandoffError, NotFound, PowerError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress, Node, NodeState
-from provisioner.nodes.rollout import Progress, Request, Rollout, Step, load_status, waves
+from provisioner.nodes.rollout import Progress, Rollout, RolloutRequest, Step, load_status, waves
 from provisioner.power.base import PowerDriver, PowerState
 from provisioner.store.memory import MemoryStore
 
@@ -129,10 +129,10 @@ async def cluster() -> AsyncIterator[Cluster]:
     await store.close()
 
 
-def request(*nodes: str, **options: object) -> Request:
+def request(*nodes: str, **options: object) -> RolloutRequest:
     defaults: dict[str, object] = {"image": "compute:2", "version": "2", "wave": 2,
                                    "max_failures": 1, "timeout": 2.0, "idle_timeout": 0.3}
-    return Request(nodes=nodes, **{**defaults, **options})  # type: ignore[arg-type]
+    return RolloutRequest(nodes=nodes, **{**defaults, **options})  # type: ignore[arg-type]
 
 
 def test_waves() -> None:

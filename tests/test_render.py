@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import RenderError, TemplateNotFound
-from provisioner.nodes.model import Effective, Firmware, MacAddress, Node
+from provisioner.nodes.model import Firmware, MacAddress, Node
 from provisioner.render.environment import BootContext, Renderer, mode_of, shquote
 from tests.templates.cases import API, BOOT, bios_context, noimage_context, uefi_context
 
@@ -180,7 +180,7 @@ def test_boot_context_urls_and_defaults() -> None:
 
 def test_extra_variables_do_not_shadow_the_context() -> None:
     node = Node(mac=MacAddress("52:54:00:00:00:09"), name="n9", firmware=Firmware.IPXE)
-    ctx = BootContext.for_node(node, {"kernel_args": Effective("quiet", "node")},
+    ctx = BootContext.for_node(node, {"kernel_args": "quiet"},
                                boot_base=BOOT, api_base=API, image_name="compute",
                                extra={"node": "spoofed", "rack": "r12"})
     variables = ctx.variables()

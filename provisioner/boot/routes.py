@@ -44,7 +44,14 @@ from provisioner.errors import (
 from provisioner.images.format.catalog import ImageCatalog, ImageVersion
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import BOOTABLE, Lifecycle
-from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState, effective_settings
+from provisioner.nodes.model import (
+    BootEvent,
+    MacAddress,
+    Node,
+    NodeState,
+    SettingValue,
+    effective_values,
+)
 from provisioner.render.environment import BootContext, Network, Renderer
 from provisioner.security.audit import AuditLog
 from provisioner.security.tokens import BootTokens
@@ -149,17 +156,13 @@ class BootPlane:
             log.warning("boot: node %s: %s", node.name, exc)
             return None
 
-    def _effective(self, node: Node) -> dict[str, object]:
-        resolved = effective_settings(node, self.inventory.cached_groups(),
-                                      self.settings.defaults)
-        return {k: e.value for k, e in resolved.items()}
+    def _effective(self, node: Node) -> dict[str, SettingValue]:
+        return effective_values(node, self.inventory.cached_groups(), self.settings.defaults)
 
     def context(self, node: Node, image: ImageVersion | None, token: str | None = None,
                 ) -> BootContext:
-        resolved = effective_settings(node, self.inventory.cached_groups(),
-                                      self.settings.defaults)
         return BootContext.for_node(
-            node, resolved, boot_base=self.boot_base, api_base=self.api_base,
+            node, self._effective(node), boot_base=self.boot_base, api_base=self.api_base,
             image_name=image.name if image else None,
             image_version=image.version if image else None,
             network=Network.for_ip(node.ip, self.settings.dhcp.subnets),

@@ -30,6 +30,7 @@ from provisioner.nodes.model import (
     check_ipv4,
     parse_enum,
     redact,
+    setting_values,
     unique,
 )
 
@@ -84,7 +85,8 @@ def list_(
     ctx: typer.Context,
     node_state: str | None = typer.Option(None, "--state", help="Only nodes in this state."),
     group: str | None = typer.Option(None, "--group", help="Only members of this group."),
-    image: str | None = typer.Option(None, "--image", help="Only nodes with this image."),
+    image: str | None = typer.Option(None, "--image", help="Only nodes on this image: NAME "
+                                     "(any version) or NAME:VERSION."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List nodes, sorted by name."""
@@ -118,7 +120,7 @@ def show(
     if as_json:
         data = shown(node)
         if effective:
-            values = redact({k: e.value for k, e in resolved.items()})
+            values = redact(setting_values(resolved))
             data["effective"] = {k: {"value": values[k], "source": e.source}
                                  for k, e in resolved.items()}
         print_json(data)
@@ -131,7 +133,7 @@ def show(
 
 def _show_settings(node: Node, resolved: dict[str, Effective], effective: bool) -> None:
     if effective:
-        values = redact({k: e.value for k, e in resolved.items()})
+        values = redact(setting_values(resolved))
         rows: list[list[object]] = [[k, values[k], e.source] for k, e in resolved.items()]
         typer.echo("")
         print_table(["setting", "value", "from"], rows)
@@ -208,7 +210,7 @@ def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION)
     """The node's timeline: every event, and how long it stayed in each state."""
     import time
 
-    from provisioner.nodes.lifecycle import timeline
+    from provisioner.nodes.timeline import timeline
 
     async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
         node = (await inv.get_node(ref)).value

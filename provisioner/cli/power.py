@@ -6,13 +6,9 @@ import typer
 
 from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
 from provisioner.inventory.repository import Inventory
-from provisioner.power.base import (
-    PowerAction,
-    PowerState,
-    driver_for_node,
-    power_action,
-    wait_for_state,
-)
+from provisioner.nodes.model import setting_values
+from provisioner.power.base import PowerAction, PowerState, power_action, wait_for_state
+from provisioner.power.registry import open_power
 
 WANTED = {PowerAction.ON: PowerState.ON, PowerAction.CYCLE: PowerState.ON,
           PowerAction.OFF: PowerState.OFF, PowerAction.SOFT_OFF: PowerState.OFF}
@@ -35,8 +31,9 @@ def power(
 
     async def act(inv: Inventory) -> tuple[str, str, PowerState]:
         node = (await inv.get_node(ref)).value
-        driver = await driver_for_node(inv, node, defaults, timeout=timeout,
-                                       notify=lambda text: typer.echo(text, err=True))
+        effective = await inv.effective(node, defaults)
+        driver = open_power(setting_values(effective), node=node.name, timeout=timeout,
+                            notify=lambda text: typer.echo(text, err=True))
         result = await power_action(driver, action)
         want = WANTED.get(action)
         if wait > 0 and want is not None and result is not PowerState.UNKNOWN:

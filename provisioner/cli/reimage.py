@@ -11,9 +11,16 @@ from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_
 from provisioner.config import Settings
 from provisioner.errors import ValidationError
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import Node, check_setting
-from provisioner.nodes.rollout import Progress, Request, Rollout, RolloutStatus, load_status
-from provisioner.power.base import PowerDriver, driver_for_node
+from provisioner.nodes.model import Node, check_setting, setting_values
+from provisioner.nodes.rollout import (
+    Progress,
+    Rollout,
+    RolloutRequest,
+    RolloutStatus,
+    load_status,
+)
+from provisioner.power.base import PowerDriver
+from provisioner.power.registry import open_power
 from provisioner.store import open_store
 
 
@@ -48,9 +55,9 @@ def reimage(
                               "(or use --status)")
     check_setting("image", image)
     version = _resolve_version(settings, image)
-    request = Request(nodes=tuple(refs), image=image, version=version, wave=wave,
-                      max_failures=max_failures, force=force, timeout=timeout,
-                      idle_timeout=idle_timeout)
+    request = RolloutRequest(nodes=tuple(refs), image=image, version=version, wave=wave,
+                             max_failures=max_failures, force=force, timeout=timeout,
+                             idle_timeout=idle_timeout)
     result = asyncio.run(_run(settings, request, as_json))
     if as_json:
         print_json(result.to_dict())
@@ -73,7 +80,7 @@ async def _load(settings: Settings, rollout_id: str | None) -> RolloutStatus:
         await store.close()
 
 
-async def _run(settings: Settings, request: Request, quiet: bool) -> RolloutStatus:
+async def _run(settings: Settings, request: RolloutRequest, quiet: bool) -> RolloutStatus:
     from provisioner.handoff import open_handoff
     from provisioner.nodes.lifecycle import Lifecycle
 
@@ -85,8 +92,9 @@ async def _run(settings: Settings, request: Request, quiet: bool) -> RolloutStat
         lifecycle = Lifecycle(inventory, handoff=None, defaults=settings.defaults)
 
         async def power_for(node: Node) -> PowerDriver:
-            return await driver_for_node(inventory, node, settings.defaults,
-                                         notify=lambda text: typer.echo(text, err=True))
+            effective = await inventory.effective(node, settings.defaults)
+            return open_power(setting_values(effective), node=node.name,
+                              notify=lambda text: typer.echo(text, err=True))
 
         rollout = Rollout(inventory, lifecycle, scheduler, power_for,
                           on_progress=None if quiet else _print_progress)

@@ -37,7 +37,7 @@ from provisioner.dhcp.replies import (
 from provisioner.dhcp.send import ReplySender
 from provisioner.dhcp.subnets import Subnet, subnet_for
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import BootEvent, MacAddress, Node, SettingValue, effective_settings
+from provisioner.nodes.model import BootEvent, MacAddress, Node, SettingValue, effective_values
 
 log = logging.getLogger(__name__)
 FOREIGN_LOG_EVERY = 60.0  # s: another server is logged and recorded once a minute at most
@@ -179,8 +179,7 @@ class Answers:
                          arch=client_arch(packet), override=override)
 
     def _effective(self, node: Node) -> dict[str, SettingValue]:
-        resolved = effective_settings(node, self.inventory.cached_groups(), self.defaults)
-        return {k: e.value for k, e in resolved.items()}
+        return effective_values(node, self.inventory.cached_groups(), self.defaults)
 
     # -- other servers and events ----------------------------------------------------------
 

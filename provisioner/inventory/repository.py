@@ -52,10 +52,12 @@ class Inventory(NodeCache, NameClaims, LeaseRecords, EventLog):
 
     async def list_nodes(self, *, state: NodeState | None = None, group: str | None = None,
                          image: str | None = None) -> list[Node]:
+        """Nodes read from the store; `image` matches as in page_nodes (image_matches)."""
         result = await self.store.range(keys.NODES)
         nodes = [codec.decode_node(kv.value) for kv in result.items]
         return [n for n in nodes if (state is None or n.state is state)
-                and (group is None or group in n.groups) and (image is None or n.image == image)]
+                and (group is None or group in n.groups)
+                and (image is None or image_matches(n.image, image))]
 
     async def add_node(self, node: Node) -> int:
         """Create a node; its MAC, name and IP must all be free."""

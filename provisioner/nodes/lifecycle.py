@@ -1,65 +1,109 @@
 """The node state machine: transitions as data, every step an event on the node's timeline.
 
-Rules of this file (h11 `_state.py` style): the legal moves are the table `TRANSITIONS`, read by
-`check_transition` and nothing else; a move that is not in the table raises InvalidTransition
-naming the current state and the states it may go to. Time comes from the injected `clock`, so
-tests move it by hand. Every transition is written to the node with compare-and-swap in one txn
-with a BootEvent whose kind is the new state and whose detail says where it came from (and with
-whatever the caller commits alongside: the boot token's redemption, the audit entry, the
-handoff outbox entry or its removal), so a transition is one store round trip.
+Rules of this file (h11 `_state.py` style): the legal moves are the table `TRANSITIONS`,
+(state, event) -> next state, read by `next_state` and `event_between` and nothing else; a move
+that is not in the table raises InvalidTransition naming the current state and the states it
+may go to. Time comes from the injected `clock`, so tests move it by hand. Every transition is
+written to the node with compare-and-swap in one txn with a BootEvent whose kind is the new
+state and whose detail says where it came from and by which event (and with whatever the
+caller commits alongside: the boot token's redemption, the audit entry, the handoff outbox
+entry or its removal), so a transition is one store round trip.
 
     discovered ─┐
-    registered ─┼─ boot script served ─> provisioning ─ callback ─> booted ─ handoff ─> ready
-    failed ─────┘        ^                    │ no callback in time           │
+    registered ─┼─ boot script served ─> provisioning ─ callback ─> booted ─ handed off ─> ready
+    failed ─────┘        ^                    │ no callback in time           │ drain
     reimaging ───────────┘                    v                               v
-                                            failed           draining ─> reimaging
+                                            failed           draining ─ reimage ─> reimaging
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from provisioner.errors import InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
 from provisioner.inventory.repository import Also, Inventory
-from provisioner.nodes.model import BootEvent, MacAddress, Node, NodeState, SettingValue
+from provisioner.nodes.model import (
+    BootEvent,
+    MacAddress,
+    Node,
+    NodeEvent,
+    NodeState,
+    SettingValue,
+    effective_values,
+)
 from provisioner.store.base import TxnOp
 
 log = logging.getLogger(__name__)
 
 S = NodeState
-#: state -> the states it may move to. Re-entering provisioning is legal: a node that reboots
-#: fetches its boot script again, and that restarts its callback clock.
-TRANSITIONS: Final[Mapping[NodeState, frozenset[NodeState]]] = MappingProxyType({
-    S.DISCOVERED: frozenset({S.REGISTERED, S.PROVISIONING, S.FAILED, S.RETIRED}),
-    S.REGISTERED: frozenset({S.PROVISIONING, S.FAILED, S.RETIRED}),
-    S.PROVISIONING: frozenset({S.PROVISIONING, S.BOOTED, S.FAILED, S.REGISTERED}),
-    S.BOOTED: frozenset({S.READY, S.PROVISIONING, S.DRAINING, S.FAILED}),
-    S.READY: frozenset({S.PROVISIONING, S.DRAINING, S.REIMAGING, S.FAILED}),
-    S.DRAINING: frozenset({S.READY, S.PROVISIONING, S.REIMAGING, S.FAILED, S.RETIRED}),
-    S.REIMAGING: frozenset({S.PROVISIONING, S.FAILED, S.READY}),
+E = NodeEvent
+#: (state, event) -> the state the event moves a node in that state to. Nothing else decides.
+TRANSITIONS: Final[Mapping[tuple[NodeState, NodeEvent], NodeState]] = MappingProxyType({
+    # An operator accepts a discovered node, resets a stuck or failed one, revives a retired one.
+    (S.DISCOVERED, E.REGISTER): S.REGISTERED,
+    (S.PROVISIONING, E.REGISTER): S.REGISTERED,
+    (S.FAILED, E.REGISTER): S.REGISTERED,
+    (S.RETIRED, E.REGISTER): S.REGISTERED,
+    # Re-entering provisioning is legal: a node that reboots fetches its boot script again,
+    # and that restarts its callback clock.
+    (S.DISCOVERED, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.REGISTERED, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.PROVISIONING, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.BOOTED, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.READY, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.DRAINING, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.REIMAGING, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.FAILED, E.BOOT_SCRIPT_SERVED): S.PROVISIONING,
+    (S.PROVISIONING, E.CALLBACK): S.BOOTED,
     # A late callback after a timeout proves the node booted after all: accept it.
-    S.FAILED: frozenset({S.PROVISIONING, S.BOOTED, S.REGISTERED, S.REIMAGING, S.RETIRED}),
-    S.RETIRED: frozenset({S.REGISTERED}),
+    (S.FAILED, E.CALLBACK): S.BOOTED,
+    (S.BOOTED, E.HANDED_OFF): S.READY,
+    (S.BOOTED, E.DRAIN): S.DRAINING,
+    (S.READY, E.DRAIN): S.DRAINING,
+    (S.DRAINING, E.RESUME): S.READY,
+    (S.REIMAGING, E.RESUME): S.READY,
+    (S.READY, E.REIMAGE): S.REIMAGING,
+    (S.DRAINING, E.REIMAGE): S.REIMAGING,
+    (S.FAILED, E.REIMAGE): S.REIMAGING,
+    **{(state, E.FAIL): S.FAILED for state in (S.DISCOVERED, S.REGISTERED, S.PROVISIONING,
+                                               S.BOOTED, S.READY, S.DRAINING, S.REIMAGING)},
+    (S.DISCOVERED, E.RETIRE): S.RETIRED,
+    (S.REGISTERED, E.RETIRE): S.RETIRED,
+    (S.DRAINING, E.RETIRE): S.RETIRED,
+    (S.FAILED, E.RETIRE): S.RETIRED,
 })
 #: states a node may fetch its boot script in (the iPXE route marks it provisioning)
-BOOTABLE: Final = frozenset(s for s, targets in TRANSITIONS.items() if S.PROVISIONING in targets)
+BOOTABLE: Final = frozenset(s for s, e in TRANSITIONS if e is E.BOOT_SCRIPT_SERVED)
 DEFAULT_CALLBACK_TIMEOUT: Final = 600  # seconds, when no callback_timeout setting applies
 
 
 def allowed(current: NodeState) -> tuple[str, ...]:
-    return tuple(sorted(s.value for s in TRANSITIONS[current]))
+    """The states `current` may go to, for error messages."""
+    return tuple(sorted({t.value for (s, _), t in TRANSITIONS.items() if s is current}))
 
 
-def check_transition(node: Node, target: NodeState) -> None:
-    """Raise InvalidTransition unless the table allows node.state -> target."""
-    if target not in TRANSITIONS[node.state]:
-        raise InvalidTransition(node.name, node.state.value, target.value, allowed(node.state))
+def next_state(node: Node, event: NodeEvent) -> NodeState:
+    """The state `event` moves the node to; InvalidTransition when the table has no row."""
+    target = TRANSITIONS.get((node.state, event))
+    if target is None:
+        leads_to = {t.value for (_, e), t in TRANSITIONS.items() if e is event}
+        raise InvalidTransition(node.name, node.state.value, "/".join(sorted(leads_to)),
+                                allowed(node.state))
+    return target
+
+
+def event_between(node: Node, target: NodeState) -> NodeEvent:
+    """The event that moves the node from its state to `target` (an operator sets a state);
+    InvalidTransition when no row of the table does."""
+    for (state, event), to in TRANSITIONS.items():
+        if state is node.state and to is target:
+            return event
+    raise InvalidTransition(node.name, node.state.value, target.value, allowed(node.state))
 
 
 class Outbox(Protocol):
@@ -90,37 +134,47 @@ class Lifecycle:
 
     # -- the one way a state changes ------------------------------------------------------
 
-    async def transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
+    async def transition(self, mac: MacAddress | str, event: NodeEvent, *, reason: str,
                          detail: Mapping[str, Any] | None = None,
                          change: Callable[[Node], Node] | None = None,
                          also: Also | None = None) -> Node:
-        """Move a node to `target` (CAS, retried on races) and record the event, in one txn
-        with `also`'s writes (see Inventory.update_node_txn)."""
-        return (await self._transition(mac, target, reason=reason, detail=detail,
+        """Apply `event` to a node (the state comes from TRANSITIONS; CAS, retried on races)
+        and record it, in one txn with `also`'s writes (see Inventory.update_node_txn)."""
+        return (await self._transition(mac, event, reason=reason, detail=detail,
                                        change=change, also=also))[0]
 
-    async def _transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
-                          detail: Mapping[str, Any] | None = None,
+    async def set_state(self, mac: MacAddress | str, target: NodeState, *,
+                        reason: str) -> Node:
+        """An operator sets the state: allowed when a row of TRANSITIONS leads there."""
+        return (await self._transition(mac, target, reason=reason))[0]
+
+    async def _transition(self, mac: MacAddress | str, move: NodeEvent | NodeState, *,
+                          reason: str, detail: Mapping[str, Any] | None = None,
                           change: Callable[[Node], Node] | None = None,
                           also: Also | None = None) -> tuple[Node, list[int]]:
-        """`transition`, and the revisions of `also`'s writes."""
-        seen: list[NodeState] = []
+        """`transition` (or `set_state`), and the revisions of `also`'s writes."""
+        seen: list[tuple[NodeState, NodeEvent, NodeState]] = []
 
         def apply(node: Node) -> Node:
-            check_transition(node, target)
-            seen.append(node.state)
+            if isinstance(move, NodeEvent):
+                event, target = move, next_state(node, move)
+            else:
+                event, target = event_between(node, move), move
+            seen.append((node.state, event, target))
             moved = change(node) if change is not None else node
             return moved.with_changes(state=target)
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
-            event = BootEvent(node.mac, target.value, self.clock(),
-                              {"from": seen[-1].value, "reason": reason, **(detail or {})})
+            current, event, target = seen[-1]
+            record = BootEvent(node.mac, target.value, self.clock(),
+                               {"from": current.value, "event": event.value, "reason": reason,
+                                **(detail or {})})
             extra = also(node, attempt) if also is not None else ()
-            return [self.inventory.event_op(event, attempt), *extra]
+            return [self.inventory.event_op(record, attempt), *extra]
 
         versioned, revisions = await self.inventory.update_node_txn(str(mac), apply,
                                                                     also=writes)
-        if target is not S.PROVISIONING:
+        if versioned.value.state is not S.PROVISIONING:
             self._deadlines.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]
 
@@ -129,7 +183,7 @@ class Lifecycle:
     async def boot_script_served(self, mac: MacAddress | str, image: str,
                                  version: str) -> Node:
         """The node fetched its iPXE script: it is provisioning and its callback clock runs."""
-        node = await self.transition(mac, S.PROVISIONING, reason="boot script served",
+        node = await self.transition(mac, E.BOOT_SCRIPT_SERVED, reason="boot script served",
                                      detail={"image": image, "version": version})
         self._deadlines[node.mac.value] = (self.clock() + self.callback_timeout(node), version)
         return node
@@ -157,10 +211,10 @@ class Lifecycle:
             extra = list(also(node, attempt)) if also is not None else []
             return extra + ([handoff.entry(queued[0])] if handoff is not None else [])
 
-        node, revisions = await self._transition(mac, S.BOOTED, reason="callback received",
+        node, revisions = await self._transition(mac, E.CALLBACK, reason="callback received",
                                                  detail=detail, change=change, also=writes)
         if handoff is None:
-            return await self.transition(node.mac, S.READY,
+            return await self.transition(node.mac, E.HANDED_OFF,
                                          reason="handoff is off ([handoff] kind = none)")
         handoff.accepted(queued[0], revisions[-1])
         return node
@@ -178,7 +232,7 @@ class Lifecycle:
         """The scheduler confirmed the node. Idempotent: the outbox may confirm twice. `done`
         (the outbox entry's removal) is committed with the ready transition."""
         try:
-            return await self.transition(mac, S.READY, reason="scheduler confirmed",
+            return await self.transition(mac, E.HANDED_OFF, reason="scheduler confirmed",
                                          also=(lambda _n, _a: [done]) if done else None)
         except InvalidTransition as exc:
             if exc.current == S.READY.value:
@@ -189,7 +243,7 @@ class Lifecycle:
         """The outbox's on_confirmed: ready, unless the node moved on (rebooted, deleted).
         True when `done` was committed with the ready transition."""
         try:
-            await self.transition(mac, S.READY, reason="scheduler confirmed",
+            await self.transition(mac, E.HANDED_OFF, reason="scheduler confirmed",
                                   also=(lambda _n, _a: [done]) if done else None)
             return done is not None
         except (InvalidTransition, NotFound) as exc:
@@ -197,16 +251,13 @@ class Lifecycle:
             return False
 
     async def fail(self, mac: MacAddress | str, reason: str) -> Node:
-        return await self.transition(mac, S.FAILED, reason=reason)
+        return await self.transition(mac, E.FAIL, reason=reason)
 
     # -- callback deadlines ---------------------------------------------------------------
 
     def effective(self, node: Node) -> dict[str, SettingValue]:
-        layers: list[Mapping[str, SettingValue]] = [self.defaults]
-        groups = self.inventory.cached_groups()
-        layers += [groups[g].settings for g in node.groups if g in groups]
-        layers.append(node.settings)
-        return {k: v for layer in layers for k, v in layer.items()}
+        """The node's effective settings, from the cached groups."""
+        return effective_values(node, self.inventory.cached_groups(), self.defaults)
 
     def callback_timeout(self, node: Node) -> float:
         value = self.effective(node).get("callback_timeout", DEFAULT_CALLBACK_TIMEOUT)
@@ -231,7 +282,7 @@ class Lifecycle:
                 continue
             self._deadlines.pop(mac, None)
             try:
-                await self.transition(mac, S.FAILED, reason="no boot callback in time",
+                await self.transition(mac, E.FAIL, reason="no boot callback in time",
                                       detail={"deadline": deadline})
                 failed.append(MacAddress(mac))
             except InvalidTransition:
@@ -244,36 +295,3 @@ class Lifecycle:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-# -- the timeline -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineEntry:
-    """One event, with how long after the first it came and how long the node then stayed."""
-
-    event: BootEvent
-    offset: float  # seconds since the first event shown
-    duration: float | None  # seconds until the next state change; None for other events
-    state: str | None  # the state entered, for state events
-
-
-def timeline(events: Sequence[BootEvent], now: float) -> list[TimelineEntry]:
-    """Events in time order; state events carry the time spent in that state (the current
-    state runs until `now`)."""
-    ordered = sorted(events, key=lambda e: e.at)
-    if not ordered:
-        return []
-    states = {s.value for s in NodeState}
-    changes = [i for i, e in enumerate(ordered) if e.kind in states and "from" in e.detail]
-    ends = {i: (ordered[j].at if j is not None else now)
-            for i, j in zip(changes, [*changes[1:], None], strict=True)}
-    start = ordered[0].at
-    return [TimelineEntry(e, round(e.at - start, 6),
-                          round(ends[i] - e.at, 6) if i in ends else None,
-                          e.kind if i in ends else None)
-            for i, e in enumerate(ordered)]
-
-
-OnConfirmed = Callable[[MacAddress], Awaitable[None]]

@@ -130,6 +130,20 @@ class NodeState(enum.StrEnum):
     RETIRED = "retired"
 
 
+class NodeEvent(enum.StrEnum):
+    """What happens to a node; lifecycle.TRANSITIONS says which state each moves it to."""
+
+    REGISTER = "register"  # an operator accepts, resets or brings back a node
+    BOOT_SCRIPT_SERVED = "boot_script_served"  # the iPXE route served its script
+    CALLBACK = "callback"  # the booted image called back
+    HANDED_OFF = "handed_off"  # the scheduler confirmed it (or handoff is off)
+    DRAIN = "drain"  # taken out of the scheduler, e.g. before a reimage
+    RESUME = "resume"  # back to ready without a reboot (a reimage skipped it)
+    REIMAGE = "reimage"  # a reimage takes it
+    FAIL = "fail"  # no callback in time, a render or power error, an operator
+    RETIRE = "retire"  # out of service
+
+
 def parse_enum(kind: type[E], value: str, field_name: str) -> E:
     try:
         return kind(value)
@@ -269,7 +283,11 @@ def effective_settings(
     node: Node, groups: Mapping[str, Group], defaults: Mapping[str, SettingValue]
 ) -> dict[str, Effective]:
     """Resolve defaults <- groups in the node's order <- the node. A missing group is skipped:
-    deleting a group must not make its members unbootable."""
+    deleting a group must not make its members unbootable.
+
+    The one place settings are layered: everything that needs a node's settings (DHCP, the boot
+    routes, templates, power drivers, the handoff ticket, the CLI and the API) comes here,
+    through `effective_values` when it needs no sources."""
     layers: list[tuple[str, Mapping[str, SettingValue]]] = [("default", defaults)]
     layers += [(f"group:{g}", groups[g].settings) for g in node.groups if g in groups]
     own = dict(node.settings)
@@ -281,6 +299,18 @@ def effective_settings(
         for key, value in values.items():
             resolved[key] = Effective(value, source)
     return dict(sorted(resolved.items()))
+
+
+def setting_values(resolved: Mapping[str, Effective]) -> dict[str, SettingValue]:
+    """Resolved settings without where each came from."""
+    return {key: effective.value for key, effective in resolved.items()}
+
+
+def effective_values(
+    node: Node, groups: Mapping[str, Group], defaults: Mapping[str, SettingValue]
+) -> dict[str, SettingValue]:
+    """`effective_settings` as plain values: what DHCP, templates and drivers read."""
+    return setting_values(effective_settings(node, groups, defaults))
 
 
 @dataclass(frozen=True, slots=True)

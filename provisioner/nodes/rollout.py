@@ -28,15 +28,17 @@ from typing import Any, Protocol
 from provisioner.errors import HandoffError, NotFound, PowerError, ProvisionerError
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.nodes.model import MacAddress, Node, NodeEvent, NodeState
 from provisioner.power.base import OneTimeBoot, PowerDriver
 
 log = logging.getLogger(__name__)
 S = NodeState
+E = NodeEvent
 
 
-class Scheduler(Protocol):
-    """What a rollout needs of handoff.base.Handoff."""
+class DrainControl(Protocol):
+    """What a rollout needs of handoff.base.Handoff: take a node out of the scheduler's
+    service, see when its jobs have ended, put it back."""
 
     async def drain(self, name: str, reason: str) -> None: ...
 
@@ -48,7 +50,7 @@ class Scheduler(Protocol):
 class States(Protocol):
     """lifecycle.Lifecycle.transition: the one way a node's state changes (checked, evented)."""
 
-    async def transition(self, mac: MacAddress | str, target: NodeState, *, reason: str,
+    async def transition(self, mac: MacAddress | str, event: NodeEvent, *, reason: str,
                          detail: Mapping[str, Any] | None = None,
                          change: Callable[[Node], Node] | None = None) -> Node: ...
 
@@ -65,7 +67,9 @@ class Step(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Request:
+class RolloutRequest:
+    """What to reimage and how: the nodes, the image, the wave size and the limits."""
+
     nodes: tuple[str, ...]
     image: str  # NAME or NAME:VERSION, as the node's `image` will hold it
     version: str | None = None  # the version the callback must report; None: any that boots
@@ -154,24 +158,24 @@ async def load_status(inventory: Inventory, rollout_id: str | None = None) -> Ro
 
 
 class Rollout:
-    """Runs one reimage request; see the module docstring for the steps."""
+    """Runs one RolloutRequest; see the module docstring for the steps."""
 
-    def __init__(self, inventory: Inventory, states: States, scheduler: Scheduler,
+    def __init__(self, inventory: Inventory, states: States, drains: DrainControl,
                  power_for: Callable[[Node], Awaitable[PowerDriver]], *,
                  on_progress: Callable[[Progress], None] | None = None,
                  clock: Callable[[], float] = time.time, poll: float = 1.0) -> None:
-        self.inventory, self.states, self.scheduler = inventory, states, scheduler
+        self.inventory, self.states, self.drains = inventory, states, drains
         self.power_for, self.on_progress = power_for, on_progress
         self.clock, self.poll = clock, poll
         self.status: RolloutStatus | None = None
         self._plan: list[list[str]] = []
 
-    async def run(self, request: Request) -> RolloutStatus:
+    async def run(self, request: RolloutRequest) -> RolloutStatus:
         """Start and execute: returns when every node is done, failed or skipped."""
         await self.start(request)
         return await self.execute(request)
 
-    async def start(self, request: Request) -> RolloutStatus:
+    async def start(self, request: RolloutRequest) -> RolloutStatus:
         """Check the nodes, plan the waves and save the status (state "running"). Nothing has
         changed on any node yet; an API can return the id here and `execute` in a task."""
         if not request.nodes:
@@ -191,7 +195,7 @@ class Rollout:
                          f"rollout {status.id}")
         return status
 
-    async def execute(self, request: Request) -> RolloutStatus:
+    async def execute(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
         try:
             for number, wave in enumerate(self._plan, 1):
@@ -207,7 +211,7 @@ class Rollout:
             raise
         return await self._finish(request)
 
-    async def _finish(self, request: Request) -> RolloutStatus:
+    async def _finish(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
         for progress in status.nodes.values():
             if progress.step is Step.PENDING:
@@ -222,7 +226,7 @@ class Rollout:
                          f"{len(status.nodes) - done - status.failures} skipped")
         return status
 
-    async def _one(self, name: str, request: Request) -> None:
+    async def _one(self, name: str, request: RolloutRequest) -> None:
         progress = self._status().nodes[name]
         progress.started = self.clock()
         try:
@@ -240,16 +244,16 @@ class Rollout:
         if finished:
             await self._emit(name, Step.DONE, f"running {request.image} and resumed")
 
-    async def _reimage(self, name: str, request: Request) -> bool:
+    async def _reimage(self, name: str, request: RolloutRequest) -> bool:
         """Returns False when the node was skipped (the rollout stopped meanwhile)."""
         node = (await self.inventory.get_node(name)).value
         await self._emit(name, Step.DRAINING, "draining in the scheduler")
         try:
-            await self.scheduler.drain(name, f"reimage to {request.image}")
+            await self.drains.drain(name, f"reimage to {request.image}")
         except HandoffError as exc:
             raise NodeFailed(f"the scheduler did not drain it: {exc}") from None
         if node.state in (S.READY, S.BOOTED):
-            node = await self.states.transition(node.mac, S.DRAINING,
+            node = await self.states.transition(node.mac, E.DRAIN,
                                                 reason=f"reimage to {request.image}")
         if not request.force:
             await self._emit(name, Step.WAITING_IDLE, "waiting for its jobs to end")
@@ -263,10 +267,10 @@ class Rollout:
             return False
         return await self._cycle_and_wait(node, request)
 
-    async def _cycle_and_wait(self, node: Node, request: Request) -> bool:
+    async def _cycle_and_wait(self, node: Node, request: RolloutRequest) -> bool:
         since = self.clock()
         node = await self.states.transition(
-            node.mac, S.REIMAGING, reason=f"reimage to {request.image}",
+            node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
             detail={"image": request.image, "version": request.version},
             change=lambda n: n.with_changes(image=request.image))
         await self._emit(node.name, Step.POWER_CYCLE, "power-cycling")
@@ -284,7 +288,7 @@ class Rollout:
         except NodeFailed as exc:
             await self._fail(node, str(exc))
         try:
-            await self.scheduler.resume(node.name)
+            await self.drains.resume(node.name)
         except HandoffError as exc:
             raise NodeFailed(f"booted {request.image} but the scheduler did not resume it: "
                              f"{exc}; resume it by hand") from None
@@ -294,7 +298,7 @@ class Rollout:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                if await self.scheduler.is_idle(name):
+                if await self.drains.is_idle(name):
                     return True
             except HandoffError as exc:
                 log.warning("is_idle(%s): %s", name, exc)
@@ -302,7 +306,7 @@ class Rollout:
                 return False
             await asyncio.sleep(self.poll)
 
-    async def _wait_ready(self, node: Node, since: float, request: Request) -> None:
+    async def _wait_ready(self, node: Node, since: float, request: RolloutRequest) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout
         booted = False
@@ -320,17 +324,17 @@ class Rollout:
     async def _fail(self, node: Node, reason: str) -> None:
         """Mark the node failed (it stays drained) and end its part of the rollout."""
         try:
-            await self.states.transition(node.mac, S.FAILED, reason=f"reimage: {reason}")
+            await self.states.transition(node.mac, E.FAIL, reason=f"reimage: {reason}")
         except ProvisionerError as exc:  # already failed by the callback timeout sweep
             log.info("%s: not moved to failed: %s", node.name, exc)
         raise NodeFailed(reason)
 
     async def _undrain(self, node: Node) -> None:
         try:
-            await self.scheduler.resume(node.name)
+            await self.drains.resume(node.name)
             current = (await self.inventory.get_node(node.name)).value
             if current.state is S.DRAINING:
-                await self.states.transition(node.mac, S.READY, reason="reimage skipped")
+                await self.states.transition(node.mac, E.RESUME, reason="reimage skipped")
         except ProvisionerError as exc:
             log.warning("%s: could not undo the drain: %s", node.name, exc)
 
@@ -354,7 +358,7 @@ class Rollout:
                                        json.dumps(status.to_dict()).encode())
 
 
-def check_event(kind: str, detail: Mapping[str, Any], request: Request) -> bool:
+def check_event(kind: str, detail: Mapping[str, Any], request: RolloutRequest) -> bool:
     """True for the callback we wait for; raises NodeFailed for one that proves failure."""
     if kind == "failed":
         raise NodeFailed(f"the node failed: {detail.get('reason', 'see its events')}")

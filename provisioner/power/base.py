@@ -1,6 +1,7 @@
-"""What every power driver offers, and how a node's settings choose one.
+"""What every power driver offers, and the settings it is opened with.
 
-A driver is built from a node's *effective* settings (defaults, groups, node):
+A driver is opened (power.registry.open_power) from a node's *effective* settings (defaults,
+groups, node):
 
     power_driver    ipmi | redfish | qemu | manual
     power_address   BMC host[:port], Redfish URL, or QMP unix socket path
@@ -18,11 +19,11 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from provisioner.errors import PowerError
-from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import REDACTED, Node, SettingValue
+from provisioner.nodes.model import REDACTED, SettingValue
 
 DEFAULT_TIMEOUT: Final = 10.0
 
@@ -98,6 +99,41 @@ def scrub(text: str, secret: Secret | None) -> str:
     return text.replace(secret.reveal(), REDACTED)
 
 
+@dataclass(frozen=True)
+class PowerTarget:
+    """The node's power control as its power_* settings describe it, read once and typed:
+    what a driver is opened with."""
+
+    node: str  # for messages only
+    address: str = ""
+    user: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    verify: bool | str = True  # Redfish TLS: verify, don't (self-signed BMC), or a CA file
+    timeout: float = DEFAULT_TIMEOUT
+    notify: Callable[[str], None] | None = None  # where the manual driver's instructions go
+
+    @classmethod
+    def read(cls, settings: Mapping[str, SettingValue], *, node: str = "-",
+             timeout: float = DEFAULT_TIMEOUT,
+             notify: Callable[[str], None] | None = None) -> PowerTarget:
+        return cls(node, _text(settings, "power_address"), _text(settings, "power_user"),
+                   Secret(_text(settings, "power_password")), _verify(settings), timeout,
+                   notify)
+
+    def required_address(self, kind: str) -> str:
+        if not self.address:
+            raise PowerError(f"node {self.node} has power_driver={kind} but no power_address; "
+                             "set the BMC address, Redfish URL or QMP socket path")
+        return self.address
+
+
+class OpenableDriver(PowerDriver, Protocol):
+    """A driver as power.registry.DRIVERS holds it (by class): opened from a PowerTarget."""
+
+    @classmethod
+    def from_target(cls, target: PowerTarget) -> OpenableDriver: ...
+
+
 def _text(settings: Mapping[str, SettingValue], key: str) -> str:
     value = settings.get(key, "")
     return str(value).strip() if value is not None else ""
@@ -113,45 +149,6 @@ def _verify(settings: Mapping[str, SettingValue]) -> bool | str:
     if text.lower() in {"false", "no", "0"}:
         return False
     return text  # a CA bundle path
-
-
-def driver_for(
-    settings: Mapping[str, SettingValue],
-    *,
-    node: str = "-",
-    timeout: float = DEFAULT_TIMEOUT,
-    notify: Callable[[str], None] | None = None,
-) -> PowerDriver:
-    """The driver a node's effective settings ask for. `node` is used in messages only;
-    `notify` receives the manual driver's instructions (default: logged as warnings)."""
-    kind = _text(settings, "power_driver")
-    address = _text(settings, "power_address")
-    user = _text(settings, "power_user")
-    password = Secret(_text(settings, "power_password"))
-    if not kind:
-        raise PowerError(f"node {node} has no power_driver setting; set one of ipmi, redfish, "
-                         "qemu, manual on the node or its group (--set power_driver=...)")
-    if kind == "manual":
-        from provisioner.power.manual import ManualDriver
-
-        return ManualDriver(node, address, notify=notify)
-    if not address:
-        raise PowerError(f"node {node} has power_driver={kind} but no power_address; "
-                         "set the BMC address, Redfish URL or QMP socket path")
-    if kind == "qemu":
-        from provisioner.power.qemu import QemuDriver
-
-        return QemuDriver(address, timeout=timeout)
-    if kind == "redfish":
-        from provisioner.power.redfish import RedfishDriver
-
-        return RedfishDriver(address, user, password, verify=_verify(settings), timeout=timeout)
-    if kind == "ipmi":
-        from provisioner.power.ipmi import IpmiDriver
-
-        return IpmiDriver(address, user, password, timeout=timeout)
-    raise PowerError(f"node {node}: unknown power_driver {kind!r}; use ipmi, redfish, qemu "
-                     "or manual")
 
 
 async def wait_for_state(driver: PowerDriver, want: PowerState, *, timeout: float,
@@ -180,13 +177,3 @@ async def power_action(driver: PowerDriver, action: PowerAction | str) -> PowerS
     elif act is PowerAction.SOFT_OFF:
         await driver.soft_off()
     return await driver.status()
-
-
-async def driver_for_node(inventory: Inventory, node: Node,
-                          defaults: Mapping[str, SettingValue], *,
-                          timeout: float = DEFAULT_TIMEOUT,
-                          notify: Callable[[str], None] | None = None) -> PowerDriver:
-    """The driver for a node from its effective settings (defaults, its groups, itself)."""
-    resolved = await inventory.effective(node, defaults)
-    return driver_for({k: e.value for k, e in resolved.items()}, node=node.name,
-                      timeout=timeout, notify=notify)

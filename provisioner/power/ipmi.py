@@ -15,7 +15,7 @@ import shutil
 from typing import Final
 
 from provisioner.errors import PowerError
-from provisioner.power.base import DEFAULT_TIMEOUT, PowerState, Secret, scrub
+from provisioner.power.base import DEFAULT_TIMEOUT, PowerState, PowerTarget, Secret, scrub
 
 log = logging.getLogger(__name__)
 IPMITOOL: Final = "ipmitool"
@@ -42,6 +42,11 @@ class IpmiDriver:
         self.host, self.port = split_host_port(address)
         self.user, self._password, self.timeout, self.tool = user, password, timeout, tool
         self.cipher_suite = cipher_suite
+
+    @classmethod
+    def from_target(cls, target: PowerTarget) -> IpmiDriver:
+        return cls(target.required_address(cls.kind), target.user, target.password,
+                   timeout=target.timeout)
 
     def __repr__(self) -> str:
         return f"IpmiDriver({self.host!r}, port={self.port}, user={self.user!r})"

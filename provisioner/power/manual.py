@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from provisioner.power.base import PowerState
+from provisioner.power.base import PowerState, PowerTarget
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,11 @@ class ManualDriver:
         self.node, self.address = node, address
         self._notify = notify or (lambda text: log.warning("%s", text))
         self.instructions: list[str] = []
+
+    @classmethod
+    def from_target(cls, target: PowerTarget) -> ManualDriver:
+        """No address needed: power_address, when set, is shown as where the node is."""
+        return cls(target.node, target.address, notify=target.notify)
 
     def __repr__(self) -> str:
         return f"ManualDriver({self.node!r})"

@@ -28,7 +28,7 @@ import json
 from typing import Any, Final
 
 from provisioner.errors import PowerError
-from provisioner.power.base import DEFAULT_TIMEOUT, PowerState
+from provisioner.power.base import DEFAULT_TIMEOUT, PowerState, PowerTarget
 
 OFF_STATES: Final = frozenset({"paused", "prelaunch", "shutdown"})
 
@@ -123,6 +123,10 @@ class QemuDriver:
 
     def __init__(self, socket_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path, self.timeout = socket_path, timeout
+
+    @classmethod
+    def from_target(cls, target: PowerTarget) -> QemuDriver:
+        return cls(target.required_address(cls.kind), timeout=target.timeout)
 
     def __repr__(self) -> str:
         return f"QemuDriver({self.path!r})"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from provisioner.errors import PowerError
-from provisioner.power.base import DEFAULT_TIMEOUT, PowerState, Secret
+from provisioner.power.base import DEFAULT_TIMEOUT, PowerState, PowerTarget, Secret
 
 log = logging.getLogger(__name__)
 SYSTEMS: Final = "/redfish/v1/Systems"
@@ -49,6 +49,11 @@ class RedfishDriver:
                  verify: bool | str = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.base, self._system = _split_address(address)
         self.user, self._password, self.verify, self.timeout = user, password, verify, timeout
+
+    @classmethod
+    def from_target(cls, target: PowerTarget) -> RedfishDriver:
+        return cls(target.required_address(cls.kind), target.user, target.password,
+                   verify=target.verify, timeout=target.timeout)
 
     def __repr__(self) -> str:
         return f"RedfishDriver({self.base!r}, user={self.user!r})"

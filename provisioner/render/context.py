@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from provisioner.config import SubnetSettings
-from provisioner.nodes.model import SETTINGS, Effective, Node, SettingValue
+from provisioner.nodes.model import SETTINGS, Node, SettingValue
 
 DEFAULT_CONSOLE: Final = "ttyS0,115200"
 DEFAULT_PARTITION: Final = "compute"
@@ -97,15 +97,15 @@ class Scheduler:
     features: tuple[str, ...] = ()
 
 
-def template_settings(settings: Mapping[str, SettingValue | Effective]) -> dict[str, SettingValue]:
-    """Effective settings a template may see: values only, secrets and power_* dropped."""
-    out: dict[str, SettingValue] = {}
-    for key, value in sorted(settings.items()):
-        spec = SETTINGS.get(key)
-        if (spec is not None and spec.secret) or key.startswith("power_"):
-            continue
-        out[key] = value.value if isinstance(value, Effective) else value
-    return out
+def template_settings(settings: Mapping[str, SettingValue]) -> dict[str, SettingValue]:
+    """Effective settings (model.effective_values) a template may see: secrets and power_*
+    dropped."""
+    return {key: value for key, value in sorted(settings.items()) if not _hidden(key)}
+
+
+def _hidden(key: str) -> bool:
+    spec = SETTINGS.get(key)
+    return (spec is not None and spec.secret) or key.startswith("power_")
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class BootContext:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_node(cls, node: Node, settings: Mapping[str, SettingValue | Effective], *,
+    def for_node(cls, node: Node, settings: Mapping[str, SettingValue], *,
                  boot_base: str, api_base: str, image_name: str | None = None,
                  image_version: str | None = None, network: Network | None = None,
                  scheduler_url: str = "", ssh_keys: Sequence[str] = (),

@@ -134,7 +134,7 @@ async def test_a_callback_for_a_retired_node_writes_nothing_and_keeps_the_token(
         api: Api) -> None:
     token_a, _ = await _provisioning(api)
     await api.ctx.lifecycle.fail(A, "test")
-    await api.ctx.lifecycle.transition(A, NodeState.RETIRED, reason="test")
+    await api.ctx.lifecycle.set_state(A, NodeState.RETIRED, reason="test")
     response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
     assert response.status_code == 409
     assert await api.ctx.inventory.store.get(keys.boot_token(A.value))

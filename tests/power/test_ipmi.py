@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import PowerError
-from provisioner.power.base import OneTimeBoot, PowerState, Secret, driver_for, wait_for_state
+from provisioner.power.base import OneTimeBoot, PowerState, Secret, wait_for_state
 from provisioner.power.ipmi import IpmiDriver, split_host_port
+from provisioner.power.registry import open_power
 from tests.power.servers import IpmiSim
 
 USER, PASSWORD = "admin", "pw-IPMI-7x9"
@@ -54,7 +55,7 @@ def test_addresses() -> None:
 @needs_tools
 async def test_on_cycle_off_soft(bmc: IpmiSim, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    driver = driver_for(settings(bmc.port))
+    driver = open_power(settings(bmc.port))
     assert await driver.status() is PowerState.OFF
     await driver.cycle()  # off: a cycle powers it on (IPMI refuses to cycle an off chassis)
     assert await driver.status() is PowerState.ON
@@ -75,7 +76,7 @@ async def test_wrong_password(bmc: IpmiSim, caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.DEBUG)
     wrong = "Wrong-pw-123"
     with pytest.raises(PowerError, match="failed") as info:
-        await driver_for(settings(bmc.port, wrong), timeout=20).status()
+        await open_power(settings(bmc.port, wrong), timeout=20).status()
     assert wrong not in str(info.value) and PASSWORD not in str(info.value)
     assert "power_address" in str(info.value) or "power_password" in str(info.value)
     assert wrong not in caplog.text
@@ -84,7 +85,7 @@ async def test_wrong_password(bmc: IpmiSim, caplog: pytest.LogCaptureFixture) ->
 
 @needs_tools
 async def test_next_boot_from_the_network(bmc: IpmiSim) -> None:
-    driver = driver_for(settings(bmc.port))
+    driver = open_power(settings(bmc.port))
     assert isinstance(driver, OneTimeBoot)
     await driver.boot_pxe_once()
     assert bmc.actions() == ["boot pxe"]

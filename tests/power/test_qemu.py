@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import PowerError
-from provisioner.power.base import PowerState, driver_for, power_action, wait_for_state
+from provisioner.power.base import PowerState, power_action, wait_for_state
 from provisioner.power.qemu import QemuDriver
+from provisioner.power.registry import open_power
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="needs qemu-system-x86 (scripts/setup.sh installs it)")
@@ -60,7 +61,7 @@ async def wait_banners(vm: Qemu, count: int, timeout: float = 20.0) -> None:
 
 
 async def test_status_cycle_off_on(qemu: Qemu) -> None:
-    driver = driver_for({"power_driver": "qemu", "power_address": str(qemu.socket)}, node="n1")
+    driver = open_power({"power_driver": "qemu", "power_address": str(qemu.socket)}, node="n1")
     assert isinstance(driver, QemuDriver)
     assert await driver.status() is PowerState.ON
     await wait_banners(qemu, 1)

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from provisioner.errors import PowerError
-from provisioner.power.base import OneTimeBoot, PowerState, driver_for, wait_for_state
+from provisioner.power.base import OneTimeBoot, PowerState, wait_for_state
 from provisioner.power.redfish import RedfishDriver
+from provisioner.power.registry import open_power
 from tests.power.servers import Sushy
 
 USER, PASSWORD = "admin", "s3cret-Redfish-pw"
@@ -33,7 +34,7 @@ def settings(url: str, password: str = PASSWORD, **extra: str) -> dict[str, str 
 
 async def test_status_on_cycle_off(sushy: Sushy, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    driver = driver_for(settings(sushy.url))
+    driver = open_power(settings(sushy.url))
     assert isinstance(driver, RedfishDriver)
     assert await driver.status() in {PowerState.OFF, PowerState.ON}
     await driver.on()
@@ -53,7 +54,7 @@ async def test_status_on_cycle_off(sushy: Sushy, caplog: pytest.LogCaptureFixtur
 
 
 async def test_system_url_as_address(sushy: Sushy) -> None:
-    driver = driver_for(settings(sushy.url + "/redfish/v1/Systems/"
+    driver = open_power(settings(sushy.url + "/redfish/v1/Systems/"
                                  "27946b59-9e44-4fa7-8e91-f3527a1ef094"))
     assert await driver.status() in {PowerState.OFF, PowerState.ON}
 
@@ -63,37 +64,37 @@ async def test_wrong_password_says_what_to_check(sushy: Sushy,
     caplog.set_level(logging.DEBUG)
     wrong = "not-the-Password-42"
     with pytest.raises(PowerError, match="check power_user and power_password") as info:
-        await driver_for(settings(sushy.url, wrong)).status()
+        await open_power(settings(sushy.url, wrong)).status()
     assert wrong not in str(info.value) and wrong not in repr(info.value)
     assert wrong not in caplog.text
 
 
 async def test_credentials_in_url_refused() -> None:
     with pytest.raises(PowerError, match="must not hold credentials") as info:
-        driver_for(settings(f"https://{USER}:{PASSWORD}@127.0.0.1:1"))
+        open_power(settings(f"https://{USER}:{PASSWORD}@127.0.0.1:1"))
     assert PASSWORD not in str(info.value)
 
 
 async def test_nothing_listening() -> None:
     with pytest.raises(PowerError, match=r"cannot connect to http://127\.0\.0\.1:9 .*address"):
-        await driver_for(settings("http://127.0.0.1:9")).status()
+        await open_power(settings("http://127.0.0.1:9")).status()
 
 
 async def test_self_signed_needs_explicit_opt_out(tmp_path: Path) -> None:
     server = Sushy(tmp_path, USER, PASSWORD, tls=True)
     try:
         with pytest.raises(PowerError, match="power_tls_verify=false"):
-            await driver_for(settings(server.url)).status()
-        insecure = driver_for(settings(server.url, power_tls_verify="false"))
+            await open_power(settings(server.url)).status()
+        insecure = open_power(settings(server.url, power_tls_verify="false"))
         assert await insecure.status() in {PowerState.OFF, PowerState.ON}
-        pinned = driver_for(settings(server.url, power_tls_verify=str(tmp_path / "cert.pem")))
+        pinned = open_power(settings(server.url, power_tls_verify=str(tmp_path / "cert.pem")))
         assert await pinned.status() in {PowerState.OFF, PowerState.ON}
     finally:
         server.stop()
 
 
 async def test_next_boot_from_the_network(sushy: Sushy) -> None:
-    driver = driver_for(settings(sushy.url))
+    driver = open_power(settings(sushy.url))
     assert isinstance(driver, OneTimeBoot)
     await driver.boot_pxe_once()
     auth = (USER, PASSWORD)

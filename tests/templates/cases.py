@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from provisioner.nodes.model import Effective, Firmware, MacAddress, Node
+from provisioner.nodes.model import Firmware, Group, MacAddress, Node, effective_values
 from provisioner.render.environment import BootContext, Network
 
 BOOT = "http://10.10.0.1:8081"
@@ -15,13 +15,12 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGolden admin@head"
 
 
 def bios_context(token: str | None = None) -> BootContext:
+    compute = Group("compute", {"console": "ttyS0,115200", "power_driver": "ipmi",
+                                "scheduler_partition": "batch"})
     node = Node(mac=MacAddress("52:54:00:00:00:01"), name="node001",
                 ip=ipaddress.IPv4Address("10.10.0.11"), firmware=Firmware.BIOS,
-                groups=("compute",))
-    settings = {"console": Effective("ttyS0,115200", "group:compute"),
-                "power_driver": Effective("ipmi", "group:compute"),
-                "power_password": Effective("hunter2", "node"),
-                "scheduler_partition": Effective("batch", "group:compute")}
+                groups=("compute",), settings={"power_password": "hunter2"})
+    settings = effective_values(node, {"compute": compute}, {})
     network = Network(ip="10.10.0.11", prefix=24, gateway="10.10.0.1", dns=("10.10.0.1",),
                       domain="cluster.example", mtu=9000)
     return BootContext.for_node(node, settings, boot_base=BOOT, api_base=API,

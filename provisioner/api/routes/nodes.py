@@ -20,9 +20,17 @@ from provisioner.api.schemas import (
     Timeline,
     node_out,
 )
-from provisioner.nodes.lifecycle import timeline
-from provisioner.nodes.model import Firmware, MacAddress, Node, NodeState, check_ipv4
-from provisioner.power.base import driver_for, power_action
+from provisioner.nodes.model import (
+    Firmware,
+    MacAddress,
+    Node,
+    NodeState,
+    check_ipv4,
+    setting_values,
+)
+from provisioner.nodes.timeline import timeline
+from provisioner.power.base import power_action
+from provisioner.power.registry import open_power
 from provisioner.security.tokens import Role
 from provisioner.web.errors import responses
 
@@ -80,8 +88,8 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         versioned = await inv.update_node_versioned(ref, lambda n: _patched(n, fields))
         node = versioned.value
         if body.state is not None and body.state is not node.state:
-            node = await ctx.lifecycle.transition(node.mac, body.state,
-                                                  reason=f"set by {who.who}")
+            node = await ctx.lifecycle.set_state(node.mac, body.state,
+                                                 reason=f"set by {who.who}")
         await inv.settle(versioned.revision)
         await ctx.audit.record(who.who, "node.update", node.mac.value, "ok", ctx.clock(),
                                detail={"fields": sorted(body.model_dump(exclude_unset=True))})
@@ -120,9 +128,8 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         """Power on, off, cycle (hard reset) or read the state, through the node's
         power_driver setting."""
         node = (await inv.get_node(ref)).value
-        settings = {k: e.value for k, e in (await inv.effective(
-            node, ctx.settings.defaults)).items()}
-        driver = driver_for(settings, node=node.name)
+        effective = await inv.effective(node, ctx.settings.defaults)
+        driver = open_power(setting_values(effective), node=node.name)
         try:
             state = await power_action(driver, body.action)
         finally:

@@ -18,9 +18,10 @@ from provisioner.api.schemas import ReimageAccepted, ReimageRequest, RolloutOut
 from provisioner.errors import ProvisionerError
 from provisioner.handoff import open_handoff
 from provisioner.images.format.catalog import split_ref
-from provisioner.nodes.model import Node
-from provisioner.nodes.rollout import Request, Rollout, load_status
-from provisioner.power.base import PowerDriver, driver_for
+from provisioner.nodes.model import Node, setting_values
+from provisioner.nodes.rollout import Rollout, RolloutRequest, load_status
+from provisioner.power.base import PowerDriver
+from provisioner.power.registry import open_power
 from provisioner.security.tokens import Role
 from provisioner.web.errors import responses
 
@@ -40,8 +41,9 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         names = [(await ctx.inventory.get_node(ref)).value.name for ref in body.nodes]
         image = ctx.catalog.resolve(body.image)  # 404 before anything is drained
         _, pinned = split_ref(body.image)
-        request = Request(nodes=tuple(names), image=body.image, version=pinned or image.version,
-                          wave=body.wave, max_failures=body.max_failures, force=body.force)
+        request = RolloutRequest(nodes=tuple(names), image=body.image,
+                                 version=pinned or image.version, wave=body.wave,
+                                 max_failures=body.max_failures, force=body.force)
         rollout = await _start(ctx, request)
         await ctx.audit.record(who.who, "reimage.start", rollout, "ok", ctx.clock(),
                                detail={"image": body.image, "nodes": names[:50]})
@@ -57,10 +59,10 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
     return api
 
 
-async def _start(ctx: ApiContext, request: Request) -> str:
+async def _start(ctx: ApiContext, request: RolloutRequest) -> str:
     async def power_for(node: Node) -> PowerDriver:
         effective = await ctx.inventory.effective(node, ctx.settings.defaults)
-        return driver_for({k: e.value for k, e in effective.items()}, node=node.name)
+        return open_power(setting_values(effective), node=node.name)
 
     handoff = open_handoff(ctx.settings)
     rollout = Rollout(ctx.inventory, ctx.lifecycle, handoff, power_for, clock=ctx.clock)

@@ -1,0 +1,39 @@
+"""A node's timeline: its events in time order, with the time it spent in each state.
+
+Pure: the events and `now` come in as arguments (the API and `node events` read them from the
+inventory and the clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from provisioner.nodes.model import BootEvent, NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One event, with how long after the first it came and how long the node then stayed."""
+
+    event: BootEvent
+    offset: float  # seconds since the first event shown
+    duration: float | None  # seconds until the next state change; None for other events
+    state: str | None  # the state entered, for state events
+
+
+def timeline(events: Sequence[BootEvent], now: float) -> list[TimelineEntry]:
+    """Events in time order; state events carry the time spent in that state (the current
+    state runs until `now`)."""
+    ordered = sorted(events, key=lambda e: e.at)
+    if not ordered:
+        return []
+    states = {s.value for s in NodeState}
+    changes = [i for i, e in enumerate(ordered) if e.kind in states and "from" in e.detail]
+    ends = {i: (ordered[j].at if j is not None else now)
+            for i, j in zip(changes, [*changes[1:], None], strict=True)}
+    start = ordered[0].at
+    return [TimelineEntry(e, round(e.at - start, 6),
+                          round(ends[i] - e.at, 6) if i in ends else None,
+                          e.kind if i in ends else None)
+            for i, e in enumerate(ordered)]

@@ -1,0 +1,24 @@
+"""The timeline: events in time order, time spent in each state."""
+
+from __future__ import annotations
+
+from provisioner.nodes.model import BootEvent, MacAddress
+from provisioner.nodes.timeline import timeline
+
+MAC = MacAddress("52:54:00:00:00:01")
+
+
+def test_timeline_orders_events_and_only_state_changes_have_durations() -> None:
+    events = [
+        BootEvent(MAC, "booted", 130.0, {"from": "provisioning"}),
+        BootEvent(MAC, "dhcp_offered", 100.0, {}),
+        BootEvent(MAC, "provisioning", 101.0, {"from": "registered"}),
+        BootEvent(MAC, "tftp_served", 100.5, {"file": "undionly.kpxe"}),
+    ]
+    entries = timeline(events, now=150.0)
+    assert [e.event.kind for e in entries] == ["dhcp_offered", "tftp_served", "provisioning",
+                                               "booted"]
+    assert [e.duration for e in entries] == [None, None, 29.0, 20.0]
+    assert [e.state for e in entries] == [None, None, "provisioning", "booted"]
+    assert [e.offset for e in entries] == [0.0, 0.5, 1.0, 30.0]
+    assert timeline([], 1.0) == []
