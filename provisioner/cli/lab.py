@@ -23,7 +23,7 @@ def _root(ctx: typer.Context) -> Path:
 
 
 def _namespace() -> str:
-    from provisioner.lab.network import DEFAULT_NAMESPACE
+    from provisioner.lab.netns import DEFAULT_NAMESPACE
 
     return os.environ.get("PROVISIONER_LAB_NAMESPACE", DEFAULT_NAMESPACE)
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provisioner.lab.network import namespace_exists
+from provisioner.lab.netns import namespace_exists
 from tests.e2e.conftest import CACHE
 
 
