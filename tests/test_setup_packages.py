@@ -61,7 +61,7 @@ NOT_PROGRAMS = {
 SHELL_WORDS = {"if", "then", "else", "elif", "fi", "for", "in", "do", "done", "while", "case",
                "esac", "function", "return", "local", "echo", "cd", "set", "export", "exit",
                "command", "true", "false", "[", "[[", "]]", "]", "{", "}", "!", "time",
-               "shift", "read", "printf", "test", "source", ".", "wait", "trap"}
+               "shift", "read", "printf", "test", "source", ".", "wait", "trap", "unset"}
 ARGV_CALLS = {"run", "Popen", "check_output", "check_call", "call", "spawn", "command",
               "client", "create_subprocess_exec", "exec"}
 BIN_PATH = re.compile(r"^/(?:usr/)?s?bin/([\w.+-]+)$")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -24,6 +26,7 @@ from provisioner.nodes.model import (
     BootEvent,
     Effective,
     Firmware,
+    Lease,
     MacAddress,
     Node,
     NodeState,
@@ -40,11 +43,49 @@ app.command("reimage")(reimage_cli.reimage)
 NODE_ARG = typer.Argument(..., help="Node name or MAC address.", show_default=False)
 
 
-def shown(node: Node) -> dict[str, Any]:
-    """A node as the CLI and API show it: secrets redacted."""
+@dataclass(frozen=True)
+class Current:
+    """What the store knows of a node beyond its record: the address it has now and the image
+    version it last booted (None: none known)."""
+
+    ip: str | None = None
+    #: "lease" (DHCP, until `expires`) or "reserved" (the node's own ip, no active lease)
+    ip_source: str | None = None
+    expires: float | None = None
+    version: str | None = None
+
+
+async def current(inv: Inventory, node: Node, leases: Sequence[Lease], now: float) -> Current:
+    """The node's active bound lease (a reserved address is leased too), else its reserved
+    address; and the image version of its last boot (the boot plane records it in the
+    events of the boot script it served and of the callback)."""
+    lease = max((le for le in leases if le.mac == node.mac and le.state == "bound"
+                 and le.active(now)), key=lambda le: le.expires, default=None)
+    version = next((str(e.detail["version"]) for e in reversed(await inv.list_events(node.mac))
+                    if e.detail.get("version")), None)
+    if lease is not None:
+        return Current(str(lease.ip), "lease", lease.expires, version)
+    if node.ip is not None:
+        return Current(str(node.ip), "reserved", None, version)
+    return Current(version=version)
+
+
+def shown(node: Node, now: Current | None = None) -> dict[str, Any]:
+    """A node as the CLI and API show it: secrets redacted; with `now`, its current address
+    and image version too."""
     data = node_to_dict(node)
     data["settings"] = redact(node.settings)
+    if now is not None:
+        data |= {"current_ip": now.ip, "current_ip_source": now.ip_source,
+                 "lease_expires": now.expires, "image_version": now.version}
     return data
+
+
+def _ip_text(now: Current) -> str | None:
+    if now.ip_source == "lease" and now.expires is not None:
+        until = time.strftime("%H:%M:%S", time.localtime(now.expires))
+        return f"{now.ip} (DHCP lease until {until})"
+    return f"{now.ip} (reserved, no active lease)" if now.ip else None
 
 
 @app.command("add")
@@ -86,16 +127,23 @@ def list_(
     image: str | None = typer.Option(None, "--image", help="Only nodes with this image."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """List nodes, sorted by name."""
+    """List nodes, sorted by name, with each one's current address and image version."""
     wanted = parse_enum(NodeState, node_state, "state") if node_state else None
-    nodes = with_inventory(ctx, lambda inv: inv.list_nodes(state=wanted, group=group, image=image))
-    nodes.sort(key=lambda n: n.name)
+
+    async def act(inv: Inventory) -> list[tuple[Node, Current]]:
+        found = await inv.list_nodes(state=wanted, group=group, image=image)
+        now = time.time()
+        leases = await inv.list_leases()
+        return [(n, await current(inv, n, leases, now)) for n in found]
+
+    rows = with_inventory(ctx, act, read=True)
+    rows.sort(key=lambda row: row[0].name)
     if as_json:
-        print_json([shown(n) for n in nodes])
+        print_json([shown(n, c) for n, c in rows])
         return
-    print_table(["name", "mac", "ip", "state", "image", "groups", "firmware"],
-                [[n.name, n.mac, n.ip, n.state, n.image, ",".join(n.groups), n.firmware]
-                 for n in nodes])
+    print_table(["name", "mac", "ip", "state", "image", "version", "groups", "firmware"],
+                [[n.name, n.mac, c.ip, n.state, n.image, c.version, ",".join(n.groups),
+                  n.firmware] for n, c in rows])
 
 
 @app.command("show")
@@ -109,22 +157,23 @@ def show(
     """Show one node."""
     defaults = state(ctx).settings.defaults
 
-    async def act(inv: Inventory) -> tuple[Node, dict[str, Effective]]:
+    async def act(inv: Inventory) -> tuple[Node, Current, dict[str, Effective]]:
         node = (await inv.get_node(ref)).value
-        return node, (await inv.effective(node, defaults) if effective else {})
+        now = await current(inv, node, await inv.list_leases(), time.time())
+        return node, now, (await inv.effective(node, defaults) if effective else {})
 
-    node, resolved = with_inventory(ctx, act)
+    node, now, resolved = with_inventory(ctx, act, read=True)
     if as_json:
-        data = shown(node)
+        data = shown(node, now)
         if effective:
             values = redact({k: e.value for k, e in resolved.items()})
             data["effective"] = {k: {"value": values[k], "source": e.source}
                                  for k, e in resolved.items()}
         print_json(data)
         return
-    print_fields([("name", node.name), ("mac", node.mac), ("ip", node.ip),
+    print_fields([("name", node.name), ("mac", node.mac), ("ip", _ip_text(now)),
                   ("state", node.state), ("firmware", node.firmware), ("image", node.image),
-                  ("groups", ", ".join(node.groups))])
+                  ("version", now.version), ("groups", ", ".join(node.groups))])
     _show_settings(node, resolved, effective)
 
 
@@ -205,15 +254,13 @@ def delete(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
 @app.command("events")
 def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION) -> None:
     """The node's timeline: every event, and how long it stayed in each state."""
-    import time
-
     from provisioner.nodes.lifecycle import timeline
 
     async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
         node = (await inv.get_node(ref)).value
         return node, await inv.list_events(node.mac)
 
-    node, found = with_inventory(ctx, act)
+    node, found = with_inventory(ctx, act, read=True)
     entries = timeline(found, time.time())
     if as_json:
         print_json([{"kind": e.event.kind, "at": e.event.at, "offset": e.offset,
@@ -227,8 +274,6 @@ def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION)
 
 
 def _clock(at: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
