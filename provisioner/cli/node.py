@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from provisioner.nodes.model import (
     BootEvent,
     Effective,
     Firmware,
+    Group,
     Lease,
     MacAddress,
     Node,
     NodeState,
+    SettingValue,
     check_ipv4,
+    effective_settings,
     parse_enum,
     redact,
     unique,
@@ -44,30 +48,51 @@ NODE_ARG = typer.Argument(..., help="Node name or MAC address.", show_default=Fa
 
 
 @dataclass(frozen=True)
+class Around:
+    """What `current` reads once for many nodes: the leases, the groups, the defaults."""
+
+    leases: Sequence[Lease]
+    groups: Mapping[str, Group]
+    defaults: Mapping[str, SettingValue]
+    now: float
+
+    @classmethod
+    async def read(cls, inv: Inventory, defaults: Mapping[str, SettingValue]) -> Around:
+        groups = {g.name: g for g in await inv.list_groups()}
+        return cls(await inv.list_leases(), groups, defaults, time.time())
+
+
+@dataclass(frozen=True)
 class Current:
-    """What the store knows of a node beyond its record: the address it has now and the image
-    version it last booted (None: none known)."""
+    """What the store knows of a node beyond its record: the address it has now, the image it
+    boots (its own, a group's or the default) and the version it last booted (None: none)."""
 
     ip: str | None = None
     #: "lease" (DHCP, until `expires`) or "reserved" (the node's own ip, no active lease)
     ip_source: str | None = None
     expires: float | None = None
+    image: str | None = None
+    image_source: str | None = None  # "node", "group:NAME" or "default"
     version: str | None = None
 
 
-async def current(inv: Inventory, node: Node, leases: Sequence[Lease], now: float) -> Current:
+async def current(inv: Inventory, node: Node, around: Around) -> Current:
     """The node's active bound lease (a reserved address is leased too), else its reserved
-    address; and the image version of its last boot (the boot plane records it in the
-    events of the boot script it served and of the callback)."""
-    lease = max((le for le in leases if le.mac == node.mac and le.state == "bound"
-                 and le.active(now)), key=lambda le: le.expires, default=None)
+    address; its effective image; and the image version of its last boot (the boot plane
+    records it in the events of the boot script it served and of the callback)."""
+    lease = max((le for le in around.leases if le.mac == node.mac and le.state == "bound"
+                 and le.active(around.now)), key=lambda le: le.expires, default=None)
     version = next((str(e.detail["version"]) for e in reversed(await inv.list_events(node.mac))
                     if e.detail.get("version")), None)
+    image = effective_settings(node, around.groups, around.defaults).get("image")
+    booted = Current(image=str(image.value) if image else None,
+                     image_source=image.source if image else None, version=version)
     if lease is not None:
-        return Current(str(lease.ip), "lease", lease.expires, version)
+        return dataclasses.replace(booted, ip=str(lease.ip), ip_source="lease",
+                                   expires=lease.expires)
     if node.ip is not None:
-        return Current(str(node.ip), "reserved", None, version)
-    return Current(version=version)
+        return dataclasses.replace(booted, ip=str(node.ip), ip_source="reserved")
+    return booted
 
 
 def shown(node: Node, now: Current | None = None) -> dict[str, Any]:
@@ -77,7 +102,8 @@ def shown(node: Node, now: Current | None = None) -> dict[str, Any]:
     data["settings"] = redact(node.settings)
     if now is not None:
         data |= {"current_ip": now.ip, "current_ip_source": now.ip_source,
-                 "lease_expires": now.expires, "image_version": now.version}
+                 "lease_expires": now.expires, "effective_image": now.image,
+                 "image_source": now.image_source, "image_version": now.version}
     return data
 
 
@@ -86,6 +112,12 @@ def _ip_text(now: Current) -> str | None:
         until = time.strftime("%H:%M:%S", time.localtime(now.expires))
         return f"{now.ip} (DHCP lease until {until})"
     return f"{now.ip} (reserved, no active lease)" if now.ip else None
+
+
+def _image_text(now: Current) -> str | None:
+    if now.image is None or now.image_source == "node":
+        return now.image
+    return f"{now.image} (from {now.image_source})"
 
 
 @app.command("add")
@@ -130,11 +162,12 @@ def list_(
     """List nodes, sorted by name, with each one's current address and image version."""
     wanted = parse_enum(NodeState, node_state, "state") if node_state else None
 
+    defaults = state(ctx).settings.defaults
+
     async def act(inv: Inventory) -> list[tuple[Node, Current]]:
         found = await inv.list_nodes(state=wanted, group=group, image=image)
-        now = time.time()
-        leases = await inv.list_leases()
-        return [(n, await current(inv, n, leases, now)) for n in found]
+        around = await Around.read(inv, defaults)
+        return [(n, await current(inv, n, around)) for n in found]
 
     rows = with_inventory(ctx, act, read=True)
     rows.sort(key=lambda row: row[0].name)
@@ -142,7 +175,7 @@ def list_(
         print_json([shown(n, c) for n, c in rows])
         return
     print_table(["name", "mac", "ip", "state", "image", "version", "groups", "firmware"],
-                [[n.name, n.mac, c.ip, n.state, n.image, c.version, ",".join(n.groups),
+                [[n.name, n.mac, c.ip, n.state, c.image, c.version, ",".join(n.groups),
                   n.firmware] for n, c in rows])
 
 
@@ -159,7 +192,7 @@ def show(
 
     async def act(inv: Inventory) -> tuple[Node, Current, dict[str, Effective]]:
         node = (await inv.get_node(ref)).value
-        now = await current(inv, node, await inv.list_leases(), time.time())
+        now = await current(inv, node, await Around.read(inv, defaults))
         return node, now, (await inv.effective(node, defaults) if effective else {})
 
     node, now, resolved = with_inventory(ctx, act, read=True)
@@ -172,7 +205,7 @@ def show(
         print_json(data)
         return
     print_fields([("name", node.name), ("mac", node.mac), ("ip", _ip_text(now)),
-                  ("state", node.state), ("firmware", node.firmware), ("image", node.image),
+                  ("state", node.state), ("firmware", node.firmware), ("image", _image_text(now)),
                   ("version", now.version), ("groups", ", ".join(node.groups))])
     _show_settings(node, resolved, effective)
 

@@ -141,7 +141,8 @@ def test_an_http_error_without_a_message_names_the_request(tmp_path: Path,
 def test_node_list_and_show_give_the_current_address_and_image_version(cli: Cli) -> None:
     cli("node", "add", MAC, "--name", "node001", "--image", "compute")
     cli("node", "add", "52:54:00:00:00:02", "--name", "node002", "--ip", "10.0.0.12")
-    cli("node", "add", "52:54:00:00:00:03", "--name", "node003")
+    cli("group", "add", "gpu", "--set", "image=cuda")
+    cli("node", "add", "52:54:00:00:00:03", "--name", "node003", "-g", "gpu")
     now = time.time()
 
     async def boot() -> None:  # what the appliance writes for a dynamic lease and a boot
@@ -160,9 +161,10 @@ def test_node_list_and_show_give_the_current_address_and_image_version(cli: Cli)
 
     asyncio.run(boot())
     rows = {line.split()[0]: line.split() for line in cli("node", "list").splitlines()[1:]}
-    assert rows["node001"][2] == "10.0.0.150" and rows["node001"][5] == "3"
-    assert rows["node002"][2] == "10.0.0.12" and rows["node002"][5] == "-"
-    assert rows["node003"][2] == "-"
+    assert rows["node001"][2] == "10.0.0.150" and rows["node001"][4:6] == ["compute", "3"]
+    assert rows["node002"][2] == "10.0.0.12" and rows["node002"][4:6] == ["-", "-"]
+    assert rows["node003"][2] == "-" and rows["node003"][4] == "cuda"  # the group's image
+    assert "image:    cuda (from group:gpu)" in cli("node", "show", "node003")
     shown = cli("node", "show", "node001")
     assert "10.0.0.150 (DHCP lease until" in shown and "version:  3" in shown
     assert "10.0.0.12 (reserved, no active lease)" in cli("node", "show", "node002")
@@ -170,3 +172,4 @@ def test_node_list_and_show_give_the_current_address_and_image_version(cli: Cli)
     assert isinstance(data, dict)
     assert data["current_ip"] == "10.0.0.150" and data["current_ip_source"] == "lease"
     assert data["image_version"] == "3" and data["ip"] is None
+    assert data["effective_image"] == "compute" and data["image_source"] == "node"
