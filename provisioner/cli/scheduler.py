@@ -146,9 +146,9 @@ def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
         response = target.call(lambda: httpx.request(method, url + path, timeout=10.0,
                                                      headers=headers, **kwargs))
     except httpx.HTTPError as exc:
-        raise ProvisionerError(f"scheduler at {url} is not answering ({_why(exc)}); start it "
-                               "with `provisioner scheduler serve`, or see `provisioner "
-                               "status` for the settings the CLI uses") from None
+        raise ProvisionerError(f"scheduler at {url} is not answering; start it with "
+                               "`provisioner scheduler serve`, or see `provisioner status` for "
+                               f"the settings the CLI uses ({_why(exc)})") from None
     if response.status_code < 400:
         return response.json()
     raise _error(response, f"{method} {url}{path}")
