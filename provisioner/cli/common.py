@@ -40,6 +40,12 @@ class CliState:
     def settings(self) -> Settings:
         return self.target.settings
 
+    @property
+    def serving_settings(self) -> Settings:
+        """The settings a server (`serve`, `scheduler serve`) runs with: never a lab's by
+        the lab rule (see target.py)."""
+        return resolve(self.config, serving=True).settings
+
 
 def state(ctx: typer.Context) -> CliState:
     root = ctx.find_root()

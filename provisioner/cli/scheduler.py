@@ -40,7 +40,7 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValidationError("--log-level", f"{log_level!r} is not debug, info, warning or error")
-    settings = state(ctx).settings
+    settings = state(ctx).serving_settings
     s = settings.scheduler
     host = listen or s.listen
     if not s.token and not _loopback(host):

@@ -6,7 +6,8 @@ One rule, the first that applies:
 2. $PROVISIONER_CONFIG;
 3. a lab that is up: DATA_DIR/lab/lab.toml when DATA_DIR/lab/state.json is there and its
    network namespace exists (DATA_DIR: $PROVISIONER_DATA_DIR, else the data_dir of
-   /etc/provisioner/provisioner.toml, else ~/.local/share/provisioner);
+   /etc/provisioner/provisioner.toml, else ~/.local/share/provisioner); not for `serve` and
+   `scheduler serve`, which run servers rather than talk to them;
 4. /etc/provisioner/provisioner.toml when present;
 5. the built-in defaults.
 
@@ -22,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from provisioner.config import SYSTEM_CONFIG, Settings, load_settings
+from provisioner.errors import ConfigError, StoreUnavailable
 from provisioner.lab.labconfig import lab_env
 
 T = TypeVar("T")
@@ -62,8 +65,15 @@ class Target:
             return fn()
         from provisioner.lab.netns import Namespace
 
-        with Namespace(self.namespace) as ns:
-            return ns.call(fn, timeout)
+        try:
+            with Namespace(self.namespace) as ns:
+                return ns.call(fn, timeout)
+        except BrokenExecutor:  # the thread could not join the namespace
+            raise ConfigError(f"cannot enter the lab's network namespace {self.namespace}: "
+                              "that needs root (or use -c with other settings)") from None
+        except TimeoutError:
+            raise StoreUnavailable(f"no answer in time from the lab in network namespace "
+                                   f"{self.namespace}; see `provisioner lab status`") from None
 
     def run(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 300.0) -> T:
         """Run a coroutine to completion, where `call` would."""
@@ -72,8 +82,11 @@ class Target:
         return self.call(lambda: asyncio.run(main()), timeout)
 
 
-def resolve(config: Path | None, env: Mapping[str, str] | None = None) -> Target:
-    """Apply the rule in this module's docstring."""
+def resolve(config: Path | None, env: Mapping[str, str] | None = None, *,
+            serving: bool = False) -> Target:
+    """Apply the rule in this module's docstring. `serving`: for `serve` and `scheduler
+    serve`, which are servers rather than clients of one, rule 3 does not apply (a lab's
+    servers are started with -c)."""
     env = os.environ if env is None else env
     if config is not None:
         return _from_file(config, "--config", env)
@@ -82,7 +95,7 @@ def resolve(config: Path | None, env: Mapping[str, str] | None = None) -> Target
     system = SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
     host = load_settings(system, env={k: v for k, v in env.items() if k != "PROVISIONER_CONFIG"})
     lab_root = host.data_dir / "lab"
-    namespace = _lab_up(lab_root)
+    namespace = None if serving else _lab_up(lab_root)
     if namespace is not None:
         settings = load_settings(lab_root / "lab.toml", env=lab_env(env))
         return Target(settings, f"the lab that is up under {lab_root}", lab_root, namespace)
@@ -103,7 +116,6 @@ def _from_file(path: Path, how: str, env: Mapping[str, str]) -> Target:
 def _lab_up(root: Path) -> str | None:
     """The namespace of the lab under `root` when it is up (its state file is there and its
     namespace exists), else None."""
-    from provisioner.errors import ConfigError
     from provisioner.lab.netns import namespace_exists
     from provisioner.lab.state import load_state
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.cli.target import resolve
 from provisioner.lab.lab import Lab
 from provisioner.lab.labconfig import LabOptions
 from tests.cli.runner import Cli
@@ -53,6 +54,10 @@ def test_the_cli_on_the_host_talks_to_the_lab_that_is_up(lab_cli: tuple[Lab, Cli
     # the scheduler listens only inside the namespace, with a token: the CLI reaches it
     assert cli.json("scheduler", "jobs") == []
     assert cli("scheduler", "nodes").startswith("NAME")
+    # a server started on the host is not the lab's: `serve` never takes the lab's settings
+    env = {"PROVISIONER_DATA_DIR": str(cli.data)}
+    assert resolve(None, env).namespace == lab.state.namespace
+    assert resolve(None, env, serving=True).settings.data_dir == cli.data
     # -c with the lab's settings file is the same lab, whatever the data dir says
     other = Cli(tmp_path / "elsewhere")
     same = other.json("-c", str(lab.state.config), "node", "list")
