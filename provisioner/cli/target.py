@@ -123,8 +123,8 @@ def _lab_up(root: Path) -> str | None:
         return None
     try:
         state = load_state(root)
-    except ConfigError:
-        return None  # an unreadable state file: `lab status` says so
+    except (ConfigError, OSError):
+        return None  # an unreadable state file (or not ours to read): `lab status` says so
     if state is None or not namespace_exists(state.namespace):
         return None
     return state.namespace
