@@ -45,8 +45,7 @@ from provisioner.errors import ProvisionerError  # noqa: E402
 from provisioner.lab import procs  # noqa: E402
 from provisioner.lab.lab import Lab, lab_env  # noqa: E402
 from provisioner.lab.labconfig import LabOptions  # noqa: E402
-from provisioner.lab.network import LabNetwork  # noqa: E402
-from provisioner.lab.nsnet import Namespace  # noqa: E402
+from provisioner.lab.netns import LabNetwork, Namespace  # noqa: E402
 from provisioner.lab.observe import wait_ready  # noqa: E402
 from provisioner.lab.qemu import QemuNode, lab_mac  # noqa: E402
 from provisioner.lab.storeview import snapshot  # noqa: E402

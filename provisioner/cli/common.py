@@ -1,8 +1,8 @@
-"""What every CLI verb shares: settings from the global options, the store, output formats."""
+"""What every CLI verb shares: the target (settings, chosen by the rule in target.py), the store,
+output formats."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 
 import typer
 
-from provisioner.config import Settings, load_settings
-from provisioner.errors import ValidationError
+from provisioner.cli.target import Target, resolve
+from provisioner.config import Settings
+from provisioner.errors import StoreError, ValidationError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import SettingValue, check_setting
 from provisioner.store import open_store
+from provisioner.store.base import KeyValueStore
 
 T = TypeVar("T")
 
@@ -26,13 +28,23 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead
 @dataclass
 class CliState:
     config: Path | None = None
-    _settings: Settings | None = None
+    _target: Target | None = None
+
+    @property
+    def target(self) -> Target:
+        if self._target is None:
+            self._target = resolve(self.config)
+        return self._target
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config)
-        return self._settings
+        return self.target.settings
+
+    @property
+    def serving_settings(self) -> Settings:
+        """The settings a server (`serve`, `scheduler serve`) runs with: never a lab's by
+        the lab rule (see target.py)."""
+        return resolve(self.config, serving=True).settings
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -42,18 +54,37 @@ def state(ctx: typer.Context) -> CliState:
     return root.obj
 
 
-def with_inventory(ctx: typer.Context, action: Callable[[Inventory], Awaitable[T]]) -> T:
-    """Open the configured store, run `action` on an Inventory over it, close the store."""
-    settings = state(ctx).settings
+def store_missing(target: Target) -> bool:
+    """True when the target's store is an embedded sqlite file not created yet."""
+    settings = target.settings
+    return settings.store.backend == "sqlite" and not settings.store_path.exists()
+
+
+def with_store(ctx: typer.Context, action: Callable[[KeyValueStore], Awaitable[T]], *,
+               read: bool = False) -> T:
+    """Open the target's store, run `action` on it, close it; where the target's servers are
+    (inside a lab's namespace for a lab). A read never creates an empty store: it says
+    which settings it used instead."""
+    target = state(ctx).target
+    if read and store_missing(target):
+        raise StoreError(f"no store at {target.settings.store_path}: nothing was ever added "
+                         f"with these settings ({target.reason}); `provisioner status` shows "
+                         "what the CLI uses, -c/--config chooses other settings")
 
     async def run() -> T:
-        store = open_store(settings)
+        store = open_store(target.settings)
         try:
-            return await action(Inventory(store))
+            return await action(store)
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    return target.run(run)
+
+
+def with_inventory(ctx: typer.Context, action: Callable[[Inventory], Awaitable[T]], *,
+                   read: bool = False) -> T:
+    """`with_store`, with an Inventory over the store."""
+    return with_store(ctx, lambda store: action(Inventory(store)), read=read)
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, SettingValue]:

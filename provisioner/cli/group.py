@@ -57,7 +57,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         nodes = await inv.list_nodes()
         return [(g, [n for n in nodes if g.name in n.groups]) for g in await inv.list_groups()]
 
-    rows = with_inventory(ctx, act)
+    rows = with_inventory(ctx, act, read=True)
     if as_json:
         print_json([shown(g, members) for g, members in rows])
         return
@@ -73,7 +73,7 @@ def show(ctx: typer.Context, name: str = GROUP_ARG, as_json: bool = JSON_OPTION)
     async def act(inv: Inventory) -> tuple[Group, list[Node]]:
         return (await inv.get_group(name)).value, await inv.list_nodes(group=name)
 
-    group, members = with_inventory(ctx, act)
+    group, members = with_inventory(ctx, act, read=True)
     if as_json:
         print_json(shown(group, members))
         return

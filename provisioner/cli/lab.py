@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from provisioner.cli.common import print_json, print_table, state
+from provisioner.cli.common import print_fields, print_json, print_table, state
 from provisioner.errors import ConfigError, ValidationError
 
 app = typer.Typer(help="A QEMU lab: PXE-boot nodes from the appliance in a network namespace.",
@@ -19,11 +19,11 @@ app = typer.Typer(help="A QEMU lab: PXE-boot nodes from the appliance in a netwo
 
 
 def _root(ctx: typer.Context) -> Path:
-    return state(ctx).settings.data_dir / "lab"
+    return state(ctx).target.lab_root
 
 
 def _namespace() -> str:
-    from provisioner.lab.network import DEFAULT_NAMESPACE
+    from provisioner.lab.netns import DEFAULT_NAMESPACE
 
     return os.environ.get("PROVISIONER_LAB_NAMESPACE", DEFAULT_NAMESPACE)
 
@@ -140,12 +140,16 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
     if as_json:
         print_json(data)
         return
-    for key in ("namespace", "bridge", "address", "store", "api_url", "admin_token",
-                "scheduler_url", "scheduler_token", "config"):
-        typer.echo(f"{key + ':':<15}{data[key]}")
+    fields: list[tuple[str, object]] = [
+        ("namespace", s.namespace), ("bridge", f"{s.bridge} {s.address}"), ("store", s.store),
+        ("api", s.api_url), ("admin token", s.admin_token), ("boot", s.boot_url),
+        ("scheduler", s.scheduler_url), ("scheduler token", s.scheduler_token),
+        ("config", s.config)]
     for role, info in services.items():
-        typer.echo(f"{role + ':':<15}pid {info['pid']} "
-                   f"{'running' if info['running'] else 'NOT RUNNING'}, log {info['log']}")
+        running = "running" if info["running"] else "NOT RUNNING"
+        fields.append((f"{role} process", f"pid {info['pid']} {running}, log {info['log']}"))
+    print_fields(fields)
+    typer.echo("")
     print_table(["name", "mac", "firmware", "state", "ip", "running", "console"],
                 [[r["name"], r["mac"], r["firmware"], r["state"], r["ip"],
                   "yes" if r["running"] else "no", r["console"]] for r in rows])

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from provisioner import __version__
-from provisioner.cli import group, image, node, serve, store
+from provisioner.cli import group, image, node, serve, status, store
 from provisioner.cli import lab as lab_cli
 from provisioner.cli import scheduler as scheduler_cli
 from provisioner.cli import token as token_cli
@@ -52,6 +52,7 @@ app.add_typer(image.app, name="image")
 app.add_typer(scheduler_cli.app, name="scheduler")
 app.add_typer(lab_cli.app, name="lab")
 app.command("serve")(serve.serve)
+app.command("status")(status.status)
 
 
 def _version(value: bool) -> None:
@@ -64,8 +65,9 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="Settings file (default: $PROVISIONER_CONFIG, else "
-        "/etc/provisioner/provisioner.toml when present).", show_default=False),
+        None, "--config", "-c", help="Settings file (default: $PROVISIONER_CONFIG, else the "
+        "lab's when one is up, else /etc/provisioner/provisioner.toml when present; "
+        "`provisioner status` shows which).", show_default=False),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:

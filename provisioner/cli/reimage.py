@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import typer
@@ -45,9 +44,10 @@ def reimage(
 
     Per node: drain in the scheduler, wait until idle (or --force), set the image,
     power-cycle, wait for the callback from the new version, resume."""
-    settings = state(ctx).settings
+    target = state(ctx).target
+    settings = target.settings
     if status:
-        result = asyncio.run(_load(settings, rollout_id))
+        result = target.run(lambda: _load(settings, rollout_id))
         _show(result, as_json)
         return
     if not refs or not image:
@@ -58,7 +58,7 @@ def reimage(
     request = RolloutRequest(nodes=tuple(refs), image=image, version=version, wave=wave,
                              max_failures=max_failures, force=force, timeout=timeout,
                              idle_timeout=idle_timeout)
-    result = asyncio.run(_run(settings, request, as_json))
+    result = target.run(lambda: _run(settings, request, as_json), timeout=None)
     if as_json:
         print_json(result.to_dict())
     if result.state != "succeeded":

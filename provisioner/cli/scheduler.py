@@ -40,7 +40,7 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValidationError("--log-level", f"{log_level!r} is not debug, info, warning or error")
-    settings = state(ctx).settings
+    settings = state(ctx).serving_settings
     s = settings.scheduler
     host = listen or s.listen
     if not s.token and not _loopback(host):
@@ -138,24 +138,35 @@ def resume(ctx: typer.Context, name: str = NODE_ARG) -> None:
 def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
     import httpx  # not at the top: every CLI verb would pay for it
 
-    s = state(ctx).settings.scheduler
-    url = s.client_url
-    headers = {"Authorization": f"Bearer {s.token}"} if s.token else {}
+    target = state(ctx).target
+    url = target.scheduler_url
+    token = target.settings.scheduler.token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url + path, timeout=10.0, headers=headers, **kwargs)
-    except httpx.HTTPError:
+        response = target.call(lambda: httpx.request(method, url + path, timeout=10.0,
+                                                     headers=headers, **kwargs))
+    except httpx.HTTPError as exc:
         raise ProvisionerError(f"scheduler at {url} is not answering; start it with "
-                               "`provisioner scheduler serve`") from None
+                               "`provisioner scheduler serve`, or see `provisioner status` for "
+                               f"the settings the CLI uses ({_why(exc)})") from None
     if response.status_code < 400:
         return response.json()
-    raise _error(response)
+    raise _error(response, f"{method} {url}{path}")
 
 
-def _error(response: Any) -> ProvisionerError:  # an httpx.Response
+def _why(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _error(response: Any, request: str) -> ProvisionerError:  # an httpx.Response
+    """The scheduler's own message when it sent one; else what answered, and what to do."""
     try:
         message = str(response.json()["message"])
     except (ValueError, KeyError, TypeError):
-        message = f"HTTP {response.status_code}: {response.text[:200]}"
+        body = " ".join(response.text.split())[:120] or "no body"
+        message = (f"{request} answered HTTP {response.status_code} ({body}): is the "
+                   "scheduler there? `provisioner status` shows the URL the CLI uses")
     kinds: dict[int, type[ProvisionerError]] = {404: NotFound, 409: Conflict,
                                                 503: StoreUnavailable}
     if response.status_code in kinds:

@@ -21,6 +21,6 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValidationError("--log-level", f"{log_level!r} is not debug, info, warning or error")
-    settings = state(ctx).settings
+    settings = state(ctx).serving_settings
     run_service(settings, listen=listen or settings.api.listen, port=port or settings.api.port,
                 log_level=level)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 
 import typer
 
-from provisioner.cli.common import JSON_OPTION, print_fields, print_json, state
-from provisioner.store import open_store
-from provisioner.store.base import StoreStatus
+from provisioner.cli.common import (
+    JSON_OPTION,
+    print_fields,
+    print_json,
+    state,
+    store_missing,
+    with_store,
+)
+from provisioner.store.base import KeyValueStore, StoreStatus
 
 app = typer.Typer(help="The key-value store behind the inventory.", no_args_is_help=True)
 
@@ -20,16 +25,17 @@ def status(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Check that the store answers, and show its backend, revision and key count."""
     settings = state(ctx).settings
 
-    async def run() -> tuple[StoreStatus, float]:
-        store = open_store(settings)
-        try:
-            started = time.perf_counter()
-            result = await store.status()
-            return result, time.perf_counter() - started
-        finally:
-            await store.close()
+    async def run(store: KeyValueStore) -> tuple[StoreStatus, float]:
+        started = time.perf_counter()
+        result = await store.status()
+        return result, time.perf_counter() - started
 
-    result, elapsed = asyncio.run(run())
+    if store_missing(state(ctx).target):  # say so, and create nothing
+        result = StoreStatus("sqlite", str(settings.store_path), 0, 0,
+                             "not created yet: nothing was added with these settings")
+        elapsed = 0.0
+    else:
+        result, elapsed = with_store(ctx, run, read=True)
     if as_json:
         print_json({**dataclasses.asdict(result), "latency_ms": round(elapsed * 1000, 2),
                     "config": settings.source})

@@ -5,7 +5,6 @@ A token is printed once, when it is created; the store keeps only its sha256.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import time
 from collections.abc import Awaitable, Callable
@@ -13,11 +12,10 @@ from typing import TypeVar
 
 import typer
 
-from provisioner.cli.common import JSON_OPTION, print_json, print_table, state
-from provisioner.config import Settings
+from provisioner.cli.common import JSON_OPTION, print_json, print_table, with_store
 from provisioner.security.audit import AuditLog
 from provisioner.security.tokens import ApiToken, ApiTokens, Role
-from provisioner.store import open_store
+from provisioner.store.base import KeyValueStore
 
 T = TypeVar("T")
 app = typer.Typer(help="Bearer tokens for the admin API: create, list, revoke.",
@@ -31,22 +29,18 @@ def _who() -> str:
         return "cli:?"
 
 
-def _run(settings: Settings, work: Callable[[ApiTokens], Awaitable[T]],
+def _run(ctx: typer.Context, work: Callable[[ApiTokens], Awaitable[T]],
          audited: Callable[[T], tuple[str, str]] | None = None) -> T:
-    """Run `work` on the configured store; `audited(result)` gives (action, target) to log."""
+    """Run `work` on the target's store; `audited(result)` gives (action, target) to log."""
 
-    async def run() -> T:
-        store = open_store(settings)
-        try:
-            result = await work(ApiTokens(store))
-            if audited is not None:
-                action, target = audited(result)
-                await AuditLog(store).record(_who(), action, target, "ok", time.time())
-            return result
-        finally:
-            await store.close()
+    async def run(store: KeyValueStore) -> T:
+        result = await work(ApiTokens(store))
+        if audited is not None:
+            action, target = audited(result)
+            await AuditLog(store).record(_who(), action, target, "ok", time.time())
+        return result
 
-    return asyncio.run(run())
+    return with_store(ctx, run, read=audited is None)
 
 
 def _row(token: ApiToken) -> dict[str, object]:
@@ -65,7 +59,7 @@ def create(
 ) -> None:
     """Create a token and print it once: store it now, it cannot be shown again."""
     wanted = Role.parse(role)
-    token, secret = _run(state(ctx).settings,
+    token, secret = _run(ctx,
                          lambda tokens: tokens.create(wanted, name, time.time()),
                          lambda made: ("token.create", made[0].id))
     if as_json:
@@ -79,7 +73,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """List tokens (ids, names and roles; never the secrets)."""
-    found = _run(state(ctx).settings, lambda tokens: tokens.list())
+    found = _run(ctx, lambda tokens: tokens.list())
     rows = [_row(t) for t in found]
     if as_json:
         print_json(rows)
@@ -93,6 +87,6 @@ def revoke(ctx: typer.Context,
            token_id: str = typer.Argument(..., help="Token id (from `token list`).",
                                           show_default=False)) -> None:
     """Revoke a token; requests with it are refused from now on."""
-    result = _run(state(ctx).settings, lambda tokens: tokens.revoke(token_id),
+    result = _run(ctx, lambda tokens: tokens.revoke(token_id),
                   lambda gone: ("token.revoke", gone.id))
     typer.echo(f"revoked token {result.id} ({result.name}, {result.role.label})")

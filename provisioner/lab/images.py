@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 
 from provisioner.errors import ConfigError
-from provisioner.lab.lab import Lab, lab_env
-from provisioner.lab.labconfig import LabOptions
+from provisioner.lab.lab import Lab
+from provisioner.lab.labconfig import LabOptions, lab_env
 
 BUILD_TIMEOUT = 1200.0
 

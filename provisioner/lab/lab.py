@@ -21,21 +21,17 @@ from pathlib import Path
 
 from provisioner.errors import ConfigError
 from provisioner.lab import procs
-from provisioner.lab.labconfig import LabOptions, render_config
-from provisioner.lab.network import LabNetwork, namespace_exists
-from provisioner.lab.nsnet import Namespace
+from provisioner.lab.labconfig import LabOptions, lab_env, render_config
+from provisioner.lab.netns import LabNetwork, Namespace, namespace_exists
 from provisioner.lab.procs import Proc
 from provisioner.lab.qemu import QemuNode, lab_mac
 from provisioner.lab.state import LabNode, LabState, load_state
+from provisioner.lab.storeview import create_admin_token
+
+__all__ = ["Lab", "down", "lab_env", "read_console", "tail"]
 
 Say = Callable[[str], None]
 START_TIMEOUT = 60.0  # seconds for the appliance, the scheduler or etcd to answer
-
-
-def lab_env() -> dict[str, str]:
-    """The environment for the lab's processes: the user's PROVISIONER_* variables would
-    override the lab's own settings file (a data dir, a store), so they are left out."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
 
 
 _ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78])|\r|\x08|\x00")
@@ -184,8 +180,6 @@ class Lab:
     def create_admin_token(self) -> None:
         """An admin API token for the lab's user, created in the store before the appliance
         starts (API auth is on in the lab, as in production)."""
-        from provisioner.lab.storeview import create_admin_token
-
         self.state.admin_token = create_admin_token(self)
         self.state.save()
 

@@ -8,10 +8,20 @@ scheduler beside it. Every node defaults to the lab image and the `qemu` power d
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.lab.network import DEFAULT_ADDRESS, DEFAULT_BRIDGE, DEFAULT_NAMESPACE, LabNetwork
+from provisioner.lab.netns import DEFAULT_ADDRESS, DEFAULT_BRIDGE, DEFAULT_NAMESPACE, LabNetwork
+
+
+def lab_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the lab's settings are read in, by its processes and by the CLI: the
+    user's PROVISIONER_* variables would override the lab's own settings file (a data dir, a
+    store), so they are left out."""
+    return {k: v for k, v in (os.environ if env is None else env).items()
+            if not k.startswith("PROVISIONER_")}
 
 
 @dataclass(frozen=True)

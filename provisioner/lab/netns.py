@@ -1,36 +1,77 @@
-"""Network namespaces joined by a veth pair: a private segment for servers and real clients.
+"""Network namespaces: the one place that makes them, enters them and runs things in them.
 
-    [ns SERVER] veth-s  <== veth ==>  veth-c [ns CLIENT]
-      10.R.N.1/24                        10.R.N.2/24
+Three shapes, for three uses:
 
-Traffic stays inside the two namespaces: each has only its loopback and its end of the veth, and
-the default route points at the veth so that limited broadcasts (DHCP) go through it. Names are
-random so several runs can coexist; `close()` removes both namespaces (the veth goes with them)
-and kills, by PID, every process started with `spawn`.
+- `NetnsPair`: two namespaces joined by a veth pair, a private segment on which the protocol
+  tests and benches put a server and real clients:
+
+      [ns SERVER] veth-s  <== veth ==>  veth-c [ns CLIENT]
+        10.R.N.1/24                        10.R.N.2/24
+
+  Each has only its loopback and its end of the veth, and the default route points at the
+  veth so that limited broadcasts (DHCP) go through it. Names are random so several runs can
+  coexist; `close()` removes both namespaces and kills, by PID, what `spawn` started.
+
+- `LabNetwork`: the lab's one namespace holding a bridge with the appliance's address and one
+  tap per QEMU node:
+
+      [ns provisioner-lab]  br0 10.99.0.1/24 -- tap1 (node001), tap2 (node002), ...
+
+  It has no link to the host, so the appliance's DHCP server can be authoritative on br0
+  without answering anyone else. Removing the namespace removes the bridge and taps with it.
+
+- `Namespace`: reach into a namespace from the host side without a link to it. A thread may
+  join a network namespace on its own (setns(2) with CLONE_NEWNET acts on the calling thread
+  only): every socket it creates afterwards lives in the namespace, while the rest of the
+  process stays where it was. `lab status`, the CLI's requests to a lab's appliance, scheduler
+  and store, and the tests use one such thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import ipaddress
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from provisioner.errors import ConfigError
 
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+DEFAULT_NAMESPACE = "provisioner-lab"
+DEFAULT_BRIDGE = "br0"
+DEFAULT_ADDRESS = "10.99.0.1/24"
 
-def _ip(*args: str) -> None:
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ip ARGS` (iproute2); a failure is a ConfigError naming the command."""
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
                             check=False)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise ConfigError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()} "
                           "(network namespaces need root and iproute2)")
+    return result
+
+
+def namespace_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def _need_root(what: str) -> None:
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        raise ConfigError(f"{what} need root and the `ip` command (iproute2)")
 
 
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
@@ -60,8 +101,7 @@ class NetnsPair:
 
     @classmethod
     def create(cls, mtu: int = 1500, subnet: str | None = None) -> NetnsPair:
-        if shutil.which("ip") is None or os.geteuid() != 0:
-            raise ConfigError("network namespaces need root and the `ip` command (iproute2)")
+        _need_root("network namespaces")
         tag = secrets.token_hex(3)
         net = ipaddress.IPv4Network(subnet or f"10.{200 + secrets.randbelow(50)}."
                                     f"{secrets.randbelow(256)}.0/24")
@@ -75,16 +115,16 @@ class NetnsPair:
         return pair
 
     def _build(self, mtu: int) -> None:
-        _ip("netns", "add", self.server_ns)
-        _ip("netns", "add", self.client_ns)
-        _ip("-n", self.server_ns, "link", "add", self.server_if, "type", "veth", "peer", "name",
+        ip("netns", "add", self.server_ns)
+        ip("netns", "add", self.client_ns)
+        ip("-n", self.server_ns, "link", "add", self.server_if, "type", "veth", "peer", "name",
             self.client_if, "netns", self.client_ns)
         for ns, ifname, addr in ((self.server_ns, self.server_if, self.server_ip),
                                  (self.client_ns, self.client_if, self.client_ip)):
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "link", "set", ifname, "mtu", str(mtu), "up")
-            _ip("-n", ns, "addr", "add", f"{addr}/{self.network.prefixlen}", "dev", ifname)
-            _ip("-n", ns, "route", "add", "default", "dev", ifname)
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", ifname, "mtu", str(mtu), "up")
+            ip("-n", ns, "addr", "add", f"{addr}/{self.network.prefixlen}", "dev", ifname)
+            ip("-n", ns, "route", "add", "default", "dev", ifname)
 
     def command(self, ns: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
@@ -116,6 +156,136 @@ class NetnsPair:
                            check=False)
 
     def __enter__(self) -> NetnsPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class LabNetwork:
+    namespace: str = DEFAULT_NAMESPACE
+    bridge: str = DEFAULT_BRIDGE
+    address: str = DEFAULT_ADDRESS  # the appliance's address on the bridge, with prefix
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def server_ip(self) -> str:
+        return str(self.interface.ip)
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return self.interface.network
+
+    def create(self) -> None:
+        """The namespace with loopback up and the bridge addressed and up."""
+        _need_root("the lab and its namespace")
+        if namespace_exists(self.namespace):
+            raise ConfigError(f"network namespace {self.namespace} exists already; run "
+                              "`provisioner lab down` first")
+        ip("netns", "add", self.namespace)
+        try:
+            self._ns("link", "set", "lo", "up")
+            self._ns("link", "add", self.bridge, "type", "bridge")
+            # No STP and no forwarding delay: a tap must pass the firmware's first DHCP
+            # DISCOVER at once, not after 15 s of listening and learning.
+            self._ns("link", "set", self.bridge, "type", "bridge", "stp_state", "0",
+                     "forward_delay", "0")
+            self._ns("addr", "add", self.address, "dev", self.bridge)
+            self._ns("link", "set", self.bridge, "up")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def add_tap(self, tap: str) -> None:
+        self._ns("tuntap", "add", "dev", tap, "mode", "tap")
+        self._ns("link", "set", tap, "master", self.bridge)
+        self._ns("link", "set", tap, "up")
+
+    def destroy(self) -> None:
+        """Remove the namespace (its bridge and taps go with it); nothing to do if absent."""
+        if namespace_exists(self.namespace):
+            ip("netns", "del", self.namespace, check=False)
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run inside the namespace (ip netns exec execs it: the PID stays the same)."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def _ns(self, *args: str) -> None:
+        ip("-n", self.namespace, *args)
+
+
+def _enter(namespace: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {namespace}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class HttpAnswer:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    def __repr__(self) -> str:
+        return f"HttpAnswer({self.status}, {self.body[:200]!r})"
+
+
+class Namespace:
+    """A worker thread inside network namespace `name`; `close()` ends it."""
+
+    def __init__(self, name: str) -> None:
+        if not os.path.exists(f"/run/netns/{name}"):
+            raise ConfigError(f"network namespace {name} does not exist (is the lab up?)")
+        self.name = name
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"netns-{name}",
+                                        initializer=_enter, initargs=(name,))
+
+    def call(self, fn: Callable[[], T], timeout: float | None = 60.0) -> T:
+        return self._pool.submit(fn).result(timeout)
+
+    def run(self, factory: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+        """Run a coroutine on a fresh event loop inside the namespace."""
+        async def main() -> T:
+            return await factory()
+        return self.call(lambda: asyncio.run(main()), timeout)
+
+    def http(self, method: str, url: str, *, body: Any = None, token: str | None = None,
+             timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> HttpAnswer:
+        """One HTTP request from inside the namespace; any status is returned, not raised
+        (status 0: no answer at all)."""
+        def send() -> HttpAnswer:
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(url, data=data, method=method)
+            if data is not None:
+                request.add_header("Content-Type", "application/json")
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            for key, value in (headers or {}).items():
+                request.add_header(key, value)
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as answer:
+                    return HttpAnswer(answer.status, answer.read())
+            except urllib.error.HTTPError as exc:
+                return HttpAnswer(exc.code, exc.read())
+            except (urllib.error.URLError, OSError) as exc:
+                return HttpAnswer(0, str(exc).encode())  # 0: nothing answered
+        return self.call(send, timeout + 5)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Namespace:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,16 +8,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from provisioner.config import load_settings
 from provisioner.errors import NotFound
 from provisioner.inventory.repository import Inventory
+from provisioner.lab.labconfig import lab_env
+from provisioner.lab.netns import Namespace
+from provisioner.lab.state import LabState
 from provisioner.nodes.model import BootEvent, MacAddress, Node
 from provisioner.store import open_store
 
-if TYPE_CHECKING:
-    from provisioner.lab.lab import Lab
+
+class LabAccess(Protocol):
+    """What the store reads need of a lab (lab.Lab has it): its state and a thread inside
+    its namespace. A protocol, so that lab.py imports this module and not the reverse."""
+
+    @property
+    def state(self) -> LabState: ...
+
+    @property
+    def ns(self) -> Namespace: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,7 @@ def _short(detail: dict[str, Any]) -> str:
     return text if len(text) < 160 else text[:157] + "..."
 
 
-def create_admin_token(lab: Lab) -> str:
-    from provisioner.lab.lab import lab_env
+def create_admin_token(lab: LabAccess) -> str:
     from provisioner.security.tokens import ApiTokens, Role
 
     async def create() -> str:
@@ -72,9 +82,7 @@ def create_admin_token(lab: Lab) -> str:
     return lab.ns.run(create)
 
 
-def snapshot(lab: Lab, macs: Sequence[str]) -> dict[str, NodeView]:
-    from provisioner.lab.lab import lab_env
-
+def snapshot(lab: LabAccess, macs: Sequence[str]) -> dict[str, NodeView]:
     config: Path = lab.state.config
 
     async def read() -> dict[str, NodeView]:

@@ -22,8 +22,10 @@ def test_node_lifecycle_with_tables_and_json(cli: Cli) -> None:
     cli("node", "add", "52-54-00-00-00-01", "--name", "node001", "--ip", "10.0.0.11", "-g",
         "compute", "--set", "console=ttyS0")
     cli("node", "add", "5254.0000.0002", "--name", "node002")
+    assert "no node named 'ghost'" in cli("node", "show", "ghost", code=4)
     table = cli("node", "list").splitlines()
-    assert table[0].split() == ["NAME", "MAC", "IP", "STATE", "IMAGE", "GROUPS", "FIRMWARE"]
+    assert table[0].split() == ["NAME", "MAC", "IP", "STATE", "IMAGE", "VERSION", "GROUPS",
+                                "FIRMWARE"]
     assert table[1].split()[:3] == ["node001", "52:54:00:00:00:01", "10.0.0.11"]
     nodes = cli.json("node", "list")
     assert isinstance(nodes, list) and [n["name"] for n in nodes] == ["node001", "node002"]
@@ -56,7 +58,7 @@ def test_status_reports_the_embedded_store(cli: Cli) -> None:
         (["node", "add", "52:54:00:00:00:09", "--name", "n9", "--ip", "1.2.3"], 2, "ip: "),
         (["node", "add", "52:54:00:00:00:09", "--name", "n9", "-g", "nogroup"], 4,
          "no group 'nogroup'"),
-        (["node", "show", "ghost"], 4, "no node named 'ghost'"),
+        (["node", "show", "ghost"], 3, "nothing was ever added with these settings"),
         (["node", "set", "ghost", "--image", "x"], 4, "no node"),
         (["node", "list", "--state", "asleep"], 2, "state: 'asleep' is not one of"),
         (["node", "add", "52:54:00:00:00:09", "--name", "n9", "--set", "colour=red"], 2,

@@ -10,17 +10,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provisioner.lab.network import namespace_exists
+from provisioner.lab.netns import namespace_exists
 from tests.e2e.conftest import CACHE
+
+
+def provisioner(data: Path, namespace: str, *args: str, timeout: float = 600
+                ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env |= {"PROVISIONER_DATA_DIR": str(data), "PROVISIONER_LAB_NAMESPACE": namespace,
+            "PROVISIONER_IMAGES_CACHE": str(CACHE)}
+    return subprocess.run([sys.executable, "-m", "provisioner", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def lab(data: Path, namespace: str, *args: str, timeout: float = 600
         ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env |= {"PROVISIONER_DATA_DIR": str(data), "PROVISIONER_LAB_NAMESPACE": namespace,
-            "PROVISIONER_IMAGES_CACHE": str(CACHE)}
-    return subprocess.run([sys.executable, "-m", "provisioner", "lab", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return provisioner(data, namespace, "lab", *args, timeout=timeout)
 
 
 def test_lab_up_mixed_firmware_until_ready_then_status_and_down(
@@ -43,6 +48,17 @@ def test_lab_up_mixed_firmware_until_ready_then_status_and_down(
         assert [(n["name"], n["state"], n["running"]) for n in shown["nodes"]] == [
             ("node001", "ready", True), ("node002", "ready", True)]
         assert shown["admin_token"]
+        # The commands a user types next see the lab, with its data dir alone: each ready
+        # node with the address of its DHCP lease and the image version it booted.
+        listed = provisioner(data, namespace, "node", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        nodes = {n["name"]: n for n in json.loads(listed.stdout)}
+        for name in ("node001", "node002"):
+            assert nodes[name]["current_ip"].startswith("10.99.0."), nodes[name]
+            assert nodes[name]["current_ip_source"] == "lease" and nodes[name]["image_version"]
+        jobs = provisioner(data, namespace, "scheduler", "nodes", "--json")
+        assert jobs.returncode == 0, jobs.stderr
+        assert {n["name"] for n in json.loads(jobs.stdout)} == {"node001", "node002"}
     finally:
         down = lab(data, namespace, "down", timeout=120)
     assert down.returncode == 0, down.stderr

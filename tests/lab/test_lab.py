@@ -16,8 +16,7 @@ from provisioner.errors import ConfigError
 from provisioner.lab import procs
 from provisioner.lab.lab import Lab
 from provisioner.lab.labconfig import LabOptions
-from provisioner.lab.network import LabNetwork, namespace_exists
-from provisioner.lab.nsnet import Namespace
+from provisioner.lab.netns import LabNetwork, Namespace, namespace_exists
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
