@@ -46,6 +46,8 @@ class Testbed:
     """Servers on one side, clients on the other; every process started here is stopped by
     close(). `pair` is None on loopback: servers and clients then share 127.0.0.1."""
 
+    __test__ = False  # not a pytest class, whatever its name
+
     def __init__(self, pair: NetnsPair | None) -> None:
         self.pair = pair
         self._procs: list[subprocess.Popen[Any]] = []
