@@ -45,10 +45,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
-import resource
 import shlex
 import shutil
 import statistics
@@ -66,12 +64,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from bench.peers import nginx as nginx_peer  # noqa: E402
+from bench.peers.cpu import machine_busy_seconds, own_seconds, tree_seconds  # noqa: E402
+from bench.peers.payload import make_file, sha256_file  # noqa: E402
 from bench.peers.testbed import Testbed, unwinding  # noqa: E402
 
 MIB = 1024 * 1024
 PORT = 8080
 OTHER_BENCHES = r"bench/(tftp|store|dhcp)\.py"
-HZ = os.sysconf("SC_CLK_TCK")
 
 def log(message: str) -> None:
     print(message, flush=True)
@@ -88,17 +87,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and its direct children (nginx workers), from /proc."""
-        pids = [self.proc.pid]
-        with contextlib.suppress(OSError):
-            for child in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") \
-                    .read_text().split():
-                pids.append(int(child))
-        total = 0
-        for pid in pids:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / HZ
+        return tree_seconds(self.proc.pid)
 
 
 def start_provisioner(place: Testbed, work: Path, images: Path) -> Server:
@@ -136,32 +125,6 @@ def wait_ready(place: Testbed, server: Server, file: str, limit: float = 30) -> 
     raise SystemExit(f"{server.name}: no answer within {limit:.0f} s")
 
 
-# -- files ---------------------------------------------------------------------------------------
-
-
-def make_file(path: Path, size: int) -> str:
-    """Random content (nothing compressible, nothing cached elsewhere); returns the sha256."""
-    digest = hashlib.sha256()
-    chunk = 16 * MIB
-    with path.open("wb") as handle:
-        left = size
-        while left:
-            data = os.urandom(min(chunk, left))
-            handle.write(data)
-            digest.update(data)
-            left -= len(data)
-    path.chmod(0o644)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while data := handle.read(4 * MIB):
-            digest.update(data)
-    return digest.hexdigest()
-
-
 # -- measuring -----------------------------------------------------------------------------------
 
 
@@ -182,18 +145,6 @@ def fetch(place: Testbed, url: str, size: int, out: str, timeout: int) -> Transf
     code, got = ([*done.stdout.split(), "0", "0"])[:2]
     ok = done.returncode == 0 and code == "200" and int(float(got)) == size
     return Transfer(ok, f"curl exit {done.returncode}, HTTP {code}, {got} of {size} bytes")
-
-
-def machine_busy_seconds() -> float:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / HZ
-
-
-def own_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass

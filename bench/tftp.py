@@ -39,12 +39,9 @@ failure or Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -62,24 +59,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from bench.peers import tftpd  # noqa: E402
+from bench.peers.cpu import machine_busy_seconds, own_seconds, process_seconds  # noqa: E402
+from bench.peers.payload import make_file, sha256_file  # noqa: E402
 from bench.peers.testbed import Testbed, unwinding  # noqa: E402
 
 BLKSIZE = 1468
-HZ = os.sysconf("SC_CLK_TCK")
 MAX_BG_CORES = 0.3
 NOISE_RETRIES = 2
 READY_LIMIT = 20.0
 API_PORT = 18169
 PROBE = "probe.bin"
-
-TFTPY_SERVER = r"""
-import logging, sys
-import tftpy
-logging.getLogger("tftpy").setLevel(logging.ERROR)
-root, ip = sys.argv[1:3]
-tftpy.TftpServer(root).listen(ip, 69)
-"""
-
 
 @dataclass
 class Server:
@@ -94,11 +83,7 @@ class Server:
     def cpu_s(self) -> float:
         """CPU seconds of the server and its reaped children."""
         assert self.proc is not None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return sum(int(v) for v in fields[11:15]) / HZ
+        return process_seconds(self.proc.pid)
 
     def status(self, key: str) -> int:
         """A /proc/PID/status figure in kB (VmHWM, VmRSS), 0 if gone."""
@@ -119,40 +104,6 @@ class Case:
     size: int
     clients: int
     windowsize: int
-
-
-def machine_busy_s() -> float:
-    """user + nice + system + irq + softirq + steal of the whole machine, in CPU seconds."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(values[0:3]) + sum(values[5:8])) / HZ
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime + own.ru_utime + own.ru_stime
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def make_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("wb") as handle:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 1 << 20))
-            digest.update(chunk)
-            handle.write(chunk)
-            left -= len(chunk)
-    path.chmod(0o644)
-    return digest.hexdigest()
 
 
 class Bench:
@@ -209,7 +160,7 @@ class Bench:
                 if tftpy_python is None:
                     print("tftpy: not installed here and no --tftpy-python; left out")
                     continue
-                found.append(Server(name, ip, [tftpy_python, "-c", TFTPY_SERVER, root, ip]))
+                found.append(Server(name, ip, tftpd.tftpy_argv(tftpy_python, ip, self.root)))
         return found
 
     def start(self, server: Server) -> None:
@@ -259,14 +210,14 @@ class Bench:
             ends[i] = time.monotonic()
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(case.clients)]
-        cpu0, busy0, ours0 = server.cpu_s(), machine_busy_s(), children_cpu_s()
+        cpu0, busy0, ours0 = server.cpu_s(), machine_busy_seconds(), own_seconds()
         t0 = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(self.args.timeout + 30)
         wall = max(ends) - t0
-        cpu1, busy1, ours1 = server.cpu_s(), machine_busy_s(), children_cpu_s()
+        cpu1, busy1, ours1 = server.cpu_s(), machine_busy_seconds(), own_seconds()
         good = 0
         for code, path in zip(codes, locals_, strict=True):
             if code == 0 and path.exists() and sha256_file(path) == self.digests[case.filename]:
@@ -372,15 +323,6 @@ class Cleanup:
             self.work = None
 
 
-def tftpy_interpreter(given: str | None) -> str | None:
-    if given:
-        return given
-    if importlib.util.find_spec("tftpy") is not None:
-        return sys.executable
-    other = os.environ.get("PROVISIONER_TEST_TFTPY_PYTHON")
-    return other if other and shutil.which(other) else None
-
-
 def run(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pv-tftp-bench-", dir="/dev/shm"))
     cleanup.work = work
@@ -397,7 +339,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
              Case(f"{args.conc_mib} MiB x{args.clients} ws1", conc, args.conc_mib << 20,
                   args.clients, 1)]
 
-    servers = bench.servers(args.servers.split(","), tftpy_interpreter(args.tftpy_python))
+    servers = bench.servers(args.servers.split(","), tftpd.tftpy_python(args.tftpy_python))
     for server in servers:
         bench.start(server)
     for server in servers:
