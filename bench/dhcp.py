@@ -271,6 +271,7 @@ def run(opts: argparse.Namespace, servers: Servers, doc: dict[str, Any]) -> None
             rate = results[name]["confirm"]["dora_per_s"] or 0
             fixed = int(rate / 2 / 50) * 50
             print(f" comparison rate: {fixed}/s (half of Kea's {rate:.0f})", flush=True)
+            doc["fixed_rate"] = fixed
             if fixed:  # Kea's own latency at the comparison rate
                 load = perfdhcp.Load(opts.period, opts.clients)
                 runs = [servers.measure("kea", load, fixed) for _ in range(opts.runs)]
@@ -290,7 +291,7 @@ def main() -> int:
     report = ""
     work = Path(tempfile.mkdtemp(prefix="pv-dhcp-bench-"))
     try:
-        with unwinding(), Testbed.create(subnet=SUBNET) as bed:
+        with Testbed.create(subnet=SUBNET) as bed:
             print(f"where: {bed.describe()}", flush=True)
             servers = Servers(bed, work)
             if opts.ab:
@@ -314,4 +315,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with unwinding():
+        sys.exit(main())

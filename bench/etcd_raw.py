@@ -213,7 +213,10 @@ def main() -> None:
     parser.add_argument("--runs", "--rounds", dest="rounds", type=int, default=3,
                         help="alternating rounds (median)")
     args = parser.parse_args()
-    asyncio.run(_quick_check(args.count, args.rounds))
+    from bench.peers.testbed import unwinding
+
+    with unwinding():
+        asyncio.run(_quick_check(args.count, args.rounds))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from bench.peers import xz  # noqa: E402
+from bench.peers.testbed import unwinding  # noqa: E402
 from provisioner.boot.overlay import OverlayBuilder  # noqa: E402
 from provisioner.images.build.builder import BuildRequest, ImageBuilder  # noqa: E402
 from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel  # noqa: E402
@@ -138,4 +139,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with unwinding():
+        main()

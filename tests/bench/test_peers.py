@@ -37,13 +37,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
 def test_an_interrupted_bench_leaves_no_process_and_no_namespace() -> None:
     pids: list[int] = []
     names: list[str] = []
-    with pytest.raises(KeyboardInterrupt), unwinding(), Testbed.create() as bed:
+    with pytest.raises(SystemExit) as ended, unwinding(), Testbed.create() as bed:
         assert bed.pair is not None
         names = [bed.pair.server_ns, bed.pair.client_ns]
         proc = bed.spawn_server(["sleep", "300"], Path(os.devnull))
         pids.append(proc.pid)
         assert all(name in namespaces() for name in names)
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` on a running benchmark
+    assert ended.value.code == 130
     assert not alive(pids[0])
     assert not any(name in namespaces() for name in names)
 
