@@ -15,8 +15,12 @@ Runs alternate between the two (provisioner, baseline, provisioner, ...) so drif
 load hits both. Then N nodes booting together, time until the last is ready.
 
     .venv/bin/python bench/boot.py --runs 3 --nodes 4
+    .venv/bin/python bench/boot.py --runs 1 --nodes 2      # quick: a few minutes
 
-Needs root, qemu-system-x86, ipxe-qemu, dnsmasq. Every run is bounded (--timeout per boot).
+Needs root, qemu-system-x86, ipxe-qemu, dnsmasq (dnsmasq-base; its command line is
+bench/peers/dhcpd.py's pxe_argv). The lab network is a bridge in a namespace of its own
+(provisioner/lab/network.py), removed with every process by PID at the end of each run, also
+on Ctrl-C or SIGTERM. Every run is bounded (--timeout per boot).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench.peers import dhcpd  # noqa: E402
+from bench.peers.testbed import unwinding  # noqa: E402
 from provisioner.errors import ProvisionerError  # noqa: E402
 from provisioner.lab import procs  # noqa: E402
 from provisioner.lab.lab import Lab, lab_env  # noqa: E402
@@ -167,14 +173,10 @@ def run_baseline(work: Path, root: Path, count: int, timeout: float) -> float:
         ip = net.server_ip
         tftp = work / "tftp"
         tftp.mkdir(exist_ok=True)
-        started.append(procs.spawn("dnsmasq", net.command([
-            "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--no-ping",
-            f"--interface={net.bridge}", "--bind-interfaces",
-            "--dhcp-range=10.99.0.100,10.99.0.199,1h", f"--dhcp-leasefile={work}/leases",
-            f"--pid-file={work}/dnsmasq.pid", "--dhcp-userclass=set:ipxe,iPXE",
-            *_per_mac_boot(ip, count),
-            "--dhcp-boot=tag:!ipxe,undionly.kpxe", "--enable-tftp", f"--tftp-root={tftp}",
-            f"--log-facility={work}/dnsmasq.log"]), work / "dnsmasq.out"))
+        started.append(procs.spawn("dnsmasq", net.command(dhcpd.pxe_argv(
+            net.bridge, work, "10.99.0.100", "10.99.0.199", boot=_per_mac_boot(ip, count),
+            tftp_root=tftp)),
+            work / "dnsmasq.out"))
         started.append(procs.spawn("http", net.command([
             sys.executable, __file__, "--serve-baseline", str(root), "--marks", str(marks)]),
             work / "http.log"))
@@ -246,6 +248,11 @@ def summary(name: str, values: list[float]) -> str:
 
 
 def main() -> None:
+    with unwinding():
+        run_all()
+
+
+def run_all() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=4, help="nodes booting together")

@@ -11,21 +11,28 @@ most `max_seconds`, whichever ends first.
 `store_rates(store)` runs the same measurements through any `KeyValueStore` (EtcdStore, sqlite,
 memory) with the same result keys, and `measure()` is the backend-neutral loop under both.
 
-Run directly for a quick raw-vs-ours check against a throw-away etcd:
-`python -m bench.etcd_raw [--count N]`.
+Run directly for a quick raw-vs-ours check against a throw-away etcd (bench/peers/etcd.py, on
+127.0.0.1): `python bench/etcd_raw.py [--count N] [--runs N]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-import aetcd
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ itself is sys.path[0], and bench/http.py would shadow the standard
+# library's http package: put the repository root there instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from provisioner.store.base import KeyValueStore
+import aetcd  # noqa: E402
+
+from provisioner.store.base import KeyValueStore  # noqa: E402
 
 COUNT = 2000  # operations per measurement
 CONCURRENCY = 16
@@ -175,14 +182,15 @@ async def _quick_check(count: int, rounds: int) -> None:
     rounds, median of each (a shared machine swings single runs by 15% either way)."""
     import statistics
     import tempfile
-    from pathlib import Path
 
+    from bench.peers.etcd import Etcd
+    from bench.peers.testbed import Testbed
     from provisioner.store.etcd import EtcdStore
-    from tests.support.etcd_server import EtcdServer
 
     raw: dict[str, list[float]] = {}
     ours: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, EtcdServer(Path(tmp)) as server:
+    with (tempfile.TemporaryDirectory() as tmp, Testbed.create(loopback=True) as bed,
+          Etcd(bed, Path(tmp)) as server):
         store = EtcdStore([server.endpoint], namespace="/bench")
         try:
             for _ in range(rounds):
@@ -202,9 +210,13 @@ async def _quick_check(count: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=_quick_check.__doc__)
     parser.add_argument("--count", type=int, default=COUNT, help="operations per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.add_argument("--runs", "--rounds", dest="rounds", type=int, default=3,
+                        help="alternating rounds (median)")
     args = parser.parse_args()
-    asyncio.run(_quick_check(args.count, args.rounds))
+    from bench.peers.testbed import unwinding
+
+    with unwinding():
+        asyncio.run(_quick_check(args.count, args.rounds))
 
 
 if __name__ == "__main__":

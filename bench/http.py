@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/http.py [--runs 5] [--clients 64] [--big-mib 1024]
         [--small-mib 100] [--loopback] [--markdown FILE] [--json FILE]
+    sudo .venv/bin/python bench/http.py --runs 1 --big-mib 256 --small-mib 32 --clients 16  # quick
 
 What it measures (MB = 10**6 bytes):
 - `1 x 1 GiB`: one curl fetching a 1 GiB image;
@@ -16,10 +17,9 @@ Servers, both started here and serving the SAME files from one temporary directo
 - provisioner: `provisioner serve` (the real entry point, settings from PROVISIONER_* variables:
   boot plane on SERVER_IP:8080, TFTP off, API on 127.0.0.1 inside the server namespace);
   URL /boot/images/bench/1/FILE, ETag from the generated manifest.json;
-- nginx (Debian nginx-light, installed with apt-get when missing; Debian's own nginx service is
-  then stopped by PID and disabled): a generated config in the temporary prefix, `daemon off`,
-  `worker_processes 1` (provisioner is one process, one thread), sendfile and tcp_nopush on,
-  access log off; URL /bench/1/FILE.
+- nginx (Debian nginx-light; bench/peers/nginx.py): a generated config in the temporary prefix,
+  `daemon off`, `worker_processes 1` (provisioner is one process, one thread), sendfile and
+  tcp_nopush on, access log off; URL /bench/1/FILE.
 
 Checks: every transfer must end with HTTP 200, curl exit 0 and exactly the file's size, or the
 run fails; sha256 is checked on an untimed full fetch of each file from each server before the
@@ -27,7 +27,7 @@ timed runs, and on one of the 64 transfers (saved to a file, hashed after the cl
 every concurrent run.
 
 Where: by default servers in one network namespace and curls in another, joined by a veth
-(provisioner/lab/netns.py, needs root); --loopback runs everything on 127.0.0.1 instead.
+(bench/peers/testbed.py, needs root); --loopback runs everything on 127.0.0.1 instead.
 
 Noise: this machine is shared (2 cores). Before it writes the files, and before each round, the
 script waits (at most --wait-others seconds in all) while `pgrep -f 'bench/(tftp|store|dhcp).py'`
@@ -45,150 +45,35 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
-import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ itself is sys.path[0], and bench/http.py would shadow the standard
 # library's http package: put the repository root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from provisioner.lab.netns import NetnsPair, stop_process  # noqa: E402
+from bench.peers import nginx as nginx_peer  # noqa: E402
+from bench.peers.cpu import machine_busy_seconds, own_seconds, tree_seconds  # noqa: E402
+from bench.peers.payload import make_file, sha256_file  # noqa: E402
+from bench.peers.testbed import Testbed, unwinding  # noqa: E402
 
 MIB = 1024 * 1024
 PORT = 8080
 OTHER_BENCHES = r"bench/(tftp|store|dhcp)\.py"
-HZ = os.sysconf("SC_CLK_TCK")
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 30;
-    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
-    server {{
-        listen {ip}:{port};
-        root {root};
-    }}
-}}
-"""
-
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-# -- where things run --------------------------------------------------------------------------
-
-
-class Place:
-    """Runs servers and clients: in a netns pair, or on loopback."""
-
-    def __init__(self, loopback: bool) -> None:
-        self.pair: NetnsPair | None = None if loopback else NetnsPair.create()
-        self.server_ip = "127.0.0.1" if self.pair is None else str(self.pair.server_ip)
-        self._procs: list[subprocess.Popen[Any]] = []
-
-    def describe(self) -> str:
-        if self.pair is None:
-            return "loopback (127.0.0.1), servers and clients in the root namespace"
-        return (f"network namespaces {self.pair.server_ns} (servers, {self.pair.server_ip}) and "
-                f"{self.pair.client_ns} (curl clients) joined by a veth, MTU 1500")
-
-    def spawn_server(self, argv: Sequence[str], out: IO[Any],
-                     env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-        if self.pair is not None:
-            return self.pair.spawn(self.pair.server_ns, argv, log=out, env=env)
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        self._procs.append(proc)
-        return proc
-
-    def client(self, argv: Sequence[str]) -> list[str]:
-        if self.pair is not None:
-            return self.pair.command(self.pair.client_ns, argv)
-        return list(argv)
-
-    def stop(self, proc: subprocess.Popen[Any]) -> None:
-        stop_process(proc)  # its own session: the server and its workers
-
-    def close(self) -> None:
-        for proc in self._procs:
-            self.stop(proc)
-        self._procs.clear()
-        if self.pair is not None:
-            self.pair.close()
-
-
-# -- nginx ---------------------------------------------------------------------------------------
-
-
-def ensure_nginx() -> str:
-    """The nginx binary; installs Debian's nginx-light when missing, without its service."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    log("nginx missing: apt-get install nginx-light")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "nginx-light"],
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"apt-get install nginx-light failed:\n{done.stderr[-2000:]}")
-    stop_debian_nginx_service()
-    found = shutil.which("nginx")
-    if not found:
-        raise SystemExit("nginx-light installed but no nginx binary on PATH")
-    return found
-
-
-def stop_debian_nginx_service() -> None:
-    """The package may start nginx on port 80: stop it by PID, leave it disabled."""
-    pid_file = Path("/run/nginx.pid")
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pid_file.read_text().strip())
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx":
-            log(f"stopping Debian's nginx service (master PID {pid})")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-    if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
-        subprocess.run(["systemctl", "disable", "nginx"], capture_output=True, timeout=60,
-                       check=False)
-    elif shutil.which("update-rc.d"):
-        subprocess.run(["update-rc.d", "nginx", "disable"], capture_output=True, timeout=60,
-                       check=False)
-
-
-def nginx_version(binary: str) -> str:
-    done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10,
-                          check=False)
-    return done.stderr.strip().removeprefix("nginx version: ")
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -202,45 +87,29 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and its direct children (nginx workers), from /proc."""
-        pids = [self.proc.pid]
-        with contextlib.suppress(OSError):
-            for child in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") \
-                    .read_text().split():
-                pids.append(int(child))
-        total = 0
-        for pid in pids:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / HZ
+        return tree_seconds(self.proc.pid)
 
 
-def start_provisioner(place: Place, work: Path, images: Path) -> Server:
+def start_provisioner(place: Testbed, work: Path, images: Path) -> Server:
     (work / "provisioner.toml").write_text("# bench/http.py: everything from the environment\n")
     env = dict(os.environ, PROVISIONER_CONFIG=str(work / "provisioner.toml"),
                PROVISIONER_DATA_DIR=str(work / "data"), PROVISIONER_TFTP_ENABLED="false",
                PROVISIONER_BOOT_LISTEN=place.server_ip, PROVISIONER_BOOT_PORT=str(PORT),
                PROVISIONER_BOOT_IMAGES=str(images))
-    out = (work / "provisioner.log").open("w")
-    argv = [str(ROOT / ".venv" / "bin" / "provisioner"), "serve", "--listen", "127.0.0.1",
+    argv = [sys.executable, "-m", "provisioner", "serve", "--listen", "127.0.0.1",
             "--port", str(PORT + 1)]
-    proc = place.spawn_server(argv, out, env=env)
+    proc = place.spawn_server(argv, work / "provisioner.log", env=env)
     return Server("provisioner", proc, f"http://{place.server_ip}:{PORT}/boot/images/bench/1/")
 
 
-def start_nginx(place: Place, binary: str, work: Path, images: Path) -> Server:
+def start_nginx(place: Testbed, binary: str, work: Path, images: Path) -> Server:
     prefix = work / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, ip=place.server_ip, port=PORT + 2,
-                                      root=images))
-    out = (prefix / "stdout.log").open("w")
-    argv = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    proc = place.spawn_server(argv, out)
+    conf = nginx_peer.write_config(prefix, place.server_ip, PORT + 2, images)
+    proc = place.spawn_server(nginx_peer.argv(binary, prefix, conf), prefix / "stdout.log")
     return Server("nginx", proc, f"http://{place.server_ip}:{PORT + 2}/bench/1/")
 
 
-def wait_ready(place: Place, server: Server, file: str, limit: float = 30) -> None:
+def wait_ready(place: Testbed, server: Server, file: str, limit: float = 30) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -256,32 +125,6 @@ def wait_ready(place: Place, server: Server, file: str, limit: float = 30) -> No
     raise SystemExit(f"{server.name}: no answer within {limit:.0f} s")
 
 
-# -- files ---------------------------------------------------------------------------------------
-
-
-def make_file(path: Path, size: int) -> str:
-    """Random content (nothing compressible, nothing cached elsewhere); returns the sha256."""
-    digest = hashlib.sha256()
-    chunk = 16 * MIB
-    with path.open("wb") as handle:
-        left = size
-        while left:
-            data = os.urandom(min(chunk, left))
-            handle.write(data)
-            digest.update(data)
-            left -= len(data)
-    path.chmod(0o644)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while data := handle.read(4 * MIB):
-            digest.update(data)
-    return digest.hexdigest()
-
-
 # -- measuring -----------------------------------------------------------------------------------
 
 
@@ -291,7 +134,7 @@ class Transfer:
     detail: str
 
 
-def fetch(place: Place, url: str, size: int, out: str, timeout: int) -> Transfer:
+def fetch(place: Testbed, url: str, size: int, out: str, timeout: int) -> Transfer:
     argv = place.client(["curl", "-s", "-o", out, "-w", "%{http_code} %{size_download}",
                          "--noproxy", "*", "--max-time", str(timeout), url])
     try:
@@ -302,18 +145,6 @@ def fetch(place: Place, url: str, size: int, out: str, timeout: int) -> Transfer
     code, got = ([*done.stdout.split(), "0", "0"])[:2]
     ok = done.returncode == 0 and code == "200" and int(float(got)) == size
     return Transfer(ok, f"curl exit {done.returncode}, HTTP {code}, {got} of {size} bytes")
-
-
-def machine_busy_seconds() -> float:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / HZ
-
-
-def own_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -341,7 +172,7 @@ class Bench:
     """One measurement session: where, which servers, which files."""
 
     args: argparse.Namespace
-    place: Place
+    place: Testbed
     servers: list[Server]
     cases: list[Case]
     shas: dict[str, str]
@@ -476,21 +307,6 @@ def table(cases: list[Case], runs: int) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the finally blocks clean up."""
-    def raise_interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM,
-                                                                     signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (>= 3)")
@@ -508,8 +324,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write every run here")
     args = parser.parse_args()
-    if args.runs < 3:
-        parser.error("--runs: at least 3 (figures are medians)")
+    if not (1 <= args.runs <= 20 and 1 <= args.clients <= 256):
+        parser.error("--runs 1..20 (figures are medians: 3 or more to trust them), "
+                     "--clients 1..256")
     return args
 
 
@@ -529,7 +346,7 @@ def run(args: argparse.Namespace, nginx: str, work: Path) -> None:
     shas = {c.file: make_file(version / c.file, c.size) for c in cases}
     (version / "manifest.json").write_text(json.dumps(
         {"files": {c.file: {"sha256": shas[c.file], "size": c.size} for c in cases}}))
-    place = Place(args.loopback)
+    place = Testbed.create(loopback=args.loopback)
     servers: list[Server] = []
     try:
         log(f"place: {place.describe()}")
@@ -543,7 +360,7 @@ def run(args: argparse.Namespace, nginx: str, work: Path) -> None:
         report = table(cases, args.runs)
         header = (f"Command: `{command}`\n\n"
                   f"Where: {place.describe()}; {os.cpu_count()} CPUs; nginx "
-                  f"{nginx_version(nginx)} (worker_processes 1); "
+                  f"{nginx_peer.version(nginx)} (worker_processes 1); "
                   f"{time.strftime('%Y-%m-%d %H:%M')}; waited {bench.waited:.0f} s for other "
                   "benchmarks to finish\n")
         log("\n" + header + "\n" + report)
@@ -566,10 +383,10 @@ def main() -> None:
     args = parse_args()
     if shutil.which("curl") is None:
         raise SystemExit("curl is needed (apt-get install curl)")
-    nginx = ensure_nginx()
+    nginx = nginx_peer.binary()
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-http-", dir=args.work))
     work.chmod(0o755)
-    with terminate_cleanly():
+    with unwinding():
         try:
             run(args, nginx, work)
         finally:

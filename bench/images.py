@@ -1,6 +1,7 @@
 """Image benchmark: the real builder, our xz against `xz -T0`, and per-node overlays.
 
     .venv/bin/python bench/images.py [--runs 3] [--overlays 200] [--json FILE]
+    .venv/bin/python bench/images.py --runs 1 --overlays 50          # quick
 
 Needs root (the %post of the shipped compute kickstart runs in a chroot), busybox-static,
 xz-utils, and the Debian cloud kernel (fetched once into .cache/kernel, like the tests).
@@ -10,9 +11,9 @@ What it measures, medians (min-max) over --runs:
   fresh catalog, forced, with the kernel already fetched: render to published version.
 - rebuild: the same request again without --force: the cache hit (inputs_sha256 unchanged).
 - compress: one cpio of the unpacked kernel package (boot/ and lib/modules/, about 100 MiB),
-  compressed by provisioner.images.format.compress.xz_compress (threads=0) and by
-  `xz -T0 --check=crc32 -6` in the same run, interleaved; MB/s of cpio input (10^6 bytes/s)
-  and our/xz ratio (target >= 0.9).
+  compressed by provisioner.images.format.compress.xz_compress (threads=0) and by the peer
+  `xz -T0 --check=crc32 -6` (bench/peers/xz.py) in the same run, interleaved; MB/s of cpio
+  input (10^6 bytes/s) and our/xz ratio (target >= 0.9).
 - overlay: OverlayBuilder.render_and_pack (render overlay/**, cpio, xz, no cache) for
   --overlays distinct nodes, and build() with the cache warm (what a repeat boot costs).
 Targets (issue 5): build < 30 s, rebuild < 2 s, compress >= 0.9x, overlay < 50 ms.
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ itself is sys.path[0] (bench/http.py would shadow http).
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.peers import xz  # noqa: E402
+from bench.peers.testbed import unwinding  # noqa: E402
 from provisioner.boot.overlay import OverlayBuilder  # noqa: E402
 from provisioner.images.build.builder import BuildRequest, ImageBuilder  # noqa: E402
 from provisioner.images.build.kernel import DEFAULT_KERNEL_PACKAGE, KernelTree, fetch_kernel  # noqa: E402
@@ -85,8 +88,7 @@ def bench_compress(kernel: KernelTree, work: Path, runs: int) -> dict[str, Any]:
             cpio_path, work / "ours.xz", threads=0)))
         with (work / "xz.xz").open("wb") as out:
             theirs.append(size / 1e6 / timed(lambda: subprocess.run(
-                ["xz", "-T0", "--check=crc32", "-6", "-c", str(cpio_path)], stdout=out,
-                check=True, timeout=600)))
+                xz.argv(cpio_path), stdout=out, check=True, timeout=600)))
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     return {"cpio_bytes": size, "ours_mb_s": ours, "xz_mb_s": theirs, "ratio": ratios,
             "ours_bytes": (work / "ours.xz").stat().st_size,
@@ -137,4 +139,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with unwinding():
+        main()

@@ -1,11 +1,13 @@
 """Store benchmark: puts, gets and CAS updates per second, our backends against the raw etcd client.
 
-    .venv/bin/python bench/store.py [--ops 2000] [--rounds 3] [--nodes 10000] [--json FILE]
+    .venv/bin/python bench/store.py [--ops 2000] [--runs 3] [--nodes 10000] [--json FILE]
+    .venv/bin/python bench/store.py --runs 1 --ops 500 --nodes 2000     # quick
 
 What it prints (each figure the median of --rounds runs, in one process, in one run):
 - sqlite (the embedded default, synchronous=FULL: every write durable before it returns) and
   etcd through our backend: ops/s single client (one request at a time) and 16 concurrent.
-- the raw aetcd client against the same etcd, same shapes, and our overhead over it.
+- the raw aetcd client against the same etcd (the peer: bench/peers/etcd.py starts a one-member
+  etcd on 127.0.0.1), same shapes, and our overhead over it.
 - 10,000 nodes: `provisioner node list --json` wall time (a fresh process each time, as a user
   runs it) and the inventory's cached lookup by MAC (median of single lookups, microseconds).
 
@@ -35,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from bench import etcd_raw  # noqa: E402
+from bench.peers.etcd import Etcd  # noqa: E402
+from bench.peers.testbed import Testbed, unwinding  # noqa: E402
 from provisioner.inventory.repository import Inventory  # noqa: E402
 from provisioner.nodes.model import MacAddress, Node  # noqa: E402
 from provisioner.store.etcd import EtcdStore  # noqa: E402
 from provisioner.store.sqlite import SqliteStore  # noqa: E402
-from tests.support.etcd_server import EtcdServer  # noqa: E402
 
 CONCURRENCY = 16
 
@@ -128,7 +131,8 @@ def table(title: str, rows: dict[str, dict[str, float]]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", "--rounds", dest="rounds", type=int, default=3,
+                        help="runs per figure (medians)")
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -136,13 +140,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         work = Path(tmp)
         results["sqlite"] = await bench_sqlite(args.ops, args.rounds, work)
-        server = EtcdServer(work / "etcd")
-        server.start()
-        try:
+        with Testbed.create(loopback=True) as bed, Etcd(bed, work / "etcd") as etcd:
             results["etcd (ours)"], results["etcd (raw aetcd)"] = await bench_etcd(
-                server.endpoint, args.ops, args.rounds)
-        finally:
-            server.stop()
+                etcd.endpoint, args.ops, args.rounds)
         table(f"ops/s, median of {args.rounds} runs of {args.ops} ops (plain = one at a time, "
               f"_x{CONCURRENCY} = {CONCURRENCY} in flight)", results)
         ours, raw = results["etcd (ours)"], results["etcd (raw aetcd)"]
@@ -162,4 +162,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with unwinding():
+        asyncio.run(main())

@@ -4,16 +4,20 @@
                                    [--servers provisioner,tftpd-hpa,dnsmasq,tftpy]
                                    [--tftpy-python PATH] [--json FILE]
 
-Needs root, iproute2, atftp (the client for every server, as in ../shared/bench/peers),
-tftpd-hpa and dnsmasq-base (Debian packages), and tftpy in this Python or in --tftpy-python
-(for tftpy's server; left out with a note when missing).
+Needs root, iproute2, atftp (the client for every server), tftpd-hpa and dnsmasq-base (Debian
+packages), and tftpy in this Python or in --tftpy-python (for tftpy's server; left out with a
+note when missing). The peers' command lines are in bench/peers/tftpd.py; atftpd, the Debian
+TFTP server with windowsize, conflicts with tftpd-hpa, so in.tftpd is the peer.
+
+Quick mode (a minute or two on 2 cores): `--runs 1 --big-mib 16 --conc-mib 4 --clients 8`.
 
 What it does, in one run:
-- one NetnsPair (provisioner/lab/netns.py); every server runs in the server namespace on its own
-  address of the same veth (provisioner .1, in.tftpd .11, dnsmasq .12, tftpy .13), port 69, all
-  serving the same root on tmpfs; atftp clients run in the client namespace. Nothing leaves the
-  two namespaces. The servers run side by side and the runs are interleaved (A B C D, A B C D,
-  ...) so that load from other users of a shared machine falls on all of them alike.
+- one Testbed (bench/peers/testbed.py: two namespaces and a veth); every server runs in the
+  server namespace on its own address of the same veth (provisioner .1, in.tftpd .11, dnsmasq
+  .12, tftpy .13), port 69, all serving the same root on tmpfs; atftp clients run in the client
+  namespace. Nothing leaves the two namespaces. The servers run side by side and the runs are
+  interleaved (A B C D, A B C D, ...) so that load from other users of a shared machine falls
+  on all of them alike.
 - cases: a --big-mib file (64 MiB) to one client at blksize 1468 with windowsize 1 (the option
   not sent) and with windowsize 16 (RFC 7440; servers without it ignore the option and run
   lock-step); a --conc-mib file (16 MiB) to --clients (32) concurrent clients at blksize 1468.
@@ -35,14 +39,10 @@ failure or Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import os
 import re
-import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,24 +58,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # library's http package: put the repository root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from provisioner.lab.netns import NetnsPair  # noqa: E402
+from bench.peers import tftpd  # noqa: E402
+from bench.peers.cpu import machine_busy_seconds, own_seconds, process_seconds  # noqa: E402
+from bench.peers.payload import make_file, sha256_file  # noqa: E402
+from bench.peers.testbed import Testbed, unwinding  # noqa: E402
 
 BLKSIZE = 1468
-HZ = os.sysconf("SC_CLK_TCK")
 MAX_BG_CORES = 0.3
 NOISE_RETRIES = 2
 READY_LIMIT = 20.0
 API_PORT = 18169
 PROBE = "probe.bin"
-
-TFTPY_SERVER = r"""
-import logging, sys
-import tftpy
-logging.getLogger("tftpy").setLevel(logging.ERROR)
-root, ip = sys.argv[1:3]
-tftpy.TftpServer(root).listen(ip, 69)
-"""
-
 
 @dataclass
 class Server:
@@ -90,11 +83,7 @@ class Server:
     def cpu_s(self) -> float:
         """CPU seconds of the server and its reaped children."""
         assert self.proc is not None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return sum(int(v) for v in fields[11:15]) / HZ
+        return process_seconds(self.proc.pid)
 
     def status(self, key: str) -> int:
         """A /proc/PID/status figure in kB (VmHWM, VmRSS), 0 if gone."""
@@ -117,44 +106,10 @@ class Case:
     windowsize: int
 
 
-def machine_busy_s() -> float:
-    """user + nice + system + irq + softirq + steal of the whole machine, in CPU seconds."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(values[0:3]) + sum(values[5:8])) / HZ
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime + own.ru_utime + own.ru_stime
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def make_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("wb") as handle:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 1 << 20))
-            digest.update(chunk)
-            handle.write(chunk)
-            left -= len(chunk)
-    path.chmod(0o644)
-    return digest.hexdigest()
-
-
 class Bench:
-    def __init__(self, args: argparse.Namespace, pair: NetnsPair, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, bed: Testbed, work: Path) -> None:
         self.args = args
-        self.pair = pair
+        self.bed = bed
         self.work = work
         self.root = work / "root"
         self.out = work / "out"
@@ -179,18 +134,12 @@ class Bench:
         argv += ["--option", f"blksize {BLKSIZE}"]
         if windowsize > 1:
             argv += ["--option", f"windowsize {windowsize}"]
-        return self.pair.command(self.pair.client_ns,
-                                 [*argv, "--get", "-r", remote, "-l", local, server.ip, "69"])
+        return self.bed.client([*argv, "--get", "-r", remote, "-l", local, server.ip, "69"])
 
     def servers(self, names: list[str], tftpy_python: str | None) -> list[Server]:
-        base = self.pair.server_ip
-        ips = {name: str(base + offset) for name, offset in
-               (("provisioner", 0), ("tftpd-hpa", 10), ("dnsmasq", 11), ("tftpy", 12))}
-        for name in names:
-            if ips[name] != str(base):
-                subprocess.run(["ip", "-n", self.pair.server_ns, "addr", "add",
-                                f"{ips[name]}/{self.pair.network.prefixlen}", "dev",
-                                self.pair.server_if], check=True, timeout=30)
+        offsets = {"provisioner": 0, "tftpd-hpa": 10, "dnsmasq": 11, "tftpy": 12}
+        ips = {name: self.bed.add_server_address(offsets[name]) if offsets[name]
+               else self.bed.server_ip for name in names}
         root = str(self.root)
         found: list[Server] = []
         for name in names:
@@ -205,29 +154,18 @@ class Bench:
                        "PROVISIONER_API_PORT": str(API_PORT)}
                 found.append(Server(name, ip, [sys.executable, "-m", "provisioner", "serve"],
                                     env))
-            elif name == "tftpd-hpa":
-                found.append(Server(name, ip, ["in.tftpd", "--foreground", "--listen",
-                                               "--address", f"{ip}:69", "--secure", "--user",
-                                               "root", root]))
-            elif name == "dnsmasq":
-                found.append(Server(name, ip, [
-                    "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
-                    "--enable-tftp", f"--tftp-root={root}", f"--listen-address={ip}",
-                    "--bind-interfaces", "--user=root", "--group=root", "--tftp-max=512",
-                    f"--pid-file={self.work / 'dnsmasq.pid'}",
-                    f"--log-facility={self.work / 'dnsmasq.log'}"]))
+            elif name in tftpd.KINDS:
+                found.append(Server(name, ip, tftpd.argv(name, ip, self.root, self.work)))
             elif name == "tftpy":
                 if tftpy_python is None:
                     print("tftpy: not installed here and no --tftpy-python; left out")
                     continue
-                found.append(Server(name, ip, [tftpy_python, "-c", TFTPY_SERVER, root, ip]))
+                found.append(Server(name, ip, tftpd.tftpy_argv(tftpy_python, ip, self.root)))
         return found
 
     def start(self, server: Server) -> None:
         server.log = self.work / f"{server.name}.log"
-        with server.log.open("w") as log:
-            server.proc = self.pair.spawn(self.pair.server_ns, server.argv, log=log,
-                                          env=server.env)
+        server.proc = self.bed.spawn_server(server.argv, server.log, env=server.env)
 
     def wait_ready(self, server: Server) -> None:
         deadline = time.monotonic() + READY_LIMIT
@@ -272,14 +210,14 @@ class Bench:
             ends[i] = time.monotonic()
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(case.clients)]
-        cpu0, busy0, ours0 = server.cpu_s(), machine_busy_s(), children_cpu_s()
+        cpu0, busy0, ours0 = server.cpu_s(), machine_busy_seconds(), own_seconds()
         t0 = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(self.args.timeout + 30)
         wall = max(ends) - t0
-        cpu1, busy1, ours1 = server.cpu_s(), machine_busy_s(), children_cpu_s()
+        cpu1, busy1, ours1 = server.cpu_s(), machine_busy_seconds(), own_seconds()
         good = 0
         for code, path in zip(codes, locals_, strict=True):
             if code == 0 and path.exists() and sha256_file(path) == self.digests[case.filename]:
@@ -373,33 +311,24 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], servers: list[Se
 
 @dataclass
 class Cleanup:
-    pair: NetnsPair | None = None
+    bed: Testbed | None = None
     work: Path | None = None
 
     def __call__(self) -> None:
-        if self.pair is not None:
-            self.pair.close()
-            self.pair = None
+        if self.bed is not None:
+            self.bed.close()
+            self.bed = None
         if self.work is not None:
             shutil.rmtree(self.work, ignore_errors=True)
             self.work = None
 
 
-def tftpy_interpreter(given: str | None) -> str | None:
-    if given:
-        return given
-    if importlib.util.find_spec("tftpy") is not None:
-        return sys.executable
-    other = os.environ.get("PROVISIONER_TEST_TFTPY_PYTHON")
-    return other if other and shutil.which(other) else None
-
-
 def run(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pv-tftp-bench-", dir="/dev/shm"))
     cleanup.work = work
-    pair = NetnsPair.create()
-    cleanup.pair = pair
-    bench = Bench(args, pair, work)
+    bed = Testbed.create()
+    cleanup.bed = bed
+    bench = Bench(args, bed, work)
     for directory in (bench.root, bench.out, work / "data"):
         directory.mkdir()
     big, conc = f"boot{args.big_mib}M.img", f"boot{args.conc_mib}M.img"
@@ -410,7 +339,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
              Case(f"{args.conc_mib} MiB x{args.clients} ws1", conc, args.conc_mib << 20,
                   args.clients, 1)]
 
-    servers = bench.servers(args.servers.split(","), tftpy_interpreter(args.tftpy_python))
+    servers = bench.servers(args.servers.split(","), tftpd.tftpy_python(args.tftpy_python))
     for server in servers:
         bench.start(server)
     for server in servers:
@@ -494,15 +423,12 @@ def main(argv: list[str] | None = None) -> int:
               "dnsmasq-base)", file=sys.stderr)
         return 2
 
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
     cleanup = Cleanup()
-    try:
-        out = run(args, cleanup)
-    finally:
-        cleanup()
+    with unwinding():
+        try:
+            out = run(args, cleanup)
+        finally:
+            cleanup()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
         print("json:", args.json)

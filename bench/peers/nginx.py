@@ -1,0 +1,63 @@
+"""The HTTP peer: nginx (Debian nginx-light) serving a directory, started with its own config.
+
+    conf = nginx.write_config(prefix, ip, port, root); argv = nginx.argv(binary, prefix, conf)
+
+One worker process (provisioner's boot server is one process, one thread), sendfile and
+tcp_nopush on, access log off, a kept-alive connection not closed after 1,000 requests (the
+API benchmark sends more on one), `daemon off` with the master in the foreground so it is
+stopped by PID with its worker; pid, logs and temp files under `prefix`, never /run or /var.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    keepalive_requests 100000;
+    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+    server {{
+        listen {ip}:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def binary() -> str:
+    found = shutil.which("nginx")
+    if found is None:
+        raise SystemExit("nginx not found (apt-get install nginx-light; then "
+                         "`systemctl disable --now nginx`: the benchmark starts its own)")
+    return found
+
+
+def write_config(prefix: Path, ip: str, port: int, root: Path) -> Path:
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(CONF.format(prefix=prefix, ip=ip, port=port, root=root))
+    return conf
+
+
+def argv(nginx: str, prefix: Path, conf: Path) -> list[str]:
+    return [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+
+
+def version(nginx: str) -> str:
+    done = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10,
+                          check=False)
+    return done.stderr.strip().removeprefix("nginx version: ")
