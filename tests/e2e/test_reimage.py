@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from provisioner.lab.lab import Lab, clean_console
 from provisioner.lab.observe import console_offset, scheduler_state
 from provisioner.lab.state import LabNode
 from provisioner.lab.storeview import snapshot
-from tests.e2e.conftest import MakeLab, boot, boot_and_wait, build_image
+from tests.support.labs import MakeLab, boot, boot_and_wait, build_image
+
+pytestmark = pytest.mark.e2e
 
 JOB_TIMEOUT = 120.0
 
