@@ -40,8 +40,7 @@ def sighted_address(packet: DhcpPacket, *, pxe_port: bool,
 
 
 def _usable(ip: IPv4Address) -> bool:
-    return not (ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_reserved
-                or ip == IPv4Address("255.255.255.255"))
+    return not (ip.is_unspecified or ip.is_multicast or ip.is_reserved)
 
 
 class Sightings:
