@@ -28,7 +28,7 @@ pytestmark = pytest.mark.netns
 
 DISCOVER, OFFER, REQUEST, ACK = 1, 2, 3, 5
 AGENT_INFO = b"\x01\x07sw1/p07\x02\x06\x00\x11\x22\x33\x44\x55"  # circuit-id, remote-id
-PXE = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o93": b"\x00\x00"}
+PXE: dict[str, Any] = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o93": b"\x00\x00"}
 Factory = Callable[..., Awaitable[Loopback]]
 
 
