@@ -115,8 +115,7 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
                            detail=dict(e.event.detail)) for e in entries]
         return Timeline(mac=node.mac.value, name=node.name, state=node.state, events=events)
 
-    @api.post("/nodes/{ref}/accept", response_model=NodeOut,
-              responses=responses(401, 403, 404, 409, 422))
+    @api.post("/nodes/{ref}/accept", response_model=NodeOut, responses=WRITE)
     async def accept(ref: str, who: Principal = admin) -> NodeOut:
         """Accept a discovered node: it is registered and boots its image from its next boot
         script on. Until then it only gets a script that waits (409 for any other state)."""
