@@ -80,6 +80,11 @@ class Answers:
                  node: Node | None = None) -> None:
         packet, mac = decision.packet, decision.mac
         if self.mode is policy.DhcpMode.PROXY:
+            node = node or self.inventory.node_by_mac(mac)
+            if node is None and self.settings.discovery:
+                self.discovery.discover(decision, None, transport)  # answered once stored
+                return
+            self._seen(node)
             self._proxy_answer(packet, mac, transport, None)
             return
         subnet = subnet_for(self.subnets, packet)

@@ -1,7 +1,8 @@
 """Discovery: a DISCOVER from a MAC the inventory does not know becomes a node (state
 "discovered"), named from the relay agent's circuit-id (option 82, [dhcp] circuit_names) or
 from [dhcp] name_pattern, with an address held for it while it is stored; then it is answered
-like any known node. It boots nothing until accepted (`provisioner node accept`, or [dhcp]
+like any known node (in proxy mode it is stored without an address: the site's server gives
+it one). It boots nothing until accepted (`provisioner node accept`, or [dhcp]
 auto_accept in a lab): the boot plane gives it a script that waits.
 
 The provisioning network is hostile (compute nodes run users' jobs), so discovery is bounded:
@@ -121,27 +122,30 @@ class Discovery:
 
     # -- a new MAC -------------------------------------------------------------------------
 
-    def discover(self, decision: policy.Discover, subnet: Subnet,
+    def discover(self, decision: policy.Discover, subnet: Subnet | None,
                  transport: asyncio.DatagramTransport) -> None:
+        """`subnet`: where the node's address comes from; None in proxy mode, where the site's
+        server gives addresses and the node is stored without one."""
         mac = decision.mac
         if mac in self._adding:
             return  # a retransmitted DISCOVER while the node is being added
         if self._full(mac, self._clock()):
             return
-        ip = self.leases.choose(mac, subnet.pool, self._clock(),
-                                requested=decision.requested_ip)
+        ip = None if subnet is None else self.leases.choose(
+            mac, subnet.pool, self._clock(), requested=decision.requested_ip)
         name = self._name(decision.packet)
         if self.settings.discovery_dry_run:
             self._counters["discovery_dry_run"] += 1
             log.info("dhcp: discovery (dry run): would add %s as %s with %s, not answering",
-                     mac, name or self.settings.name_pattern, ip)
+                     mac, name or self.settings.name_pattern, ip or "no address")
             return
-        if ip is None:
-            self._counters["pool_exhausted"] += 1
-            return
-        # Held for this MAC while its node is stored, so that a DISCOVER from another unknown
-        # MAC meanwhile cannot choose the same address.
-        self.leases.offer(mac, subnet.pool, self._clock(), reserved=ip)
+        if subnet is not None:
+            if ip is None:
+                self._counters["pool_exhausted"] += 1
+                return
+            # Held for this MAC while its node is stored, so that a DISCOVER from another
+            # unknown MAC meanwhile cannot choose the same address.
+            self.leases.offer(mac, subnet.pool, self._clock(), reserved=ip)
         self._adding.add(mac)
         self._in_flight.spawn(self._add(decision, ip, name, transport))
 
@@ -151,14 +155,15 @@ class Discovery:
             return self.circuits.get(circuit.decode("ascii", "replace"))
         return None
 
-    async def _add(self, decision: policy.Discover, ip: IPv4Address, name: str | None,
+    async def _add(self, decision: policy.Discover, ip: IPv4Address | None, name: str | None,
                    transport: asyncio.DatagramTransport) -> None:
         # One at a time: two concurrent add_node calls for the same next name can both succeed
         # (Inventory._claim_name takes over a claim whose node is not stored yet).
         async with self._lock:
             await self._add_node(decision, ip, name, transport)
 
-    async def _add_node(self, decision: policy.Discover, ip: IPv4Address, name: str | None,
+    async def _add_node(self, decision: policy.Discover, ip: IPv4Address | None,
+                        name: str | None,
                         transport: asyncio.DatagramTransport) -> None:
         mac = decision.mac
         firmware = classify_firmware(decision.packet)
@@ -179,8 +184,10 @@ class Discovery:
                 self._counters["discovered"] += 1
                 self._count += 1  # until the next recount
                 self._last_seen[mac] = self._clock()
-                log.info("dhcp: discovered %s as %s with %s", mac, node.name, ip)
-                self._record(mac, "discovered", {"name": node.name, "ip": str(ip)})
+                log.info("dhcp: discovered %s as %s with %s", mac, node.name,
+                         ip or "no address (proxy mode)")
+                self._record(mac, "discovered", {"name": node.name,
+                                                 "ip": str(ip) if ip else None})
                 self._answer(decision, transport, node)
                 return
         finally:

@@ -167,3 +167,18 @@ async def _sleep() -> None:
     import asyncio
 
     await asyncio.sleep(0.025)
+
+
+async def test_proxy_mode_discovers_pxe_clients_without_an_address(glue: Factory) -> None:
+    lab = await glue(mode="proxy", discovery=True)
+    mac = "02:00:00:00:11:01"
+    lab.send(lab.request(DISCOVER, mac, **PXE))
+    offer = await lab.reply()  # answered once stored: boot information, no address
+    assert (offer.message_type, offer.yiaddr, offer.file) == (OFFER, IPv4Address(0),
+                                                              b"undionly.kpxe")
+    node = await _node(lab, mac)
+    assert (node.name, node.state, node.ip) == ("node001", NodeState.DISCOVERED, None)
+    assert lab.server.counters["discovered"] == 1
+    lab.send(lab.request(DISCOVER, mac, **PXE))  # known now: answered at once, not added again
+    assert (await lab.reply()).message_type == OFFER
+    assert len(await lab.inventory.list_nodes()) == 1
