@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
-from provisioner.config import DhcpSettings, SubnetSettings
+from provisioner.config import DhcpSettings, SubnetSettings, load_settings
 from provisioner.dhcp.counters import OncePer
 from provisioner.dhcp.packet import DhcpPacket
 from provisioner.dhcp.server import DhcpServer
 from provisioner.dhcp.sightings import Sightings, sighted_address
 from provisioner.dhcp.subnets import relay_info_trusted, without_relay_info
+from provisioner.errors import ConfigError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.store.memory import MemoryStore
@@ -161,3 +163,14 @@ async def test_a_node_accepted_meanwhile_is_not_expired(
                                 lambda n: n.with_changes(state=NodeState.REGISTERED))
     assert await dhcp.answers.discovery.expire() == []
     assert (await inventory.get_node(MAC.value)).value.state is NodeState.REGISTERED
+
+
+def test_the_discovery_settings_are_checked(tmp_path: Path) -> None:
+    env = {"PROVISIONER_DATA_DIR": str(tmp_path), "PROVISIONER_CONFIG": ""}
+    defaults = load_settings(env=env).dhcp
+    assert (defaults.auto_accept, defaults.discovery_limit, defaults.discovery_ttl,
+            defaults.trusted_relays) == (False, 1024, 86400, ())
+    with pytest.raises(ConfigError, match=r"dhcp\.trusted_relays"):
+        load_settings(env={**env, "PROVISIONER_DHCP_TRUSTED_RELAYS": "10.0.0.300"})
+    with pytest.raises(ConfigError, match="discovery_ttl"):
+        load_settings(env={**env, "PROVISIONER_DHCP_DISCOVERY_TTL": "0"})
