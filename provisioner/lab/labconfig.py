@@ -106,6 +106,7 @@ images = {_q(options.images_dir)}
 mode = "full"
 interface = {_q(options.bridge)}
 discovery = {str(options.discovery).lower()}
+auto_accept = {str(options.discovery).lower()}
 lease_time = 3600
 
 [[dhcp.subnets]]

@@ -178,6 +178,19 @@ class Lifecycle:
             self._deadlines.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]
 
+    async def accept(self, mac: MacAddress | str, *, by: str) -> Node:
+        """A discovered node may boot: it is registered (as MAAS accepts an enlisted machine).
+        Only a discovered node is accepted; any other state raises InvalidTransition."""
+
+        def discovered_only(node: Node) -> Node:
+            if node.state is not S.DISCOVERED:
+                raise InvalidTransition(node.name, node.state.value, "accepted",
+                                        (S.DISCOVERED.value + " nodes only",))
+            return node
+
+        return await self.transition(mac, E.REGISTER, reason=f"accepted by {by}",
+                                     change=discovered_only)
+
     # -- the boot path --------------------------------------------------------------------
 
     async def boot_script_served(self, mac: MacAddress | str, image: str,
