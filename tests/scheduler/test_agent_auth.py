@@ -160,11 +160,11 @@ async def test_a_node_without_a_credential_gets_no_work(sched: SchedulerServer) 
 
 async def test_a_job_names_its_user_and_root_needs_as_root(sched: SchedulerServer) -> None:
     """The `sched` scheduler has no admin token: it runs no root job at all."""
-    base = {"cpus": 1, "memory_mib": 1, "walltime": 9, "command": "id"}
+    base: dict[str, object] = {"cpus": 1, "memory_mib": 1, "walltime": 9, "command": "id"}
     async with httpx.AsyncClient(base_url=sched.url) as client:
         ok = await client.post("/sched/v1/jobs", json={**base, "user": "ann"})
         assert ok.status_code == 201 and ok.json()["user"] == "ann"
-        cases = {
+        cases: dict[str, tuple[dict[str, object], int, str]] = {
             "no user": ({}, 422, "as_root"),
             "root by name": ({"user": "root"}, 422, "as_root"),
             "an option to su": ({"user": "-c"}, 422, "not a user name"),
