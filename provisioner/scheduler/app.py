@@ -191,7 +191,8 @@ def _job_id(text: str) -> str:
 def _refuse_agent(request: Request, why: str) -> Unauthorized:
     """The one 401 of the agent routes, logged with who asked (never with what they sent)."""
     client = request.client.host if request.client else "unknown"
-    log.warning("agent request refused: %s %s from %s (%s)", request.method, request.url.path,
+    # %r: the path is the requester's text; a newline in it must not forge a log line.
+    log.warning("agent request refused: %s %r from %s (%s)", request.method, request.url.path,
                 client, why)
     return Unauthorized(AGENT_REFUSED)
 
