@@ -92,7 +92,7 @@ class SchedulerSettings:
     #: 5.5 s at 200 registrations/s, against 55 ms with two files). etcd is always shared.
     sqlite_path: str = ""
     #: bearer token for every /sched/v1/ route but the node agent's poll and done (register,
-    #: drain, jobs); needed to listen beyond loopback: jobs run as root on the nodes. A secret:
+    #: drain, jobs); needed to listen beyond loopback and to submit root jobs (as_root). A secret:
     #: prefer PROVISIONER_SCHEDULER_TOKEN to the file.
     token: str = ""
 

@@ -202,10 +202,12 @@ class Lifecycle:
         return node
 
     async def booted(self, mac: MacAddress | str, facts: Mapping[str, Any], version: str,
-                      image: str | None = None, *, also: Also | None = None) -> Node:
+                      image: str | None = None, *, also: Also | None = None,
+                      agent_hash: str = "") -> Node:
         """The node called back from its image: store its facts, hand it to the scheduler.
         The handoff is queued (durably, in the outbox) in the txn of the booted transition,
-        with `also`'s writes (the node plane's token redemption and audit entry)."""
+        with `also`'s writes (the node plane's token redemption and audit entry).
+        `agent_hash` (handoff/agent.py) goes to the scheduler with the handoff only."""
         mac = MacAddress(str(mac))
         expected = self._deadlines.get(mac.value, (0.0, None))[1]
         detail: dict[str, Any] = {"image": image, "version": version,
@@ -217,7 +219,7 @@ class Lifecycle:
         queued: list[HandoffNode] = []
 
         def change(node: Node) -> Node:
-            queued[:] = [self.ticket(node, facts)]
+            queued[:] = [self.ticket(node, facts, agent_hash)]
             return node.with_changes(hardware=dict(facts))
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
@@ -232,14 +234,14 @@ class Lifecycle:
         handoff.accepted(queued[0], revisions[-1])
         return node
 
-    def ticket(self, node: Node, facts: Mapping[str, Any]) -> HandoffNode:
+    def ticket(self, node: Node, facts: Mapping[str, Any], agent_hash: str = "") -> HandoffNode:
         settings = self.effective(node)
         features = str(settings.get("scheduler_features", "") or "")
         return HandoffNode(
             name=node.name, mac=node.mac, cpus=_int(facts.get("cpus")),
             memory_mib=_int(facts.get("memory_mib")),
             features=tuple(f.strip() for f in features.split(",") if f.strip()),
-            partition=str(settings.get("scheduler_partition", "") or ""))
+            partition=str(settings.get("scheduler_partition", "") or ""), agent_hash=agent_hash)
 
     async def handed_off(self, mac: MacAddress | str, done: TxnOp | None = None) -> Node:
         """The scheduler confirmed the node. Idempotent: the outbox may confirm twice. `done`

@@ -7,11 +7,13 @@ cycling the victim and checking that it still boots to ready.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,9 @@ from provisioner.lab.state import LabNode
 from provisioner.lab.storeview import NodeView, snapshot
 from tests.security.intruder import Intruder
 from tests.support.labs import CACHE, boot, boot_and_wait, dump
+
+DISCOVERY_LIMIT = 3
+CIRCUIT, CIRCUIT_NAME = "rack1-port7", "rack1-n07"  # option 82 names, trusted from relays only
 
 
 @dataclass
@@ -45,6 +50,11 @@ class AttackLab:
         mac = (node or self.victim).qemu.mac
         return snapshot(self.lab, [mac])[mac]
 
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """Every node the appliance knows, by MAC, as `provisioner node list --json` shows it."""
+        listed = json.loads(self.lab.cli("node", "list", "--json").stdout)
+        return {n["mac"]: n for n in listed}
+
     def appliance_log(self) -> str:
         proc = self.lab.state.proc("appliance")
         assert proc is not None
@@ -66,7 +76,9 @@ def attack_lab(tmp_path_factory: pytest.TempPathFactory, e2e_images: Path
                ) -> Iterator[AttackLab]:
     root = tmp_path_factory.mktemp("attack")
     options = LabOptions(root / "lab", namespace=f"pv-sec-{secrets.token_hex(3)}",
-                         images=e2e_images, cache=CACHE, discovery=False)
+                         images=e2e_images, cache=CACHE, discovery=True, auto_accept=False,
+                         discovery_limit=DISCOVERY_LIMIT,
+                         dhcp_extra=f'circuit_names = ["{CIRCUIT}={CIRCUIT_NAME}"]')
     lab = Lab.create(options, say=print)
     intruders: list[Intruder] = []
     try:

@@ -7,9 +7,12 @@ intruder's address, and changes nothing; the victim still reboots to ready after
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.security.conftest import AttackLab
+from tests.security.conftest import CIRCUIT, CIRCUIT_NAME, DISCOVERY_LIMIT, AttackLab
+from tests.security.intruder import NoLease
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +60,57 @@ def test_a_forged_callback_for_another_node_is_refused(attack_lab: AttackLab) ->
     answer = intruder.http("POST", f"{attack_lab.lab.state.api_url}/node/v1/booted", body=body)
     assert answer.status == 401, answer
     assert attack_lab.view().state == "ready"
+
+
+def test_a_stranger_is_discovered_and_gets_nothing_until_accepted(
+        attack_lab: AttackLab) -> None:
+    stranger = attack_lab.intruder(registered=None)
+    stranger.lease()
+    node = attack_lab.nodes()[stranger.mac]
+    assert node["state"] == "discovered"
+    mac = stranger.mac
+    script = stranger.boot(f"/boot/{mac}.ipxe")
+    assert script.status == 200 and b"provisioner node accept" in script.body
+    assert b"kernel" not in script.body.replace(b"kernel_args", b"")
+    assert stranger.boot(f"/boot/nodes/{mac}/overlay.cpio.xz").status == 403
+    assert attack_lab.nodes()[mac]["state"] == "discovered"  # asking changed nothing
+    attack_lab.lab.cli("node", "accept", node["name"])
+    assert attack_lab.nodes()[mac]["state"] == "registered"
+    booting = stranger.boot(f"/boot/{mac}.ipxe")
+    assert booting.status == 200 and b"/boot/images/compute/" in booting.body
+    assert attack_lab.nodes()[mac]["state"] == "provisioning"
+    overlay = stranger.boot(f"/boot/nodes/{mac}/overlay.cpio.xz")
+    assert overlay.status == 200
+    again = stranger.boot(f"/boot/nodes/{mac}/overlay.cpio.xz")  # a retry in the same boot
+    assert again.status == 200 and again.body == overlay.body
+    neighbour = attack_lab.intruder()
+    neighbour.lease()
+    assert neighbour.boot(f"/boot/nodes/{mac}/overlay.cpio.xz").status == 403
+
+
+def test_option_82_from_a_client_that_is_no_relay_is_ignored(attack_lab: AttackLab) -> None:
+    forger = attack_lab.intruder(registered=None)
+    circuit = CIRCUIT.encode()
+    sub_option = bytes([1, len(circuit)]) + circuit  # RFC 3046 2.0: sub-option 1, circuit id
+    forger.lease("-x", f"0x52:{sub_option.hex()}")
+    assert attack_lab.nodes()[forger.mac]["name"] != CIRCUIT_NAME
+    assert "ignored option 82" in attack_lab.appliance_log()
+
+
+def test_discovered_nodes_are_bounded(attack_lab: AttackLab) -> None:
+    def discovered() -> list[dict[str, Any]]:
+        return [n for n in attack_lab.nodes().values() if n["state"] == "discovered"]
+
+    while len(discovered()) < DISCOVERY_LIMIT:
+        attack_lab.intruder(registered=None).lease()
+    extra = attack_lab.intruder(registered=None)
+    with pytest.raises(NoLease):
+        extra.lease(attempts=2)
+    assert extra.mac not in attack_lab.nodes()
+    assert "discovery is full" in attack_lab.appliance_log()
+    attack_lab.lab.cli("node", "delete", discovered()[0]["name"])  # room for one more
+    extra.lease()
+    assert attack_lab.nodes()[extra.mac]["state"] == "discovered"
 
 
 def test_the_victim_still_reboots_to_ready_after_the_attacks(attack_lab: AttackLab) -> None:

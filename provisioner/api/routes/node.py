@@ -8,6 +8,10 @@ An accepted callback is one read (the token) and one txn: the token's redemption
 so of two callbacks with one token exactly one commits), the audit entry, the node's move to
 booted with its facts, its timeline event and the handoff outbox entry, all or none.
 
+With the builtin scheduler, the answer also carries the node agent's credential of this boot
+(`agent_token`, handoff/agent.py): made here, answered once, and never stored or logged in
+clear; only its hash goes into the outbox entry, on to the scheduler's record of the node.
+
 `CallbackFastPath` answers this one route without the FastAPI stack (routing, dependency
 solving, response-model validation: about two thirds of the CPU of a callback, measured with
 bench/api.py at 200 callbacks/s). It runs the same `accept_callback` and translates errors with
@@ -26,6 +30,7 @@ from fastapi import APIRouter
 from provisioner.api.context import ApiContext
 from provisioner.api.schemas import BootedIn, BootedOut
 from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
+from provisioner.handoff.agent import agent_hash, new_agent_token
 from provisioner.nodes.model import MacAddress, Node
 from provisioner.security.tokens import BootTokenRefused
 from provisioner.store.base import TxnConflict, TxnOp
@@ -72,9 +77,12 @@ async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
                             bump=attempt)
         return [redeem, used]
 
+    agent_token = new_agent_token() if ctx.settings.handoff.kind == "builtin" else ""
     try:
         node = await ctx.lifecycle.booted(mac, body.facts.model_dump(), body.version,
-                                          body.image or None, also=writes)
+                                          body.image or None, also=writes,
+                                          agent_hash=agent_hash(agent_token) if agent_token
+                                          else "")
     except TxnConflict as exc:
         if redeem.key not in exc.keys:
             raise
@@ -87,7 +95,8 @@ async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
         await ctx.audit.record(who, "boot_token.redeem", mac.value, "failed", ctx.clock(),
                                detail={"reason": str(exc)})
         raise
-    return BootedOut(state=node.state, node=node.name, mac=node.mac.value)
+    return BootedOut(state=node.state, node=node.name, mac=node.mac.value,
+                     agent_token=agent_token)
 
 
 async def _refuse(ctx: ApiContext, who: str, mac: MacAddress) -> NoReturn:
