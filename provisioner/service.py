@@ -259,7 +259,8 @@ class Appliance:
 
     def api_context(self) -> ApiContext:
         return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
-                          self.api_tokens, self.audit, self.catalog, self.counters, self.clock)
+                          self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
+                          binding=self.boot_plane.binding if self.boot_plane else None)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import re
 from typing import Any
@@ -14,6 +15,7 @@ import httpx
 
 from provisioner.api.app import create_app
 from provisioner.api.routes.node import CallbackFastPath
+from provisioner.boot.binding import AddressBinding
 from provisioner.handoff.base import HandoffNode
 from provisioner.handoff.outbox import HandoffQueue
 from provisioner.inventory import keys
@@ -224,3 +226,19 @@ async def test_each_boot_gets_its_own_credential_and_only_its_hash_is_handed_ove
 async def _reboot(api: Api) -> str:
     await api.ctx.lifecycle.boot_script_served(A, "compute", "1")
     return await api.ctx.boot_tokens.issue(A, 600, api.clock())
+
+
+async def test_a_token_copied_off_the_node_is_refused_from_another_address(api: Api) -> None:
+    token_a, _ = await _provisioning(api)
+    bound = {"address": ipaddress.IPv4Address("10.9.9.9")}  # the node's lease: not us
+    api.ctx.binding = AddressBinding(lambda mac: bound["address"])
+    for client in (api.client, httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=CallbackFastPath(create_app(api.ctx), api.ctx)), base_url="http://api")):
+        stolen = await client.post("/node/v1/booted", json=_body(A, token_a))
+        assert stolen.status_code == 403 and "only from its own address" in stolen.text
+    assert api.ctx.refusals.total == 2
+    node = (await api.ctx.inventory.get_node("node001")).value
+    assert node.state is NodeState.PROVISIONING  # nothing happened: the token is still good
+    bound["address"] = ipaddress.IPv4Address("127.0.0.1")  # the node itself calls back
+    own = await api.client.post("/node/v1/booted", json=_body(A, token_a))
+    assert own.status_code == 200, own.text

@@ -7,14 +7,30 @@ intruder's address, and changes nothing; the victim still reboots to ready after
 
 from __future__ import annotations
 
+import json
+import lzma
+import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from provisioner.boot.overlay import TOKEN_PATH
+from provisioner.images.format import cpio
+from provisioner.lab.observe import scheduler_state
 from tests.security.conftest import CIRCUIT, CIRCUIT_NAME, DISCOVERY_LIMIT, AttackLab
-from tests.security.intruder import NoLease
+from tests.security.intruder import Intruder, NoLease
 
 pytestmark = pytest.mark.e2e
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.5)
 
 
 def _victim_paths(attack: AttackLab) -> list[str]:
@@ -86,6 +102,75 @@ def test_a_stranger_is_discovered_and_gets_nothing_until_accepted(
     neighbour = attack_lab.intruder()
     neighbour.lease()
     assert neighbour.boot(f"/boot/nodes/{mac}/overlay.cpio.xz").status == 403
+    _the_token_and_the_agent_credential_stay_with(attack_lab, stranger, neighbour,
+                                                   node["name"], overlay.body)
+
+
+def _the_token_and_the_agent_credential_stay_with(attack: AttackLab, owner: Intruder,
+                                                  neighbour: Intruder, name: str,
+                                                  overlay: bytes) -> None:
+    """The one-boot token in `owner`'s overlay works only from `owner`'s address and once;
+    the agent credential it earns polls only `owner`'s jobs."""
+    token = _token(overlay)
+    callback = f"{attack.lab.state.api_url}/node/v1/booted"
+    body = {"mac": owner.mac, "token": token, "image": "compute", "version": "1",
+            "facts": {"cpus": 1, "memory_mib": 64}}
+    assert neighbour.http("POST", callback, body=body).status == 403  # stolen: wrong address
+    accepted = owner.http("POST", callback, body=body)
+    assert accepted.status == 200, accepted
+    credential = accepted.json()["agent_token"]
+    assert owner.http("POST", callback, body=body).status == 401  # used once
+    assert owner.boot(f"/boot/nodes/{owner.mac}/overlay.cpio.xz").status == 409
+    sched = attack.lab.state.scheduler_url
+    eventually(lambda: scheduler_state(attack.lab, name) != "-", f"{name} in the scheduler")
+    attack.lab.cli("scheduler", "drain", name)  # it runs no agent: keep jobs off it
+    assert owner.http("POST", f"{sched}/sched/v1/nodes/{name}/poll",
+                      token=credential).status in (200, 204)
+    assert neighbour.http("POST", f"{sched}/sched/v1/nodes/{name}/poll",
+                          token=credential[:-4] + "AAAA").status == 401
+    victim = attack.victim.qemu.name
+    assert owner.http("POST", f"{sched}/sched/v1/nodes/{victim}/poll",
+                      token=credential).status == 401  # its credential is not the victim's
+
+
+def _token(overlay: bytes) -> str:
+    """The token the overlay carries: the cached xz part, then the uncompressed token cpio."""
+    decompressor = lzma.LZMADecompressor()
+    first = decompressor.decompress(overlay)
+    entries = cpio.unpack(first) + cpio.unpack(decompressor.unused_data.lstrip(b"\0"))
+    return next(e.data.decode() for e in entries if e.path == TOKEN_PATH)
+
+
+def test_the_agent_routes_refuse_strangers_and_jobs_run_as_their_user(
+        attack_lab: AttackLab) -> None:
+    intruder = attack_lab.intruder()
+    intruder.lease()
+    sched = attack_lab.lab.state.scheduler_url
+    victim = attack_lab.victim.qemu.name
+    poll = f"{sched}/sched/v1/nodes/{victim}/poll"
+    assert intruder.http("POST", poll).status == 401
+    assert intruder.http("POST", poll, token="forged-" + "A" * 36).status == 401
+    assert intruder.http("GET", f"{sched}/sched/v1/jobs").status == 401
+    guessed = f"{sched}/sched/v1/jobs/{secrets.token_hex(8)}/done?exit_code=0"
+    assert intruder.http("POST", guessed, body={"exit_code": 0, "output": ""}).status == 401
+    as_root = _submit(attack_lab, "--as-root", "--command", "echo ran-as-$(id -un)")
+    assert as_root["state"] == "completed" and "ran-as-root" in as_root["output"], as_root
+    alice = _submit(attack_lab, "--user", "alice", "--command", "id")
+    assert alice["state"] == "failed" and "no user 'alice'" in alice["output"], alice
+
+
+def _submit(attack: AttackLab, *args: str) -> dict[str, Any]:
+    """Submit a job through the CLI and wait until it has finished."""
+    job = json.loads(attack.lab.cli("scheduler", "submit", *args, "--json").stdout)
+    finished: dict[str, Any] = {}
+
+    def done() -> bool:
+        jobs = json.loads(attack.lab.cli("scheduler", "jobs", "--json").stdout)
+        finished.update(next(j for j in jobs if j["id"] == job["id"]))
+        return finished["state"] not in ("pending", "running")
+
+    eventually(done, f"job {job['id']} finished", timeout=180)
+    return finished
 
 
 def test_option_82_from_a_client_that_is_no_relay_is_ignored(attack_lab: AttackLab) -> None:

@@ -1,7 +1,9 @@
 """Node plane: `POST /node/v1/booted`, the boot callback from a node's /init.
 
 No bearer token here: the node proves who it is with the one-boot token that was packed into
-its overlay. Every refusal answers the same 401 body, whatever the reason (wrong, expired,
+its overlay, and by calling from its own address (boot/binding.py): a token copied off a node
+is refused from anywhere else with 403, logged once per source per minute, and nothing is
+written. Every token refusal answers the same 401 body, whatever the reason (wrong, expired,
 replayed, another node's, none issued), and changes nothing but the audit log.
 
 An accepted callback is one read (the token) and one txn: the token's redemption (a CAS delete,
@@ -25,11 +27,17 @@ import logging
 from typing import Final, NoReturn
 
 import pydantic
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from provisioner.api.context import ApiContext
 from provisioner.api.schemas import BootedIn, BootedOut
-from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
+from provisioner.errors import (
+    Forbidden,
+    InvalidTransition,
+    NotFound,
+    ProvisionerError,
+    ValidationError,
+)
 from provisioner.handoff.agent import agent_hash, new_agent_token
 from provisioner.nodes.model import MacAddress, Node
 from provisioner.security.tokens import BootTokenRefused
@@ -46,23 +54,25 @@ def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/node/v1", tags=["node plane"])
 
     @api.post("/booted", response_model=BootedOut,
-              responses=responses(400, 401, 404, 409, 413, 422))
-    async def booted(body: BootedIn) -> BootedOut:
+              responses=responses(400, 401, 403, 404, 409, 413, 422))
+    async def booted(body: BootedIn, request: Request) -> BootedOut:
         """The node booted its image: check its one-boot token (single use), store its
         hardware facts and hand it to the scheduler."""
-        return await accept_callback(ctx, body)
+        return await accept_callback(ctx, body, request.client.host if request.client else "")
 
     return api
 
 
-async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
-    """The boot callback (see the module docstring); raises ProvisionerError to refuse."""
+async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> BootedOut:
+    """The boot callback (see the module docstring) from address `client`; raises
+    ProvisionerError to refuse."""
     try:
         mac = MacAddress(body.mac)
     except ValidationError:
         await ctx.audit.record(f"node:{body.mac[:32]}", "boot_token.redeem", body.mac[:32],
                                "denied", ctx.clock(), detail={"reason": "not a MAC"})
         raise BootTokenRefused("not a MAC") from None
+    await _check_address(ctx, mac, client)
     who = f"node:{mac.value}"
     try:
         redeem = await ctx.boot_tokens.check(mac, body.token, ctx.clock())
@@ -99,6 +109,22 @@ async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
                      agent_token=agent_token)
 
 
+async def _check_address(ctx: ApiContext, mac: MacAddress, client: str) -> None:
+    if ctx.binding is None:
+        return
+    node = ctx.inventory.node_by_mac(mac)
+    if node is None:  # not in the cache yet: ask the store (an unknown MAC is refused later)
+        try:
+            node = (await ctx.inventory.get_node(mac.value)).value
+        except NotFound:
+            return
+    if ctx.binding.allows(node, client):
+        return
+    ctx.refusals.refuse(client, PATH, f"a callback for {mac} from another address")
+    raise Forbidden(f"the boot callback for node {node.name} is accepted only from its own "
+                    f"address; {client} is not it")
+
+
 async def _refuse(ctx: ApiContext, who: str, mac: MacAddress) -> NoReturn:
     refused = ctx.boot_tokens.refused_concurrently()
     await ctx.audit.record(who, "boot_token.redeem", mac.value, "denied", ctx.clock(),
@@ -131,7 +157,8 @@ class CallbackFastPath:
             await self.app(scope, replay_body(raw or b"", receive), send)
             return
         try:
-            out = await accept_callback(self.ctx, body)
+            client = scope.get("client") or ("", 0)
+            out = await accept_callback(self.ctx, body, str(client[0]))
         except ProvisionerError as exc:
             response = translate(exc)
             if response.status_code >= 500:
