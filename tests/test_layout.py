@@ -58,3 +58,15 @@ def test_every_module_the_architecture_names_exists() -> None:
     named = {w.rstrip("`,.;:)") for w in named}
     absent = sorted(w for w in named if not (ROOT / w).exists())
     assert not absent, f"docs/architecture.md names modules that do not exist: {absent}"
+
+
+def test_a_class_name_means_one_thing() -> None:
+    """Two classes of one name in two modules make a grep (and a reader) find the wrong one."""
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        for line in path.read_text().splitlines():
+            if line.startswith("class "):
+                name = line[6:].split("(")[0].split(":")[0].strip()
+                seen.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    twice = {name: where for name, where in seen.items() if len(where) > 1}
+    assert not twice, f"class names defined in more than one module: {twice}"

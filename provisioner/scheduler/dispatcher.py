@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from provisioner.scheduler.models import Job, JobState, NodeState, SchedNode
+from provisioner.scheduler.models import Job, JobState, SchedNode, WorkerState
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ def _free_nodes(nodes: Sequence[SchedNode], running: Iterable[Job]) -> list[_Fre
         if slot is not None:
             slot.take(job, job.expected_end())
     # Draining, drained and down nodes keep their running jobs but take no new ones.
-    return [f for f in by_name.values() if f.node.state is NodeState.IDLE]
+    return [f for f in by_name.values() if f.node.state is WorkerState.IDLE]
 
 
 def _best_fit(free: Sequence[_Free], job: Job, now: float, res: Reservation | None,
@@ -153,4 +153,4 @@ def _reserve(free: Sequence[_Free], job: Job, now: float) -> tuple[Reservation, 
 def settle(nodes: Iterable[SchedNode], running: Iterable[Job]) -> list[str]:
     """Draining nodes with no running job: they become drained."""
     busy = {j.node for j in running}
-    return [n.name for n in nodes if n.state is NodeState.DRAINING and n.name not in busy]
+    return [n.name for n in nodes if n.state is WorkerState.DRAINING and n.name not in busy]

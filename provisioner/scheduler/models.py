@@ -30,7 +30,9 @@ JOB_ID = re.compile(r"[0-9a-f]{10,32}")
 USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 
 
-class NodeState(enum.StrEnum):
+class WorkerState(enum.StrEnum):
+    """A node as the scheduler sees it (not nodes.model.NodeState, its provisioning state)."""
+
     IDLE = "idle"
     MIXED = "mixed"  # shown only: some of its CPUs run jobs
     ALLOCATED = "allocated"  # shown only: all of its CPUs run jobs
@@ -59,7 +61,7 @@ class SchedNode:
     memory_mib: int
     features: tuple[str, ...] = ()
     partition: str = "default"
-    state: NodeState = NodeState.IDLE
+    state: WorkerState = WorkerState.IDLE
     mac: str = ""
     reason: str = ""
     last_seen: float = 0.0  # last poll by its agent; 0: never polled
@@ -70,7 +72,7 @@ class SchedNode:
 
     @property
     def schedulable(self) -> bool:
-        return self.state is NodeState.IDLE
+        return self.state is WorkerState.IDLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ def shown(node: SchedNode) -> dict[str, Any]:
 def node_from_dict(data: Mapping[str, Any]) -> SchedNode:
     fields = {f.name for f in dataclasses.fields(SchedNode)}
     values = {k: v for k, v in data.items() if k in fields}
-    values["state"] = NodeState(values.get("state", "idle"))
+    values["state"] = WorkerState(values.get("state", "idle"))
     values["features"] = tuple(values.get("features", ()))
     return SchedNode(**values)
 
@@ -178,9 +180,9 @@ def job_from_dict(data: Mapping[str, Any]) -> Job:
     return Job(**values)
 
 
-def shown_state(node: SchedNode, running: Sequence[Job]) -> NodeState:
+def shown_state(node: SchedNode, running: Sequence[Job]) -> WorkerState:
     """The state an operator sees: idle nodes running jobs are mixed or allocated."""
-    if node.state is not NodeState.IDLE or not running:
+    if node.state is not WorkerState.IDLE or not running:
         return node.state
     used = sum(j.cpus for j in running)
-    return NodeState.ALLOCATED if used >= node.cpus else NodeState.MIXED
+    return WorkerState.ALLOCATED if used >= node.cpus else WorkerState.MIXED

@@ -22,8 +22,8 @@ from provisioner.scheduler.models import (
     OUTPUT_TAIL,
     Job,
     JobState,
-    NodeState,
     SchedNode,
+    WorkerState,
     new_job,
     new_node,
 )
@@ -93,7 +93,7 @@ class SchedulerState:
             if cur is None:
                 return fresh
             # An operator's drain survives a reboot; a node that was down is back.
-            state = NodeState.IDLE if cur.state is NodeState.DOWN else cur.state
+            state = WorkerState.IDLE if cur.state is WorkerState.DOWN else cur.state
             return dataclasses.replace(fresh, state=state, reason=cur.reason,
                                        registered=cur.registered, last_seen=cur.last_seen,
                                        agent_hash=agent_hash or cur.agent_hash)
@@ -106,10 +106,10 @@ class SchedulerState:
     async def drain(self, name: str, reason: str) -> SchedNode:
         def change(cur: SchedNode | None) -> SchedNode:
             cur = self._existing(name, cur)
-            if cur.state in (NodeState.DRAINING, NodeState.DRAINED) and cur.reason == reason:
+            if cur.state in (WorkerState.DRAINING, WorkerState.DRAINED) and cur.reason == reason:
                 return cur
             busy = any(j.node == name for j in self.running())
-            state = NodeState.DRAINING if busy else NodeState.DRAINED
+            state = WorkerState.DRAINING if busy else WorkerState.DRAINED
             return dataclasses.replace(cur, state=state, reason=reason)
 
         if not reason.strip():
@@ -118,13 +118,13 @@ class SchedulerState:
 
     async def resume(self, name: str) -> SchedNode:
         def change(cur: SchedNode | None) -> SchedNode:
-            return dataclasses.replace(self._existing(name, cur), state=NodeState.IDLE, reason="")
+            return dataclasses.replace(self._existing(name, cur), state=WorkerState.IDLE, reason="")
 
         node = await self.records.node(name, change)
         self.changed.set()
         return node
 
-    async def set_node_state(self, name: str, state: NodeState, reason: str = "") -> SchedNode:
+    async def set_node_state(self, name: str, state: WorkerState, reason: str = "") -> SchedNode:
         def change(cur: SchedNode | None) -> SchedNode:
             return dataclasses.replace(self._existing(name, cur), state=state, reason=reason)
 
@@ -183,8 +183,8 @@ class SchedulerState:
         job not yet handed over, else None."""
         node = self.node(name)
         self.seen[name] = self.clock()
-        if node.state is NodeState.DOWN:
-            await self.set_node_state(name, NodeState.IDLE)
+        if node.state is WorkerState.DOWN:
+            await self.set_node_state(name, WorkerState.IDLE)
             self.changed.set()
         if self.kills.get(name):
             return self.job(self.kills[name].pop(0))
@@ -233,7 +233,7 @@ class SchedulerState:
             if now > job.expected_end() + self.walltime_grace:
                 await self._finish(job.id, JobState.TIMEOUT, now)
         for name in self._silent(now):
-            await self.set_node_state(name, NodeState.DOWN, "agent stopped polling")
+            await self.set_node_state(name, WorkerState.DOWN, "agent stopped polling")
         for job_id in plan.unfit:
             await self._mark_unfit(job_id)
         return plan
@@ -242,7 +242,7 @@ class SchedulerState:
         """Idle nodes whose agent polled once and then stopped (never-polled nodes, e.g. ones
         without an agent, are not judged)."""
         return [name for name, seen in self.seen.items() if now - seen > self.node_timeout
-                and name in self.nodes and self.nodes[name][0].state is NodeState.IDLE]
+                and name in self.nodes and self.nodes[name][0].state is WorkerState.IDLE]
 
     async def _start(self, a: dispatcher.Assignment, now: float) -> None:
         def change(cur: Job | None) -> Job:
@@ -280,6 +280,6 @@ def _submitted(job: Job) -> tuple[int, str]:
 def _drained(cur: SchedNode | None) -> SchedNode:
     if cur is None:
         raise NotFound("the draining node was removed")
-    if cur.state is not NodeState.DRAINING:
+    if cur.state is not WorkerState.DRAINING:
         return cur
-    return dataclasses.replace(cur, state=NodeState.DRAINED)
+    return dataclasses.replace(cur, state=WorkerState.DRAINED)

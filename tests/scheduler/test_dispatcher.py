@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provisioner.scheduler.dispatcher import Assignment, order, plan, schedule, settle
-from provisioner.scheduler.models import Job, JobState, NodeState, SchedNode
+from provisioner.scheduler.models import Job, JobState, SchedNode, WorkerState
 
 
-def node(name: str, cpus: int = 4, mem: int = 4096, state: NodeState = NodeState.IDLE
+def node(name: str, cpus: int = 4, mem: int = 4096, state: WorkerState = WorkerState.IDLE
          ) -> SchedNode:
     return SchedNode(name=name, cpus=cpus, memory_mib=mem, state=state)
 
@@ -88,13 +88,13 @@ def test_a_job_larger_than_every_node_neither_starts_nor_blocks() -> None:
 
 
 def test_draining_drained_and_down_nodes_take_no_new_jobs() -> None:
-    nodes = [node("a", state=NodeState.DRAINING), node("b", state=NodeState.DRAINED),
-             node("c", state=NodeState.DOWN), node("d")]
+    nodes = [node("a", state=WorkerState.DRAINING), node("b", state=WorkerState.DRAINED),
+             node("c", state=WorkerState.DOWN), node("d")]
     assert plan(nodes, [job(1), job(2, cpus=4)], [], 0.0) == [Assignment(ID[1], "d")]
 
 
 def test_draining_node_becomes_drained_only_when_idle() -> None:
-    nodes = [node("a", state=NodeState.DRAINING), node("b", state=NodeState.DRAINING)]
+    nodes = [node("a", state=WorkerState.DRAINING), node("b", state=WorkerState.DRAINING)]
     assert settle(nodes, [running(job(1), "a")]) == ["b"]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from provisioner.errors import NotFound, ValidationError
 from provisioner.inventory import keys
-from provisioner.scheduler.models import JobState, NodeState
+from provisioner.scheduler.models import JobState, WorkerState
 from provisioner.scheduler.state import SchedulerState
 from provisioner.store.base import KeyValueStore
 from tests.scheduler.agents import AgentCredential
@@ -57,7 +57,7 @@ async def test_a_stale_writer_reapplies_its_change_after_a_conflict(store: KeyVa
     await a.drain("n1", "bad DIMM")
     resumed = await b.register("n1", cpus=4, memory_mib=1024)  # b's cache is stale
     assert resumed.cpus == 4
-    assert resumed.state is NodeState.DRAINED  # a's drain was not undone
+    assert resumed.state is WorkerState.DRAINED  # a's drain was not undone
 
 
 async def test_drain_waits_for_running_jobs_then_resume(store: KeyValueStore) -> None:
@@ -66,14 +66,14 @@ async def test_drain_waits_for_running_jobs_then_resume(store: KeyValueStore) ->
     await state.register("n1", cpus=2, memory_mib=1024)
     job = await state.submit(cpus=1, memory_mib=100, walltime=60, command="sleep 1")
     await state.dispatch(clock())
-    assert (await state.drain("n1", "maintenance")).state is NodeState.DRAINING
+    assert (await state.drain("n1", "maintenance")).state is WorkerState.DRAINING
     other = await state.submit(cpus=1, memory_mib=100, walltime=60, command="true")
     await state.dispatch(clock())
     assert state.job(other.id).state is JobState.PENDING  # draining takes no new jobs
     await state.done(job.id, 0, "ok")
     await state.dispatch(clock())
-    assert state.node("n1").state is NodeState.DRAINED
-    assert (await state.resume("n1")).state is NodeState.IDLE
+    assert state.node("n1").state is WorkerState.DRAINED
+    assert (await state.resume("n1")).state is WorkerState.IDLE
     await state.dispatch(clock())
     assert state.job(other.id).state is JobState.RUNNING
 
@@ -107,9 +107,9 @@ async def test_walltime_overrun_and_silent_nodes(store: KeyValueStore) -> None:
     assert state.job(job.id).state is JobState.TIMEOUT
     clock.now += 200
     await state.dispatch(clock())
-    assert state.node("n1").state is NodeState.DOWN
+    assert state.node("n1").state is WorkerState.DOWN
     await state.poll("n1")
-    assert state.node("n1").state is NodeState.IDLE
+    assert state.node("n1").state is WorkerState.IDLE
 
 
 async def test_refusals(store: KeyValueStore) -> None:
