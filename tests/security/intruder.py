@@ -72,8 +72,9 @@ class Intruder:
         return self.ip
 
     def http(self, method: str, url: str, *, body: Any = None, token: str | None = None,
-             headers: dict[str, str] | None = None) -> HttpAnswer:
-        return self.ns.http(method, url, body=body, token=token, headers=headers)
+             headers: dict[str, str] | None = None, timeout: float = 30.0) -> HttpAnswer:
+        return self.ns.http(method, url, body=body, token=token, headers=headers,
+                            timeout=timeout)
 
     def boot(self, path: str, method: str = "GET") -> HttpAnswer:
         """A request to the lab's boot plane."""
