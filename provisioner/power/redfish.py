@@ -6,9 +6,9 @@ when the BMC manages several). Actions are ComputerSystem.Reset with ResetType O
 ForceRestart (PowerCycle when the BMC offers only that) and GracefulShutdown.
 
 Plain http:// is refused unless the node's `power_insecure` is true: basic auth sends the
-password with every request. Certificates are verified unless the node's `power_tls_verify` is "false" (a self-signed BMC)
-or names a CA bundle. Credentials never leave this class: the password sits in a Secret, user
-info in the URL is refused, and error messages quote neither.
+password with every request. Certificates are verified unless the node's `power_tls_verify`
+is "false" (a self-signed BMC) or names a CA bundle. Credentials never leave this class: the
+password sits in a Secret, user info in the URL is refused, and error messages quote neither.
 """
 
 from __future__ import annotations
