@@ -198,7 +198,7 @@ _LINE_SAFE: Final[Mapping[str, tuple[str, str]]] = MappingProxyType({
     "ipxe_script": (r"A-Za-z0-9_./-", "letters, digits and _ . / -"),
     "image": (r"a-z0-9_.:-", "lower-case letters, digits and _ . : -"),
     "scheduler_partition": (r"A-Za-z0-9_.-", "letters, digits and _ . -"),
-    "scheduler_features": (r"A-Za-z0-9_.,-", "letters, digits and _ . , -"),
+    "scheduler_features": (r"A-Za-z0-9_., -", "letters, digits, spaces and _ . , -"),
 })
 _LINE_SAFE_RE: Final = {k: re.compile(f"[{chars}]*") for k, (chars, _) in _LINE_SAFE.items()}
 _LINE_MAX: Final = 1024  # a kernel command line is 2048 bytes on x86 in all; leave room

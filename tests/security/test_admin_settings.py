@@ -24,6 +24,7 @@ INJECTIONS = [
     ("ipxe_script", "ipxe/boot.ipxe.j2\n", "'\\n'"),
     ("image", "compute:1 && x", "' '"),
     ("scheduler_features", "gpu\nNodeName=evil", "'\\n'"),
+    ("scheduler_features", "gpu;reboot", "';'"),
     ("power_user", "admin\nx", "'\\n'"),
 ]
 SAFE = {"console": "ttyS0,115200n8", "bootfile": "ipxe/snponly.efi",
