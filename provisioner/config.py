@@ -92,7 +92,7 @@ class SchedulerSettings:
     #: 5.5 s at 200 registrations/s, against 55 ms with two files). etcd is always shared.
     sqlite_path: str = ""
     #: bearer token for every /sched/v1/ route but the node agent's poll and done (register,
-    #: drain, jobs); needed to listen beyond loopback: jobs run as root on the nodes. A secret:
+    #: drain, jobs); needed to listen beyond loopback and to submit root jobs (as_root). A secret:
     #: prefer PROVISIONER_SCHEDULER_TOKEN to the file.
     token: str = ""
 
@@ -162,6 +162,12 @@ class DhcpSettings:
     discovery_dry_run: bool = False  # log what discovery would do; do not answer unknown MACs
     name_pattern: str = "node{index:03}"
     circuit_names: tuple[str, ...] = ()  # "CIRCUIT-ID=NAME": names follow switch ports (opt 82)
+    #: lab only: discovered nodes boot at once. Off: they wait for `provisioner node accept`.
+    auto_accept: bool = False
+    #: relays (giaddr) whose option 82 is believed, besides the subnets' `relay` addresses
+    trusted_relays: tuple[str, ...] = ()
+    discovery_limit: int = 1024  # discovered (not yet accepted) nodes kept at most
+    discovery_ttl: int = 86400  # seconds a discovered node not seen again is kept
     bios_file: str = "undionly.kpxe"
     uefi_x64_file: str = "ipxe.efi"
     uefi_arm64_file: str = "ipxe-arm64.efi"
@@ -378,6 +384,7 @@ def _check_dhcp(dhcp: DhcpSettings) -> None:
                 ipaddress.IPv4Address(address)
         except ValueError as exc:
             raise ConfigError(f"dhcp.subnets[{i}]: {exc}") from None
+    _check_discovery(dhcp)
     for entry in dhcp.circuit_names:
         if "=" not in entry:
             raise ConfigError(f"dhcp.circuit_names: {entry!r} is not CIRCUIT-ID=NAME")
@@ -386,3 +393,14 @@ def _check_dhcp(dhcp: DhcpSettings) -> None:
     except (KeyError, ValueError, IndexError) as exc:
         raise ConfigError(f"dhcp.name_pattern: {dhcp.name_pattern!r} is not a pattern "
                           f"with {{index}} ({exc})") from None
+
+
+def _check_discovery(dhcp: DhcpSettings) -> None:
+    for address in dhcp.trusted_relays:
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError as exc:
+            raise ConfigError(f"dhcp.trusted_relays: {exc}") from None
+    if dhcp.discovery_limit < 0 or dhcp.discovery_ttl <= 0:
+        raise ConfigError("dhcp.discovery_limit must be 0 or more and dhcp.discovery_ttl more "
+                          "than 0 seconds")

@@ -220,9 +220,13 @@ class Appliance:
                          binding=AddressBinding(self._leased))
 
     def _leased(self, mac: MacAddress) -> ipaddress.IPv4Address | None:
-        """The address our DHCP server leased to `mac` and that has not expired."""
+        """The address our DHCP server bound to `mac`: in full (and relay) mode its lease that
+        has not expired; in proxy mode, where the site's server owns the lease, the address it
+        showed us in its PXE exchange (dhcp/sightings.py)."""
         if self.dhcp is None:
             return None
+        if self.settings.dhcp.mode == "proxy":
+            return self.dhcp.sightings.address_of(mac, self.clock())
         lease = self.dhcp.leases.lease_of(mac)
         if lease is None or lease.state != "bound" or lease.expires <= self.clock():
             return None
@@ -255,7 +259,8 @@ class Appliance:
 
     def api_context(self) -> ApiContext:
         return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
-                          self.api_tokens, self.audit, self.catalog, self.counters, self.clock)
+                          self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
+                          binding=self.boot_plane.binding if self.boot_plane else None)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

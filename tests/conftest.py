@@ -19,7 +19,7 @@ from provisioner.store.memory import MemoryStore
 from provisioner.store.sqlite import SqliteStore
 from tests.support.etcd_server import EtcdServer
 
-pytest_plugins = ["tests.support.kernel"]
+pytest_plugins = ["tests.support.kernel", "tests.support.labs"]
 
 BACKENDS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 

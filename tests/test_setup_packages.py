@@ -39,7 +39,7 @@ PROGRAMS = {
     "ipmitool": "ipmitool", "kea-dhcp4": "kea-dhcp4-server", "kill": "procps",
     "modinfo": "kmod", "modprobe": "kmod", "mount": "mount", "munged": "munge",
     "mungekey": "munge", "nginx": "nginx", "openssl": "openssl",
-    "systemd-analyze": "systemd", "useradd": "passwd", "perfdhcp": "kea-admin",
+    "systemd-analyze": "systemd", "useradd": "passwd", "env": "coreutils", "perfdhcp": "kea-admin",
     "pgrep": "procps", "prometheus": "prometheus", "ps": "procps", "python3": "python3",
     "qemu-system-x86_64": "qemu-system-x86", "scontrol": "slurm-client",
     "slurmctld": "slurmctld", "sh": "dash", "sleep": "coreutils", "sort": "coreutils",

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from provisioner.boot.binding import AddressBinding, Refusals
 from provisioner.config import Settings
 from provisioner.images.format.catalog import ImageCatalog
 from provisioner.inventory.repository import Inventory
@@ -28,8 +29,16 @@ class ApiContext:
     catalog: ImageCatalog
     counters: Counters | None = None
     clock: Callable[[], float] = field(default=time.time)
+    #: who may call back for a node: its own address (the boot plane's binding); None in
+    #: tests of the API alone, where there is no DHCP to bind to
+    binding: AddressBinding | None = None
+    #: refused callbacks, counted and logged once per source per minute (no store write)
+    refusals: Refusals = field(init=False)
     #: background work started by requests (rollouts), kept so it is not garbage-collected
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.refusals = Refusals(self.clock)
 
     @classmethod
     def build(cls, settings: Settings, inventory: Inventory, *,

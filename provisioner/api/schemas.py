@@ -253,3 +253,6 @@ class BootedOut(BaseModel):
     state: NodeState
     node: str
     mac: str
+    #: the node agent's credential for the builtin scheduler, answered once and kept nowhere
+    #: in clear (handoff/agent.py); "" unless `[handoff] kind = "builtin"`
+    agent_token: str = ""

@@ -2,8 +2,9 @@
 
 The provisioning network is shared with compute nodes running users' jobs, so a MAC in a URL
 proves nothing. A node's script, kickstart and overlay (which carries its one-boot token) are
-served only to the IPv4 address bound to that MAC: its current lease when our DHCP server
-leased it, else its static address. Anyone else gets 403.
+served only to the IPv4 address bound to that MAC: its static address when it has one, else
+its current lease when our DHCP server leased it (full and relay mode), else in ProxyDHCP mode
+the address it showed us in its PXE exchange (dhcp/sightings.py). Anyone else gets 403.
 
 Refusals are counted in memory and logged once per source address per minute, with the
 requester's address: a refusal writes nothing to the store, so a flood of them costs the
@@ -29,18 +30,20 @@ AddressOf = Callable[[MacAddress], ipaddress.IPv4Address | None]
 
 
 def no_lease(mac: MacAddress) -> ipaddress.IPv4Address | None:
-    """The lease lookup when our DHCP server does not lease addresses (off or proxy mode)."""
+    """The lease lookup when our DHCP server is off."""
     return None
 
 
 @dataclass
 class AddressBinding:
-    """`leased(mac)` is the address our DHCP server leased to `mac` (or None)."""
+    """`leased(mac)` is the address our DHCP server bound to `mac` (or None): its lease, or
+    in proxy mode its sighting. A static address comes first: in full mode a reserved node's
+    lease is that address anyway, and in proxy mode a sighting is only what the client said."""
 
     leased: AddressOf = no_lease
 
     def bound_address(self, node: Node) -> ipaddress.IPv4Address | None:
-        return self.leased(node.mac) or node.ip
+        return node.ip or self.leased(node.mac)
 
     def allows(self, node: Node, client: str) -> bool:
         bound = self.bound_address(node)

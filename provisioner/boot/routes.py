@@ -12,10 +12,11 @@ provisioning, and its token is issued once per boot: a second fetch in the same 
 retrying a broken transfer) gets the same bytes back from memory, or 409 when this process did
 not build them (it restarted, or another head node did).
 
-iPXE never gets a 404 for a script: an unknown MAC, a node with no (or a missing) image and a
-retired node all get a script that says why, waits and asks again, so a node racked before
-it is registered boots as soon as it is. A failed render fails that node only: 500 with the
-one-line reason, and the reason on its timeline.
+iPXE never gets a 404 for a script: an unknown MAC, a node with no (or a missing) image, a
+discovered node not accepted yet and a retired node all get a script that says why, waits and
+asks again, so a node racked before it is registered (or accepted) boots as soon as it is. A
+discovered node's overlay and kickstart are refused (403) until it is accepted. A failed
+render fails that node only: 500 with the one-line reason, and the reason on its timeline.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class BootPlane:
         if node is None:
             return _ipxe(wait_script(url, f"{mac} is not a registered node; add it with "
                                      f"`provisioner node add {mac} --name NAME`"))
+        if self._waiting_for_accept(node):
+            return _ipxe(wait_script(url, f"node {node.name} ({mac}) is discovered, waiting for "
+                                     f"`provisioner node accept {node.name}`"))
         if node.state not in BOOTABLE:
             return _ipxe(wait_script(url, f"node {node.name} is {node.state}; boots resume "
                                      "when it is registered again"))
@@ -127,6 +131,11 @@ class BootPlane:
         if image is not None and request.method == "GET":
             await self._boot_started(node, image)
         return _ipxe(text)
+
+    def _waiting_for_accept(self, node: Node) -> bool:
+        """A discovered node boots nothing until an admin accepts it ([dhcp] auto_accept: at
+        once, in a lab): anything on the hostile provisioning network can send a DISCOVER."""
+        return node.state is NodeState.DISCOVERED and not self.settings.dhcp.auto_accept
 
     async def _boot_started(self, node: Node, image: ImageVersion) -> None:
         try:
@@ -181,6 +190,11 @@ class BootPlane:
         node = cached.value
         if not self.binding.allows(node, client):
             return self._refuse(node, request, client)
+        if self._waiting_for_accept(node):
+            self.refusals.refuse(client, request.path, f"{node.mac} is discovered, not accepted")
+            return Reply(f"node {node.name} is discovered: its boot files are served once it is "
+                         f"accepted (`provisioner node accept {node.name}`)\n".encode(),
+                         status=403)
         if match.group(2) == "install.ks":
             return await self.kickstart(node)
         if request.method == "HEAD":  # a HEAD must not use up the boot's one token

@@ -1,4 +1,4 @@
-"""`provisioner node ...`: add, list, show, set and delete compute nodes."""
+"""`provisioner node ...`: add, list, show, set, accept and delete compute nodes."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from provisioner.nodes.model import (
     unique,
 )
 
-app = typer.Typer(help="Compute nodes: add, list, show, set, delete.", no_args_is_help=True)
+app = typer.Typer(help="Compute nodes: add, list, show, set, accept, delete.", no_args_is_help=True)
 app.command("power")(power_cli.power)
 app.command("reimage")(reimage_cli.reimage)
 
@@ -312,6 +312,28 @@ def delete(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
 
     for node in audited_many(ctx, [Change("node.delete", ref) for ref in refs], act):
         typer.echo(f"deleted node {node.name} ({node.mac})")
+
+
+@app.command("accept")
+def accept(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names or MACs.",
+                                                                show_default=False)) -> None:
+    """Accept discovered nodes: they are registered and boot their image from their next
+    boot script on (until then they only wait)."""
+    import getpass
+
+    from provisioner.nodes.lifecycle import Lifecycle
+
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        who = "cli:?"
+
+    async def act(inv: Inventory) -> list[Node]:
+        lifecycle = Lifecycle(inv)
+        return [await lifecycle.accept(ref, by=who) for ref in refs]
+
+    for node in with_inventory(ctx, act):
+        typer.echo(f"accepted node {node.name} ({node.mac}): it boots from its next script")
 
 
 @app.command("events")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import ipaddress
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from provisioner.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from provisioner.scheduler.models import JOB_ID
 
 app = typer.Typer(help="The small scheduler: serve it, list nodes and jobs, submit, cancel, "
                   "drain, resume.", no_args_is_help=True)
@@ -94,18 +96,25 @@ def submit(
     mem: int = typer.Option(256, "--mem", help="Memory in MiB."),
     walltime: int = typer.Option(3600, "--walltime", help="Seconds; the job is ended after."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
-    user: str = typer.Option("root", "--user", help="Who the job is for (recorded)."),
+    user: str | None = typer.Option(
+        None, "--user", help="Who the job runs as on the node (default: you, the login name "
+        "running this command)."),
+    as_root: bool = typer.Option(False, "--as-root", help="Run the job as root (admins: "
+                                 "needs the scheduler's token)."),
     command: str | None = typer.Option(None, "--command", help="A shell command line."),
     script: Path | None = typer.Option(None, "--script", help="A shell script file.",
                                        exists=True, dir_okay=False),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Queue a job: exactly one of --command or --script."""
+    """Queue a job: exactly one of --command or --script. It runs on the node as --user (you
+    by default), as root only with --as-root."""
     if (command is None) == (script is None):
         raise ValidationError("--command", "give exactly one of --command or --script")
+    if as_root and user is not None:
+        raise ValidationError("--as-root", "give either --user or --as-root, not both")
     body = {"cpus": cpus, "memory_mib": mem, "walltime": walltime, "priority": priority,
-            "user": user, "command": command or "",
-            "script": script.read_text() if script else ""}
+            "user": "" if as_root else user or getpass.getuser(), "as_root": as_root,
+            "command": command or "", "script": script.read_text() if script else ""}
     job = _call(ctx, "POST", "/sched/v1/jobs", json=body)
     if as_json:
         print_json(job)
@@ -114,8 +123,11 @@ def submit(
 
 
 @app.command("cancel")
-def cancel(ctx: typer.Context, job_id: int = typer.Argument(..., help="Job id.")) -> None:
+def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id.")) -> None:
     """Cancel a pending or running job."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ValidationError("JOB_ID", f"{job_id[:40]!r} is not a job id (hex, as `jobs` "
+                              "shows it)")
     job = _call(ctx, "DELETE", f"/sched/v1/jobs/{job_id}")
     typer.echo(f"job {job['id']} {job['state']}")
 

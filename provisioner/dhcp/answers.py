@@ -37,7 +37,14 @@ from provisioner.dhcp.replies import (
 from provisioner.dhcp.send import ReplySender
 from provisioner.dhcp.subnets import Subnet, subnet_for
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import BootEvent, MacAddress, Node, SettingValue, effective_values
+from provisioner.nodes.model import (
+    BootEvent,
+    MacAddress,
+    Node,
+    NodeState,
+    SettingValue,
+    effective_values,
+)
 
 log = logging.getLogger(__name__)
 FOREIGN_LOG_EVERY = 60.0  # s: another server is logged and recorded once a minute at most
@@ -73,6 +80,11 @@ class Answers:
                  node: Node | None = None) -> None:
         packet, mac = decision.packet, decision.mac
         if self.mode is policy.DhcpMode.PROXY:
+            node = node or self.inventory.node_by_mac(mac)
+            if node is None and self.settings.discovery:
+                self.discovery.discover(decision, None, transport)  # answered once stored
+                return
+            self._seen(node)
             self._proxy_answer(packet, mac, transport, None)
             return
         subnet = subnet_for(self.subnets, packet)
@@ -83,6 +95,7 @@ class Answers:
         if node is None and self.settings.discovery:
             self.discovery.discover(decision, subnet, transport)
             return
+        self._seen(node)
         ip = self.leases.offer(mac, subnet.pool, self._clock(), requested=decision.requested_ip,
                                reserved=node.ip if node else None)
         if ip is None:
@@ -101,6 +114,7 @@ class Answers:
         packet, mac, address = decision.packet, decision.mac, decision.address
         subnet = subnet_for(self.subnets, packet)
         node = self.inventory.node_by_mac(mac)
+        self._seen(node)
         verdict = policy.check_request(decision, subnet, node, self.leases.lease_of(mac))
         if verdict == policy.SILENT:
             self._counters["request_silent"] += 1
@@ -140,6 +154,10 @@ class Answers:
         boot = self._boot_info(decision.packet, decision.mac, node)
         reply = inform_reply(decision.packet, self.server_ip, options, boot)
         self._sender.send(decision.packet, reply, transport)
+
+    def _seen(self, node: Node | None) -> None:
+        if node is not None and node.state is NodeState.DISCOVERED:
+            self.discovery.seen(node.mac)  # its discovery_ttl starts again
 
     def _nak(self, packet: DhcpPacket, message: str,
              transport: asyncio.DatagramTransport) -> None:

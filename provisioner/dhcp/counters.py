@@ -12,6 +12,10 @@ them the same way.
 - errors               a packet or an exchange that failed on a bug or a store error
 - pool_exhausted, request_silent, lease_declined, lease_released, discovered,
   discovery_dry_run, foreign_server, read_pauses
+- relay_info_ignored    option 82 dropped: not from a relay the config lists (RFC 3046)
+- discovery_full        unknown MACs not recorded: [dhcp] discovery_limit was reached
+- discovery_expired     discovered nodes deleted: not accepted, not seen for discovery_ttl
+- proxy_sightings       addresses recorded from PXE exchanges in proxy mode
 """
 
 from __future__ import annotations
@@ -45,3 +49,23 @@ def received_key(decision: policy.Decision) -> str:
 
 def sent_key(message_type: MessageType | None) -> str:
     return _SENT_KEY[message_type]
+
+
+class OncePer:
+    """At most one log line per key every `every` seconds, for log lines a sender can provoke
+    at will. Bounded: past `limit` keys the oldest is forgotten. Pure: the time is passed in."""
+
+    def __init__(self, every: float, *, limit: int = 4096) -> None:
+        self.every = every
+        self.limit = limit
+        self._last: dict[object, float] = {}
+
+    def due(self, key: object, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return False
+        self._last.pop(key, None)
+        if len(self._last) >= self.limit:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = now
+        return True

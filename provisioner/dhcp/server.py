@@ -8,6 +8,7 @@ the hold sweeper, close) and hands each decision to the part that acts on it:
 - send.py       the reply path: encode, destination (RFC 2131 section 4.1), raw or UDP send
 - leases.py     offers in memory, bindings written to the store before their ACK
 - inflight.py   the exchanges awaiting the store, cancelled on close
+- sightings.py  proxy mode: the address each PXE client showed us, for the boot plane
 - counters.py   the counter names
 
 Malformed packets are dropped and counted by reason and never stop the loop.
@@ -25,21 +26,30 @@ from provisioner.config import DhcpSettings, SubnetSettings
 from provisioner.dhcp import policy
 from provisioner.dhcp.answers import Answers
 from provisioner.dhcp.bootfile import FirstStageFiles
-from provisioner.dhcp.counters import Counters, received_key
+from provisioner.dhcp.counters import Counters, OncePer, received_key
 from provisioner.dhcp.inflight import InFlight
 from provisioner.dhcp.leases import LeaseBook
-from provisioner.dhcp.packet import decode
+from provisioner.dhcp.packet import DhcpPacket, decode
 from provisioner.dhcp.replies import CLIENT_PORT
 from provisioner.dhcp.send import ReplySender
+from provisioner.dhcp.sightings import Sightings, sighted_address
 from provisioner.dhcp.sockets import interface_address, open_raw_sender, server_socket
-from provisioner.dhcp.subnets import Pool, Subnet, subnet_options
+from provisioner.dhcp.subnets import (
+    Pool,
+    Subnet,
+    relay_info_trusted,
+    subnet_options,
+    without_relay_info,
+)
 from provisioner.dhcp.transport import BurstTransport
-from provisioner.errors import ConfigError, MalformedPacket
+from provisioner.errors import ConfigError, MalformedPacket, ProvisionerError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, SettingValue
 
 log = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
+RELAY_INFO_LOG_EVERY = 60.0  # s: an untrusted option 82 is logged once a minute per source
+EXPIRE_EVERY = 60.0  # s: discovered nodes past their discovery_ttl are looked for this often
 _ANY = "0.0.0.0"
 
 
@@ -71,8 +81,15 @@ class DhcpServer:
         files = FirstStageFiles(settings.bios_file, settings.uefi_x64_file,
                                 settings.uefi_arm64_file, boot_host, boot_port)
         self._clock = clock
-        self._segment = policy.Segment(frozenset(), frozenset(
-            s.relay for s in self.subnets if s.relay is not None), policy.DhcpMode(settings.mode))
+        # The relays we accept requests from are the ones whose option 82 we believe.
+        self.trusted_relays = frozenset(
+            {s.relay for s in self.subnets if s.relay is not None}
+            | {IPv4Address(a) for a in settings.trusted_relays})
+        self._segment = policy.Segment(frozenset(), self.trusted_relays,
+                                       policy.DhcpMode(settings.mode))
+        self._relay_info_log = OncePer(RELAY_INFO_LOG_EVERY)
+        #: proxy mode: the address each PXE client showed us (boot/binding.py binds to it)
+        self.sightings = Sightings()
         self._transports: list[BurstTransport] = []
         self._in_flight = InFlight(self.counters)
         self._sender = ReplySender(self.counters)
@@ -144,10 +161,20 @@ class DhcpServer:
 
     async def _sweep_holds(self) -> None:
         """Forget offers whose hold has run out, so a flood of DISCOVERs from made-up MACs
-        cannot grow the hold table past what one offer_hold period brings in."""
+        cannot grow the hold table past what one offer_hold period brings in; forget old
+        sightings; once a minute, delete discovered nodes past their discovery_ttl."""
+        expired_at = self._clock()
         while True:
             await asyncio.sleep(max(self.settings.offer_hold / 2, 1.0))
-            self.leases.expire_holds(self._clock())
+            now = self._clock()
+            self.leases.expire_holds(now)
+            self.sightings.expire(now)
+            if self.settings.discovery and now - expired_at >= EXPIRE_EVERY:
+                expired_at = now
+                try:
+                    await self.answers.discovery.expire()
+                except ProvisionerError as exc:
+                    log.warning("dhcp: expiring discovered nodes: %s", exc)
 
     async def close(self) -> None:
         """Stop reading, cancel the exchanges in flight and wait for them, stop the lease
@@ -171,15 +198,49 @@ class DhcpServer:
             self.counters[f"dropped:{exc.reason}"] += 1
             log.debug("dhcp: dropped %d bytes from %s:%d: %s", len(data), *source, exc.reason)
             return
+        if 82 in packet.options and not relay_info_trusted(packet, self.trusted_relays):
+            packet = self._untrusted_relay_info(packet, source)
         # A relay forwards a broadcast REBINDING to us unicast (RFC 1542 section 4.1.1); a
         # RENEWING client sends straight to us, without a relay.
         decision = policy.classify(packet, self._segment, pxe_port=pxe_port,
                                    unicast=unicast and packet.giaddr == _ZERO)
         self.counters[received_key(decision)] += 1
+        if self._segment.mode is policy.DhcpMode.PROXY:
+            self._sight(packet, decision, source, pxe_port)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dhcp: %s from %s xid %08x -> %s", packet.message_type, packet.mac,
                       packet.xid, decision)
         self._dispatch(decision, transport, source)
+
+    def _untrusted_relay_info(self, packet: DhcpPacket,
+                              source: tuple[str, int]) -> DhcpPacket:
+        """Option 82 from a client, or through a relay the config does not list: dropped
+        (relay_info_trusted says why), counted, logged once a minute per source; the request
+        is otherwise answered as if it had come without it."""
+        self.counters["relay_info_ignored"] += 1
+        if self._relay_info_log.due(source[0], self._clock()):
+            log.warning("dhcp: ignored option 82 (relay agent information) from %s, giaddr %s, "
+                        "MAC %s: not a relay listed in [[dhcp.subnets]] relay or [dhcp] "
+                        "trusted_relays (%d so far)", source[0], packet.giaddr, packet.mac,
+                        self.counters["relay_info_ignored"])
+        return without_relay_info(packet)
+
+    def _sight(self, packet: DhcpPacket, decision: policy.Decision, source: tuple[str, int],
+               pxe_port: bool) -> None:
+        """Proxy mode: remember the address a PXE client's REQUEST shows (sightings.py). The
+        broadcast REQUEST to the site server is classified proxy_mode (not ours to answer) but
+        is a sighting all the same; any other Ignore (not PXE, unknown relay, ...) is not."""
+        if isinstance(decision, policy.Ignore) and decision.reason != "proxy_mode":
+            return
+        mac = packet.mac
+        try:
+            origin = IPv4Address(source[0])
+        except ValueError:
+            origin = None
+        ip = sighted_address(packet, pxe_port=pxe_port, source=origin)
+        if mac is not None and ip is not None:
+            self.sightings.saw(mac, ip, self._clock())
+            self.counters["proxy_sightings"] += 1
 
     def _dispatch(self, decision: policy.Decision, transport: asyncio.DatagramTransport,
                   source: tuple[str, int]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final
 
@@ -127,3 +127,25 @@ def relay_agent_circuit(packet: DhcpPacket) -> bytes | None:
     except MalformedPacket:
         return None
     return None if info is None else info.circuit_id
+
+
+def relay_info_trusted(packet: DhcpPacket, trusted: AbstractSet[IPv4Address]) -> bool:
+    """Whether the packet's option 82 may be believed: only when a relay we trust put it there.
+
+    RFC 3046 section 2.1: "Relay agents receiving a DHCP packet from an untrusted circuit with
+    giaddr set to zero (indicating that they are the first-hop router) but with a Relay Agent
+    Information option already present in the packet SHALL discard the packet and increment an
+    error count." A client on our own segment (giaddr 0) has no relay that could have added the
+    option, so it wrote it itself; and section 5 (Security Considerations) leaves the trust in
+    the option to the relays that add it, so any relay we do not know could have forwarded a
+    client's forgery. As Kea does, only the relays listed in the config are believed (the
+    subnets' `relay` and [dhcp] trusted_relays); the option of any other packet is dropped
+    before anything reads it (circuit names, the echo of RFC 3046 section 2.2)."""
+    return packet.giaddr != _ZERO and packet.giaddr in trusted
+
+
+def without_relay_info(packet: DhcpPacket) -> DhcpPacket:
+    """The packet as if it had come without option 82."""
+    options = {code: value for code, value in packet.options.items()
+               if code != Opt.RELAY_AGENT_INFO}
+    return replace(packet, options=options)

@@ -26,18 +26,21 @@ class HandoffNode:
     memory_mib: int
     features: tuple[str, ...] = field(default=())
     partition: str = ""
+    #: SHA-256 of the node agent's credential of this boot (handoff/agent.py); "" for none
+    agent_hash: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "mac": str(self.mac), "cpus": self.cpus,
                 "memory_mib": self.memory_mib, "features": list(self.features),
-                "partition": self.partition}
+                "partition": self.partition, "agent_hash": self.agent_hash}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HandoffNode:
         return cls(name=str(data["name"]), mac=MacAddress(str(data["mac"])),
                    cpus=int(data["cpus"]), memory_mib=int(data["memory_mib"]),
                    features=tuple(str(f) for f in data.get("features", ())),
-                   partition=str(data.get("partition", "")))
+                   partition=str(data.get("partition", "")),
+                   agent_hash=str(data.get("agent_hash", "")))
 
 
 class Handoff(Protocol):

@@ -60,9 +60,11 @@ class BuiltinHandoff:
                                   else _Httpx(self.url, timeout, headers))
 
     async def register(self, node: HandoffNode) -> None:
-        body = {"cpus": node.cpus, "memory_mib": node.memory_mib,
+        body: dict[str, Any] = {"cpus": node.cpus, "memory_mib": node.memory_mib,
                 "features": list(node.features), "partition": node.partition,
                 "mac": str(node.mac)}
+        if node.agent_hash:  # the agent's credential of this boot replaces the last one's
+            body["agent_hash"] = node.agent_hash
         await self._call("PUT", _node_path(node.name), body)
 
     async def drain(self, name: str, reason: str) -> None:

@@ -24,7 +24,7 @@ MAX_BODY = 4 * 1024 * 1024
 IDLE = 2.0  # seconds a connection may idle before reuse; uvicorn drops idle ones after 5 s
 
 
-class Connection:
+class KeptAliveConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
@@ -46,7 +46,7 @@ class JsonHttp:
         self.authority = parts.netloc
         self.timeout = timeout
         self.pool_size = pool
-        self._idle: list[Connection] = []
+        self._idle: list[KeptAliveConnection] = []
         self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -65,7 +65,7 @@ class JsonHttp:
                         return await self._exchange(conn, message, method)
                     except _Stale:
                         pass  # closed by the server while idle: once more on a new connection
-                conn = Connection(*await asyncio.open_connection(self.host, self.port))
+                conn = KeptAliveConnection(*await asyncio.open_connection(self.host, self.port))
                 try:
                     return await self._exchange(conn, message, method)
                 except _Stale:
@@ -80,7 +80,7 @@ class JsonHttp:
             conn.close()
         self._idle.clear()
 
-    def _take(self) -> Connection | None:
+    def _take(self) -> KeptAliveConnection | None:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
@@ -89,7 +89,7 @@ class JsonHttp:
             conn.close()
         return None
 
-    async def _exchange(self, conn: Connection, message: bytes, method: str
+    async def _exchange(self, conn: KeptAliveConnection, message: bytes, method: str
                         ) -> tuple[int, Any]:
         try:
             conn.writer.write(message)

@@ -90,8 +90,9 @@ def sched_node(node_name: str) -> str:
     return SCHED_NODES + node_name
 
 
-def sched_job(job_id: int) -> str:
-    return f"{SCHED_JOBS}{job_id:010d}"
+def sched_job(job_id: str) -> str:
+    """`job_id` as scheduler/models.py JOB_ID spells it (hex, no "/")."""
+    return SCHED_JOBS + job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +133,9 @@ LAYOUT: Final[tuple[Key, ...]] = (
     Key(OUTBOX, "<mac>", "outbox", "provisioner.handoff.outbox",
         "a handoff to the scheduler not yet confirmed"),
     Key(SCHED_NODES, "<name>", "sched_node", "provisioner.scheduler.records",
-        "the built-in scheduler's view of a node"),
+        "the built-in scheduler's view of a node, with the hash of its agent's credential"),
     Key(SCHED_JOBS, "<id>", "sched_job", "provisioner.scheduler.records",
-        "a built-in scheduler job; the id is zero-padded to 10 digits"),
+        "a built-in scheduler job; the id is random hex (older jobs: a counter, 10 digits)"),
 )
 
 

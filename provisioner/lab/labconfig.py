@@ -36,6 +36,11 @@ class LabOptions:
     image: str = "compute"
     kickstart: str = "kickstart/compute.ks.j2"
     discovery: bool = True
+    #: discovered nodes boot at once (lab only; a site accepts them with `node accept`)
+    auto_accept: bool = True
+    discovery_limit: int = 1024
+    #: more [dhcp] lines, verbatim (tests: circuit_names, trusted_relays)
+    dhcp_extra: str = ""
     api_port: int = 8080
     boot_port: int = 80
     scheduler_port: int = 8090
@@ -106,6 +111,9 @@ images = {_q(options.images_dir)}
 mode = "full"
 interface = {_q(options.bridge)}
 discovery = {str(options.discovery).lower()}
+auto_accept = {str(options.discovery and options.auto_accept).lower()}
+discovery_limit = {options.discovery_limit}
+{options.dhcp_extra}
 lease_time = 3600
 
 [[dhcp.subnets]]

@@ -44,7 +44,7 @@ class LabBootError(ProvisionerError):
 
 
 @dataclass
-class Progress:
+class NodeProgress:
     node: LabNode
     since: float
     stage: str = "dhcp"
@@ -113,12 +113,12 @@ def console_offset(node: LabNode) -> int:
 def wait_ready(lab: Lab, nodes: Sequence[LabNode], *, since: float | None = None,
                say: Callable[[str], None] = print, interval: float = 1.0,
                need_scheduler: bool = True, offsets: dict[str, int] | None = None,
-               ) -> dict[str, Progress]:
+               ) -> dict[str, NodeProgress]:
     """Poll until every node is ready (in the scheduler too, when one runs and
     `need_scheduler`), printing a line whenever a node changes stage or state."""
     began = time.time() if since is None else since
     offsets = offsets if offsets is not None else {n.qemu.mac: 0 for n in nodes}
-    progress = {n.qemu.mac: Progress(n, began, entered=time.monotonic()) for n in nodes}
+    progress = {n.qemu.mac: NodeProgress(n, began, entered=time.monotonic()) for n in nodes}
     check_sched = need_scheduler and bool(lab.state.proc("scheduler"))
     while True:
         views = snapshot(lab, [n.qemu.mac for n in nodes])
@@ -130,7 +130,7 @@ def wait_ready(lab: Lab, nodes: Sequence[LabNode], *, since: float | None = None
         time.sleep(interval)
 
 
-def _update(lab: Lab, p: Progress, view: NodeView, check_sched: bool,
+def _update(lab: Lab, p: NodeProgress, view: NodeView, check_sched: bool,
             say: Callable[[str], None]) -> None:
     p.view = view
     sched = scheduler_state(lab, view.node.name) if check_sched and view.node else "-"
@@ -142,7 +142,7 @@ def _update(lab: Lab, p: Progress, view: NodeView, check_sched: bool,
         say(p.line())
 
 
-def _check(lab: Lab, p: Progress, offset: int) -> None:
+def _check(lab: Lab, p: NodeProgress, offset: int) -> None:
     node = p.node
     if p.stage == "ready":
         return

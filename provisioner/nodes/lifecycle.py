@@ -178,6 +178,19 @@ class Lifecycle:
             self._deadlines.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]
 
+    async def accept(self, mac: MacAddress | str, *, by: str) -> Node:
+        """A discovered node may boot: it is registered (as MAAS accepts an enlisted machine).
+        Only a discovered node is accepted; any other state raises InvalidTransition."""
+
+        def discovered_only(node: Node) -> Node:
+            if node.state is not S.DISCOVERED:
+                raise InvalidTransition(node.name, node.state.value, "accepted",
+                                        (S.DISCOVERED.value + " nodes only",))
+            return node
+
+        return await self.transition(mac, E.REGISTER, reason=f"accepted by {by}",
+                                     change=discovered_only)
+
     # -- the boot path --------------------------------------------------------------------
 
     async def boot_script_served(self, mac: MacAddress | str, image: str,
@@ -189,10 +202,12 @@ class Lifecycle:
         return node
 
     async def booted(self, mac: MacAddress | str, facts: Mapping[str, Any], version: str,
-                      image: str | None = None, *, also: Also | None = None) -> Node:
+                      image: str | None = None, *, also: Also | None = None,
+                      agent_hash: str = "") -> Node:
         """The node called back from its image: store its facts, hand it to the scheduler.
         The handoff is queued (durably, in the outbox) in the txn of the booted transition,
-        with `also`'s writes (the node plane's token redemption and audit entry)."""
+        with `also`'s writes (the node plane's token redemption and audit entry).
+        `agent_hash` (handoff/agent.py) goes to the scheduler with the handoff only."""
         mac = MacAddress(str(mac))
         expected = self._deadlines.get(mac.value, (0.0, None))[1]
         detail: dict[str, Any] = {"image": image, "version": version,
@@ -204,7 +219,7 @@ class Lifecycle:
         queued: list[HandoffNode] = []
 
         def change(node: Node) -> Node:
-            queued[:] = [self.ticket(node, facts)]
+            queued[:] = [self.ticket(node, facts, agent_hash)]
             return node.with_changes(hardware=dict(facts))
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
@@ -219,14 +234,14 @@ class Lifecycle:
         handoff.accepted(queued[0], revisions[-1])
         return node
 
-    def ticket(self, node: Node, facts: Mapping[str, Any]) -> HandoffNode:
+    def ticket(self, node: Node, facts: Mapping[str, Any], agent_hash: str = "") -> HandoffNode:
         settings = self.effective(node)
         features = str(settings.get("scheduler_features", "") or "")
         return HandoffNode(
             name=node.name, mac=node.mac, cpus=_int(facts.get("cpus")),
             memory_mib=_int(facts.get("memory_mib")),
             features=tuple(f.strip() for f in features.split(",") if f.strip()),
-            partition=str(settings.get("scheduler_partition", "") or ""))
+            partition=str(settings.get("scheduler_partition", "") or ""), agent_hash=agent_hash)
 
     async def handed_off(self, mac: MacAddress | str, done: TxnOp | None = None) -> Node:
         """The scheduler confirmed the node. Idempotent: the outbox may confirm twice. `done`

@@ -91,7 +91,7 @@ class Network:
 
 
 @dataclass(frozen=True)
-class Scheduler:
+class SchedulerTarget:
     url: str = ""
     partition: str = DEFAULT_PARTITION
     features: tuple[str, ...] = ()
@@ -118,7 +118,7 @@ class BootContext:
     urls: Urls
     kernel_args: str
     console: str
-    scheduler: Scheduler
+    scheduler: SchedulerTarget
     network: Network
     ssh_keys: tuple[str, ...] = ()
     #: the one-boot token; never a template variable, only written by OverlayBuilder as a file
@@ -145,7 +145,7 @@ class BootContext:
             urls=_urls(str(node.mac), boot_base.rstrip("/"), api_base.rstrip("/"), image),
             kernel_args=str(clean.get("kernel_args", "")),
             console=str(clean.get("console", DEFAULT_CONSOLE)),
-            scheduler=Scheduler(scheduler_url,
+            scheduler=SchedulerTarget(scheduler_url,
                                 str(clean.get("scheduler_partition", DEFAULT_PARTITION)),
                                 tuple(f.strip() for f in features.split(",") if f.strip())),
             network=network if network is not None else Network(

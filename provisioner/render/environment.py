@@ -35,9 +35,9 @@ from provisioner.errors import RenderError, TemplateNotFound
 
 # The context types live in their own module to keep this one small; re-exported here because
 # the contract names them as render's.
-from provisioner.render.context import BootContext, Network, Scheduler
+from provisioner.render.context import BootContext, Network, SchedulerTarget
 
-__all__ = ["SHIPPED", "BootContext", "Network", "RenderedFile", "Renderer", "Scheduler"]
+__all__ = ["SHIPPED", "BootContext", "Network", "RenderedFile", "Renderer", "SchedulerTarget"]
 
 SHIPPED: Final = Path(provisioner.__file__).resolve().parent.parent / "templates"
 DEFAULT_MODE: Final = 0o644

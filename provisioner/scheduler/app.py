@@ -2,12 +2,23 @@
 
 Operators and the appliance's handoff use JSON. The node agent is busybox sh + wget, which can
 neither parse nor escape JSON, so its two routes also speak plain text: `poll?format=text`
-answers `JOB <id> <walltime>` then the script (or `KILL <id>`), and `done?exit_code=N` takes
-the raw output tail.
+answers `JOB <id> <walltime> <user>` then the script (or `KILL <id>`), and `done?exit_code=N`
+takes the raw output tail.
+
+Any compute node can reach these routes, and its jobs are other users' code, so each needs the
+agent credential of the node concerned (handoff/agent.py: made by the boot callback, its hash
+handed over with the registration) as `Authorization: Bearer`: a node polls only its own jobs
+and reports only the end of jobs started on it. Any refusal is the same 401, whatever the
+reason, is logged with the requester's address and changes nothing (a refused poll does not
+count as the node being seen).
+
+Jobs run on the node as the user they name; `as_root` (root) needs the [scheduler] token, so a
+scheduler without one never runs root jobs.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -16,22 +27,28 @@ from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticError
 
 from provisioner import __version__
-from provisioner.errors import ValidationError
+from provisioner.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from provisioner.scheduler.models import (
+    JOB_ID,
     OUTPUT_TAIL,
     Job,
     JobState,
     SchedNode,
+    shown,
     shown_state,
     to_dict,
 )
 from provisioner.scheduler.state import SchedulerState
 from provisioner.web import errors
-from provisioner.web.auth import shared_secret
+from provisioner.web.auth import Credentials, bearer, shared_secret
 from provisioner.web.limits import BodyLimit
 
+log = logging.getLogger("provisioner.scheduler")
 REFUSED = ("no or wrong token: send Authorization: Bearer <[scheduler] token> (the CLI sends "
            "PROVISIONER_SCHEDULER_TOKEN)")
+AGENT_REFUSED = ("no or wrong agent credential for this node or job: the node agent sends the "
+                 "one its boot callback answered (reboot the node to get a new one)")
+AGENT_CREDENTIAL = bearer("the node agent's credential, answered by its boot callback")
 
 
 class NodeIn(BaseModel):
@@ -40,6 +57,9 @@ class NodeIn(BaseModel):
     features: list[str] = Field(default_factory=list, max_length=64)
     partition: str = Field(default="", max_length=64)
     mac: str = Field(default="", max_length=32)
+    agent_hash: str = Field(default="", pattern="^([0-9a-f]{64})?$",
+                            description="SHA-256 (hex) of the node agent's credential of this "
+                                        "boot; replaces the last one. Empty: keep it.")
 
 
 class DrainIn(BaseModel):
@@ -51,7 +71,9 @@ class JobIn(BaseModel):
     memory_mib: int = Field(ge=1, le=1 << 40)
     walltime: int = Field(ge=1, le=366 * 86400, description="seconds")
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
-    user: str = Field(default="root", min_length=1, max_length=64)
+    user: str = Field(default="", max_length=32,
+                      description="who the job runs as on the node; required unless as_root")
+    as_root: bool = Field(default=False, description="run as root; needs the [scheduler] token")
     command: str = Field(default="", max_length=65536)
     script: str = Field(default="", max_length=262144)
 
@@ -72,7 +94,7 @@ def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "
     admin = APIRouter(dependencies=[Depends(guard)] if token else [],
                       responses=errors.responses(401))
     _node_routes(admin, state)
-    _job_routes(admin, state)
+    _job_routes(admin, state, admins=bool(token))
     app.include_router(admin)
     _agent_routes(app, state)
 
@@ -84,7 +106,7 @@ def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "
 
 
 def node_view(state: SchedulerState, node: SchedNode) -> dict[str, Any]:
-    data = to_dict(node)
+    data = shown(node)
     data["state"] = str(shown_state(node, [j for j in state.running() if j.node == node.name]))
     return data
 
@@ -95,15 +117,15 @@ def _node_routes(app: APIRouter, state: SchedulerState) -> None:
         """Add or update a node (idempotent). The answer is the scheduler's confirmation."""
         node = await state.register(name, cpus=body.cpus, memory_mib=body.memory_mib,
                                     features=body.features, partition=body.partition,
-                                    mac=body.mac)
-        return to_dict(node)
+                                    mac=body.mac, agent_hash=body.agent_hash)
+        return shown(node)
 
     @app.get("/sched/v1/nodes")
     async def list_nodes() -> list[dict[str, Any]]:
         by_node: dict[str, list[Job]] = {}
         for job in state.running():
             by_node.setdefault(job.node, []).append(job)
-        return [dict(to_dict(n), state=str(shown_state(n, by_node.get(n.name, []))))
+        return [dict(shown(n), state=str(shown_state(n, by_node.get(n.name, []))))
                 for n in state.node_list()]
 
     @app.get("/sched/v1/nodes/{name}")
@@ -120,31 +142,76 @@ def _node_routes(app: APIRouter, state: SchedulerState) -> None:
         return node_view(state, await state.resume(name))
 
 
-def _job_routes(app: APIRouter, state: SchedulerState) -> None:
+def _job_routes(app: APIRouter, state: SchedulerState, *, admins: bool) -> None:
     @app.get("/sched/v1/jobs")
     async def list_jobs(state_: Annotated[str | None, Query(alias="state")] = None
                         ) -> list[dict[str, Any]]:
         wanted = _job_state(state_) if state_ else None
         return [to_dict(j) for j in state.job_list(wanted)]
 
-    @app.post("/sched/v1/jobs", status_code=201)
+    @app.post("/sched/v1/jobs", status_code=201, responses=errors.responses(403))
     async def submit(body: JobIn) -> dict[str, Any]:
-        return to_dict(await state.submit(**body.model_dump()))
+        """Queue a job for `user`, or for root with `as_root` (admins only)."""
+        fields = body.model_dump(exclude={"as_root"})
+        fields["user"] = _job_user(body, admins)
+        return to_dict(await state.submit(**fields))
 
     @app.get("/sched/v1/jobs/{job_id}")
-    async def get_job(job_id: int) -> dict[str, Any]:
-        return to_dict(state.job(job_id))
+    async def get_job(job_id: str) -> dict[str, Any]:
+        return to_dict(state.job(_job_id(job_id)))
 
     @app.delete("/sched/v1/jobs/{job_id}")
-    async def cancel(job_id: int) -> dict[str, Any]:
-        return to_dict(await state.cancel(job_id))
+    async def cancel(job_id: str) -> dict[str, Any]:
+        return to_dict(await state.cancel(_job_id(job_id)))
+
+
+def _job_user(body: JobIn, admins: bool) -> str:
+    """Who the job runs as: its `user`, or root when an admin asked with `as_root`."""
+    if body.as_root:
+        if not admins:
+            raise Forbidden("as_root needs the scheduler's admin token, and this scheduler has "
+                            "none: set [scheduler] token (PROVISIONER_SCHEDULER_TOKEN)")
+        if body.user not in ("", "root"):
+            raise ValidationError("user", "give either user or as_root, not both")
+        return "root"
+    if not body.user:
+        raise ValidationError("user", "say who the job runs as (user NAME), or ask for root "
+                              "with as_root: true (admin token)")
+    if body.user == "root":
+        raise ValidationError("user", "a root job needs as_root: true (admin token)")
+    return body.user
+
+
+def _job_id(text: str) -> str:
+    if not JOB_ID.fullmatch(text):
+        raise NotFound(f"no job {text[:40]!r}; see `provisioner scheduler jobs`")
+    return text
+
+
+def _refuse_agent(request: Request, why: str) -> Unauthorized:
+    """The one 401 of the agent routes, logged with who asked (never with what they sent)."""
+    client = request.client.host if request.client else "unknown"
+    # %r: the path is the requester's text; a newline in it must not forge a log line.
+    log.warning("agent request refused: %s %r from %s (%s)", request.method, request.url.path,
+                client, why)
+    return Unauthorized(AGENT_REFUSED)
+
+
+def _given(credentials: Credentials | None) -> str:
+    return credentials.credentials if credentials is not None else ""
 
 
 def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
-    @app.post("/sched/v1/nodes/{name}/poll", responses={204: {"description": "No work"}})
-    async def poll(name: str, format: str = "json") -> Any:
+    @app.post("/sched/v1/nodes/{name}/poll", responses={
+        204: {"description": "No work"}, **errors.responses(401)})
+    async def poll(name: str, request: Request, format: str = "json",
+                   credentials: Credentials | None = AGENT_CREDENTIAL) -> Any:
         """The node agent asks for work: a job to run, or a cancelled job of its own to kill
-        (state `cancelled`; in text, `KILL <id>`); 204 when there is nothing."""
+        (state `cancelled`; in text, `KILL <id>`); 204 when there is nothing. Needs the
+        node's agent credential."""
+        if not state.agent_for_node(name, _given(credentials)):
+            raise _refuse_agent(request, "no credential" if credentials is None
+                                else f"not the credential of node {name[:64]!r}")
         job = await state.poll(name)
         if job is None:
             return Response(status_code=204)
@@ -152,14 +219,20 @@ def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
             return to_dict(job)
         if job.state is JobState.CANCELLED:
             return PlainTextResponse(f"KILL {job.id}\n")
-        return PlainTextResponse(f"JOB {job.id} {job.walltime}\n{job.text}\n")
+        return PlainTextResponse(f"JOB {job.id} {job.walltime} {job.user}\n{job.text}\n")
 
-    @app.post("/sched/v1/jobs/{job_id}/done", openapi_extra=DONE_BODY)
-    async def done(job_id: int, request: Request,
-                   exit_code: Annotated[int | None, Query(ge=-255, le=255)] = None
-                   ) -> dict[str, Any]:
+    @app.post("/sched/v1/jobs/{job_id}/done", openapi_extra=DONE_BODY,
+              responses=errors.responses(401))
+    async def done(job_id: str, request: Request,
+                   exit_code: Annotated[int | None, Query(ge=-255, le=255)] = None,
+                   credentials: Credentials | None = AGENT_CREDENTIAL) -> dict[str, Any]:
         """The agent reports a job's end: JSON {exit_code, output}, or ?exit_code=N with the
-        output tail as the body (busybox wget cannot escape JSON)."""
+        output tail as the body (busybox wget cannot escape JSON). Needs the agent credential
+        of the node the job runs on; an unknown job is refused the same way, so the answer
+        tells nothing about which ids exist."""
+        if not state.agent_for_job(job_id, _given(credentials)):
+            raise _refuse_agent(request, "no credential" if credentials is None
+                                else "not the credential of the job's node")
         raw = await request.body()
         if exit_code is not None:
             report = DoneIn(exit_code=exit_code,

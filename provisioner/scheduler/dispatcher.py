@@ -1,11 +1,12 @@
 """Which pending jobs start now: priority order plus EASY backfill. Pure: no IO, `now` passed in.
 
 EASY backfill (Lifka, "The ANL/IBM SP scheduling system", 1995): jobs are taken in priority
-order (then submit time, then id). Each job that fits on a node now starts. The first job that
-does not fit (the head) gets one reservation: the node and the earliest time on which enough CPUs
-and memory will be free, assuming running jobs use their whole walltime. A later job may still
-start now (backfill) only if it fits now and cannot delay the head: it ends by the reservation,
-or it runs on another node, or it fits in what the reserved node has left over beside the head.
+order (then submit time, then submission order). Each job that fits on a node now starts. The
+first job that does not fit (the head) gets one reservation: the node and the earliest time on
+which enough CPUs and memory will be free, assuming running jobs use their whole walltime. A
+later job may still start now (backfill) only if it fits now and cannot delay the head: it ends
+by the reservation, or it runs on another node, or it fits in what the reserved node has left
+over beside the head.
 A job larger than every node never starts and takes no reservation (it would block the queue
 forever); the service marks it with a reason.
 """
@@ -20,13 +21,13 @@ from provisioner.scheduler.models import Job, JobState, NodeState, SchedNode
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    job: int
+    job: str
     node: str
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    job: int
+    job: str
     node: str
     start: float
 
@@ -35,7 +36,7 @@ class Reservation:
 class Plan:
     assignments: list[Assignment] = field(default_factory=list)
     reservation: Reservation | None = None
-    unfit: list[int] = field(default_factory=list)  # jobs no node can ever hold
+    unfit: list[str] = field(default_factory=list)  # jobs no node can ever hold
 
 
 @dataclass
@@ -74,9 +75,10 @@ class _Free:
 
 
 def order(jobs: Iterable[Job]) -> list[Job]:
-    """Pending jobs in dispatch order: higher priority first, then older, then lower id."""
+    """Pending jobs in dispatch order: higher priority first, then older, then submitted
+    first (ids are random: they order nothing)."""
     pending = [j for j in jobs if j.state is JobState.PENDING]
-    return sorted(pending, key=lambda j: (-j.priority, j.submit_time, j.id))
+    return sorted(pending, key=lambda j: (-j.priority, j.submit_time, j.seq, j.id))
 
 
 def plan(nodes: Sequence[SchedNode], jobs: Iterable[Job], running: Iterable[Job],

@@ -28,22 +28,21 @@ from provisioner.store.base import KeyValueStore
 
 RETRIES = 8  # CAS attempts before a write gives up with Conflict
 R = TypeVar("R", SchedNode, Job)
-K = TypeVar("K", str, int)
 
 
-class JobCache(dict[int, tuple[Job, int]]):
+class JobCache(dict[str, tuple[Job, int]]):
     """Jobs by id (with their revisions), plus an index of the unfinished ones: dispatch,
     polls and node views look only at those, however many finished jobs pile up."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.active: dict[int, Job] = {}
-        self.pending: set[int] = set()  # a registration asks "any job waiting?" per request
-        self.last_id = 0  # ids are never reused, so the next one is last_id + 1
+        self.active: dict[str, Job] = {}
+        self.pending: set[str] = set()  # a registration asks "any job waiting?" per request
+        self.last_seq = 0  # the next submission is last_seq + 1
 
-    def __setitem__(self, key: int, value: tuple[Job, int]) -> None:
+    def __setitem__(self, key: str, value: tuple[Job, int]) -> None:
         super().__setitem__(key, value)
-        self.last_id = max(self.last_id, key)
+        self.last_seq = max(self.last_seq, value[0].seq)
         if value[0].state.finished:
             self.active.pop(key, None)
         else:
@@ -53,7 +52,7 @@ class JobCache(dict[int, tuple[Job, int]]):
         else:
             self.pending.discard(key)
 
-    def __delitem__(self, key: int) -> None:
+    def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
         self.active.pop(key, None)
         self.pending.discard(key)
@@ -85,7 +84,7 @@ class Records:
                    ) -> SchedNode:
         return await self._update(keys.sched_node(name), self.nodes, name, change, node_from_dict)
 
-    async def job(self, job_id: int, change: Callable[[Job | None], Job]) -> Job:
+    async def job(self, job_id: str, change: Callable[[Job | None], Job]) -> Job:
         return await self._update(keys.sched_job(job_id), self.jobs, job_id, change, job_from_dict)
 
     async def create_job(self, job: Job) -> bool:
@@ -100,7 +99,7 @@ class Records:
 
     # -- compare-and-swap writes -----------------------------------------------------------
 
-    async def _update(self, key: str, cache: dict[K, tuple[R, int]], ident: K,
+    async def _update(self, key: str, cache: dict[str, tuple[R, int]], ident: str,
                       change: Callable[[R | None], R], parse: Callable[[dict[str, object]], R]
                       ) -> R:
         """Apply `change` to the cached record and write it if it changed, expecting the
@@ -117,7 +116,7 @@ class Records:
                 await self._reload(key, cache, ident, parse)
         raise Conflict(f"{key} keeps changing under the scheduler; retry")
 
-    async def _reload(self, key: str, cache: dict[K, tuple[R, int]], ident: K,
+    async def _reload(self, key: str, cache: dict[str, tuple[R, int]], ident: str,
                       parse: Callable[[dict[str, object]], R]) -> None:
         kv = await self.store.get(key)
         if kv is None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
 from provisioner.errors import Conflict, NotFound, ValidationError
+from provisioner.handoff.agent import agent_matches
 from provisioner.scheduler import dispatcher
 from provisioner.scheduler.models import (
+    JOB_ID,
     OUTPUT_TAIL,
     Job,
     JobState,
@@ -40,7 +43,7 @@ class SchedulerState:
         self.seen: dict[str, float] = {}  # last poll per node, in memory only
         #: cancelled jobs that agents still run, by node; in memory: after a scheduler restart
         #: such a job runs on until its walltime, as the agent enforces that by itself
-        self.kills: dict[str, list[int]] = {}
+        self.kills: dict[str, list[str]] = {}
         self.changed = asyncio.Event()  # wakes the dispatcher loop
 
     async def load(self) -> None:
@@ -57,7 +60,7 @@ class SchedulerState:
     def node_list(self) -> list[SchedNode]:
         return [self.node(name) for name in sorted(self.nodes)]
 
-    def job(self, job_id: int) -> Job:
+    def job(self, job_id: str) -> Job:
         if job_id not in self.jobs:
             raise NotFound(f"no job {job_id}; see `provisioner scheduler jobs`")
         return self.jobs[job_id][0]
@@ -65,9 +68,9 @@ class SchedulerState:
     def job_list(self, state: JobState | None = None) -> list[Job]:
         if state is not None and not state.finished:
             return sorted((j for j in self.jobs.active.values() if j.state is state),
-                          key=lambda j: j.id)
+                          key=_submitted)
         jobs = (j for j, _ in self.jobs.values())
-        return sorted((j for j in jobs if state is None or j.state is state), key=lambda j: j.id)
+        return sorted((j for j in jobs if state is None or j.state is state), key=_submitted)
 
     def has_pending(self) -> bool:
         return bool(self.jobs.pending)
@@ -78,11 +81,13 @@ class SchedulerState:
     # -- nodes -----------------------------------------------------------------------------
 
     async def register(self, name: str, *, cpus: int, memory_mib: int,
-                       features: Sequence[str] = (), partition: str = "", mac: str = ""
-                       ) -> SchedNode:
-        """Add or update a node. The same registration twice writes nothing the second time."""
+                       features: Sequence[str] = (), partition: str = "", mac: str = "",
+                       agent_hash: str = "") -> SchedNode:
+        """Add or update a node. The same registration twice writes nothing the second time.
+        An `agent_hash` (a boot's handoff) replaces the node's agent credential; without one
+        (a registration by hand) the node keeps the credential it has."""
         fresh = new_node(name, cpus, memory_mib, features=features, partition=partition,
-                         mac=mac, now=self.clock())
+                         mac=mac, now=self.clock(), agent_hash=agent_hash)
 
         def change(cur: SchedNode | None) -> SchedNode:
             if cur is None:
@@ -90,7 +95,8 @@ class SchedulerState:
             # An operator's drain survives a reboot; a node that was down is back.
             state = NodeState.IDLE if cur.state is NodeState.DOWN else cur.state
             return dataclasses.replace(fresh, state=state, reason=cur.reason,
-                                       registered=cur.registered, last_seen=cur.last_seen)
+                                       registered=cur.registered, last_seen=cur.last_seen,
+                                       agent_hash=agent_hash or cur.agent_hash)
 
         node = await self.records.node(name, change)
         if self.has_pending():  # a new node only matters to the dispatcher when jobs wait
@@ -124,6 +130,20 @@ class SchedulerState:
 
         return await self.records.node(name, change)
 
+    # -- the node agent's credential -------------------------------------------------------
+
+    def agent_for_node(self, name: str, token: str) -> bool:
+        """Whether `token` is the agent credential of node `name` (False for no such node)."""
+        entry = self.nodes.get(name)
+        return entry is not None and agent_matches(entry[0].agent_hash, token)
+
+    def agent_for_job(self, job_id: str, token: str) -> bool:
+        """Whether `token` is the agent credential of the node the job was started on (False
+        for no such job, or one not started on any node)."""
+        entry = self.jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        return entry is not None and bool(entry[0].node) \
+            and self.agent_for_node(entry[0].node, token)
+
     def _existing(self, name: str, cur: SchedNode | None) -> SchedNode:
         if cur is None:
             raise NotFound(f"no node {name!r} in the scheduler; see `provisioner scheduler nodes`")
@@ -133,19 +153,17 @@ class SchedulerState:
 
     async def submit(self, *, cpus: int, memory_mib: int, walltime: int, priority: int = 0,
                      user: str = "root", command: str = "", script: str = "") -> Job:
-        new_job(0, cpus=cpus, memory_mib=memory_mib, walltime=walltime, user=user,
-                command=command, script=script)  # validate before taking an id
         for _ in range(RETRIES):
-            job_id = self.jobs.last_id + 1
-            job = new_job(job_id, cpus=cpus, memory_mib=memory_mib, walltime=walltime,
-                          priority=priority, user=user, command=command, script=script,
-                          now=self.clock())
+            # 64 random bits: an id says nothing about the jobs before or after it.
+            job = new_job(secrets.token_hex(8), cpus=cpus, memory_mib=memory_mib,
+                          walltime=walltime, priority=priority, user=user, command=command,
+                          script=script, now=self.clock(), seq=self.jobs.last_seq + 1)
             if await self.records.create_job(job):
                 self.changed.set()
                 return job
         raise Conflict("could not take a job id; another writer is submitting; retry")
 
-    async def cancel(self, job_id: int) -> Job:
+    async def cancel(self, job_id: str) -> Job:
         def change(cur: Job | None) -> Job:
             cur = self._existing_job(job_id, cur)
             if cur.state.finished:
@@ -180,7 +198,7 @@ class SchedulerState:
             return await self.records.job(job_id, change)
         return None
 
-    async def done(self, job_id: int, exit_code: int, output: str) -> Job:
+    async def done(self, job_id: str, exit_code: int, output: str) -> Job:
         """The agent reports the end of a job. Reporting twice changes nothing."""
         def change(cur: Job | None) -> Job:
             cur = self._existing_job(job_id, cur)
@@ -194,7 +212,7 @@ class SchedulerState:
         self.changed.set()
         return job
 
-    def _existing_job(self, job_id: int, cur: Job | None) -> Job:
+    def _existing_job(self, job_id: str, cur: Job | None) -> Job:
         if cur is None:
             raise NotFound(f"no job {job_id}; see `provisioner scheduler jobs`")
         return cur
@@ -236,7 +254,7 @@ class SchedulerState:
 
         await self.records.job(a.job, change)
 
-    async def _finish(self, job_id: int, state: JobState, now: float) -> None:
+    async def _finish(self, job_id: str, state: JobState, now: float) -> None:
         def change(cur: Job | None) -> Job:
             cur = self._existing_job(job_id, cur)
             if cur.state.finished:
@@ -245,7 +263,7 @@ class SchedulerState:
 
         await self.records.job(job_id, change)
 
-    async def _mark_unfit(self, job_id: int) -> None:
+    async def _mark_unfit(self, job_id: str) -> None:
         reason = "no schedulable node has enough CPUs and memory"
 
         def change(cur: Job | None) -> Job:
@@ -253,6 +271,10 @@ class SchedulerState:
 
         if self.job(job_id).reason != reason:
             await self.records.job(job_id, change)
+
+
+def _submitted(job: Job) -> tuple[int, str]:
+    return (job.seq, job.id)
 
 
 def _drained(cur: SchedNode | None) -> SchedNode:

@@ -20,6 +20,7 @@ ROUTES = [
     ("POST", "/api/v1/nodes", "operator"), ("PATCH", "/api/v1/nodes/x", "operator"),
     ("DELETE", "/api/v1/nodes/x", "operator"), ("GET", "/api/v1/nodes/x/events", "viewer"),
     ("POST", "/api/v1/nodes/x/power", "operator"), ("POST", "/api/v1/reimage", "operator"),
+    ("POST", "/api/v1/nodes/x/accept", "admin"),
     ("GET", "/api/v1/reimage/x", "viewer"),
     ("GET", "/api/v1/groups", "viewer"), ("GET", "/api/v1/groups/x", "viewer"),
     ("POST", "/api/v1/groups", "admin"), ("PATCH", "/api/v1/groups/x", "admin"),

@@ -5,14 +5,22 @@ leave an audit entry."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
+import json
+import re
 from typing import Any
 
 import httpx
 
 from provisioner.api.app import create_app
 from provisioner.api.routes.node import CallbackFastPath
+from provisioner.boot.binding import AddressBinding
+from provisioner.handoff.base import HandoffNode
+from provisioner.handoff.outbox import HandoffQueue
 from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress, Node, NodeState
+from provisioner.store.base import TxnOp
 from tests.api.conftest import Api
 
 A = MacAddress("52:54:00:00:00:01")
@@ -40,7 +48,13 @@ async def test_the_callback_boots_the_node_and_stores_its_facts(store_api: Api) 
     token_a, _ = await _provisioning(api)
     response = await api.client.post("/node/v1/booted", json=_body(A, token_a))
     assert response.status_code == 200, response.text
-    assert response.json() == {"state": "ready", "node": "node001", "mac": A.value}
+    answer = response.json()
+    credential = answer.pop("agent_token")
+    assert answer == {"state": "ready", "node": "node001", "mac": A.value}
+    # The node agent's credential: 256 random bits, URL-safe base64, stored nowhere in clear.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", credential)
+    stored = b"".join(kv.value for kv in (await api.ctx.inventory.store.range("/")).items)
+    assert credential.encode() not in stored
     node = (await api.ctx.inventory.get_node("node001")).value
     assert node.state is NodeState.READY
     assert node.hardware["cpus"] == 2 and node.hardware["bios_vendor"] == "SeaBIOS"
@@ -152,7 +166,9 @@ async def test_the_fast_path_answers_exactly_as_the_app_does(api: Api) -> None:
     async with fast:
         good = await fast.post("/node/v1/booted", json=_body(A, token_a))
         assert good.status_code == 200, good.text
-        assert good.json() == {"state": "ready", "node": "node001", "mac": A.value}
+        assert {**good.json(), "agent_token": ""} == {
+            "state": "ready", "node": "node001", "mac": A.value, "agent_token": ""}
+        assert len(good.json()["agent_token"]) == 43
         cases: list[dict[str, Any]] = [
             {"json": _body(A, token_a)},  # replayed
             {"json": _body(B, "wrong")},
@@ -171,3 +187,58 @@ async def test_the_fast_path_answers_exactly_as_the_app_does(api: Api) -> None:
         still = await fast.post("/node/v1/booted", json=_body(B, token_b))
         assert still.status_code == 200 and still.json()["node"] == "node002"
     assert {"booted", "ready"} <= {e.kind for e in await api.ctx.inventory.list_events(B)}
+
+
+async def test_each_boot_gets_its_own_credential_and_only_its_hash_is_handed_over(
+        api: Api) -> None:
+    """The outbox entry (committed in the callback's txn) carries the SHA-256 of the answered
+    credential; a refused callback answers none."""
+    queued: list[HandoffNode] = []
+
+    class Outbox:
+        async def submit(self, node: HandoffNode) -> None:
+            queued.append(node)
+
+        def entry(self, node: HandoffNode) -> TxnOp:
+            queued.append(node)
+            return HandoffQueue.entry(node)
+
+        def accepted(self, node: HandoffNode, revision: int) -> None:
+            return None
+
+    api.ctx.lifecycle.handoff = Outbox()
+    credentials: list[str] = []
+    for _ in range(2):
+        token_a, _ = await _provisioning(api) if not credentials else (await _reboot(api), "")
+        answer = await api.client.post("/node/v1/booted", json=_body(A, token_a))
+        assert answer.status_code == 200, answer.text
+        credentials.append(answer.json()["agent_token"])
+        assert queued[-1].agent_hash == hashlib.sha256(credentials[-1].encode()).hexdigest()
+        entry = await api.ctx.inventory.store.get(keys.outbox(A.value))
+        assert entry is not None
+        assert json.loads(entry.value)["node"]["agent_hash"] == queued[-1].agent_hash
+        assert credentials[-1] not in entry.value.decode()
+    assert credentials[0] != credentials[1]
+    refused = await api.client.post("/node/v1/booted", json=_body(A, "replayed"))
+    assert refused.status_code == 401 and "agent_token" not in refused.text
+
+
+async def _reboot(api: Api) -> str:
+    await api.ctx.lifecycle.boot_script_served(A, "compute", "1")
+    return await api.ctx.boot_tokens.issue(A, 600, api.clock())
+
+
+async def test_a_token_copied_off_the_node_is_refused_from_another_address(api: Api) -> None:
+    token_a, _ = await _provisioning(api)
+    bound = {"address": ipaddress.IPv4Address("10.9.9.9")}  # the node's lease: not us
+    api.ctx.binding = AddressBinding(lambda mac: bound["address"])
+    for client in (api.client, httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=CallbackFastPath(create_app(api.ctx), api.ctx)), base_url="http://api")):
+        stolen = await client.post("/node/v1/booted", json=_body(A, token_a))
+        assert stolen.status_code == 403 and "only from its own address" in stolen.text
+    assert api.ctx.refusals.total == 2
+    node = (await api.ctx.inventory.get_node("node001")).value
+    assert node.state is NodeState.PROVISIONING  # nothing happened: the token is still good
+    bound["address"] = ipaddress.IPv4Address("127.0.0.1")  # the node itself calls back
+    own = await api.client.post("/node/v1/booted", json=_body(A, token_a))
+    assert own.status_code == 200, own.text

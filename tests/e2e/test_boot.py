@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from provisioner.lab.lab import Lab
 from provisioner.lab.observe import scheduler_state
 from provisioner.lab.state import LabNode
 from provisioner.lab.storeview import NodeView, snapshot
-from tests.e2e.conftest import MakeLab, boot, boot_and_wait, console
+from tests.support.labs import MakeLab, boot, boot_and_wait, console
+
+pytestmark = pytest.mark.e2e
 
 BOOT_STAGES = ["dhcp_offered", "dhcp_acked", "provisioning", "overlay_served", "booted",
                "ready"]

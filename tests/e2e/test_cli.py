@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from provisioner.lab.netns import namespace_exists
-from tests.e2e.conftest import CACHE
+from tests.support.labs import CACHE
+
+pytestmark = pytest.mark.e2e
 
 
 def provisioner(data: Path, namespace: str, *args: str, timeout: float = 600

@@ -3,9 +3,13 @@ appliance and the scheduler keep their state there instead of the embedded sqlit
 
 from __future__ import annotations
 
+import pytest
+
 from provisioner.lab import procs
-from tests.e2e.conftest import MakeLab, boot, boot_and_wait
 from tests.e2e.test_boot import assert_booted_over_http
+from tests.support.labs import MakeLab, boot, boot_and_wait
+
+pytestmark = pytest.mark.e2e
 
 
 def test_bios_node_boots_with_the_etcd_store(make_lab: MakeLab) -> None:

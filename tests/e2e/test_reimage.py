@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from provisioner.lab.lab import Lab, clean_console
 from provisioner.lab.observe import console_offset, scheduler_state
 from provisioner.lab.state import LabNode
 from provisioner.lab.storeview import snapshot
-from tests.e2e.conftest import MakeLab, boot, boot_and_wait, build_image
+from tests.support.labs import MakeLab, boot, boot_and_wait, build_image
+
+pytestmark = pytest.mark.e2e
 
 JOB_TIMEOUT = 120.0
 
@@ -21,8 +25,9 @@ JOB_TIMEOUT = 120.0
 def run_job(lab: Lab, command: str) -> dict[str, Any]:
     url = f"{lab.state.scheduler_url}/sched/v1/jobs"
     token = lab.state.scheduler_token
+    # The lab image has no account but root; root jobs need as_root and the admin token.
     answer = lab.ns.http("POST", url, body={"cpus": 1, "memory_mib": 64, "walltime": 60,
-                                            "command": command}, token=token)
+                                            "as_root": True, "command": command}, token=token)
     assert answer.status == 201, answer
     job_id = answer.json()["id"]
     deadline = time.monotonic() + JOB_TIMEOUT

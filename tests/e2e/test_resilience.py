@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from provisioner.lab import procs
 from provisioner.lab.lab import Lab
 from provisioner.lab.storeview import snapshot
-from tests.e2e.conftest import MakeLab, boot, boot_and_wait
+from tests.support.labs import MakeLab, boot, boot_and_wait
+
+pytestmark = pytest.mark.e2e
 
 MID_BOOT_TIMEOUT = 180.0
 

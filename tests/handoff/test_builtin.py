@@ -50,7 +50,7 @@ async def test_a_stopped_scheduler_is_a_retryable_error() -> None:
         await handoff.close()
 
 
-async def _running(sched: SchedulerServer, job_id: int) -> bool:
+async def _running(sched: SchedulerServer, job_id: str) -> bool:
     return sched.state.job(job_id).state is JobState.RUNNING
 
 

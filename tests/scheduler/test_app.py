@@ -10,12 +10,14 @@ import httpx
 
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.sqlite import SqliteStore
+from tests.scheduler.agents import AgentCredential
 
+AGENT = AgentCredential.new()
 NODE = {"cpus": 4, "memory_mib": 4096, "features": ["ib"], "partition": "batch",
-        "mac": "52:54:00:00:00:01"}
+        "mac": "52:54:00:00:00:01", "agent_hash": AGENT.hash}
 
 
-async def wait_for(client: httpx.AsyncClient, job_id: int, state: str) -> dict[str, object]:
+async def wait_for(client: httpx.AsyncClient, job_id: str, state: str) -> dict[str, object]:
     for _ in range(200):
         job: dict[str, object] = (await client.get(f"/sched/v1/jobs/{job_id}")).json()
         if job["state"] == state:
@@ -28,6 +30,7 @@ async def test_register_list_drain_resume(sched: SchedulerServer) -> None:
     async with httpx.AsyncClient(base_url=sched.url) as client:
         put = await client.put("/sched/v1/nodes/node001", json=NODE)
         assert put.status_code == 200 and put.json()["cpus"] == 4
+        assert put.json()["agent"] is True and "agent_hash" not in put.json()  # never shown
         assert (await client.put("/sched/v1/nodes/node001", json=NODE)).status_code == 200
         nodes = (await client.get("/sched/v1/nodes")).json()
         assert [(n["name"], n["state"], n["partition"]) for n in nodes] == [
@@ -48,11 +51,13 @@ async def test_jobs_run_through_poll_and_done(sched: SchedulerServer) -> None:
         await wait_for(client, job_id, "running")
         node = (await client.get("/sched/v1/nodes/node001")).json()
         assert node["state"] == "allocated"
-        polled = await client.post("/sched/v1/nodes/node001/poll", params={"format": "text"})
-        assert polled.text == f"JOB {job_id} 60\nhostname\n"
-        assert (await client.post("/sched/v1/nodes/node001/poll")).status_code == 204
+        polled = await client.post("/sched/v1/nodes/node001/poll", params={"format": "text"},
+                                   headers=AGENT.headers)
+        assert polled.text == f"JOB {job_id} 60 ann\nhostname\n"
+        assert (await client.post("/sched/v1/nodes/node001/poll",
+                                  headers=AGENT.headers)).status_code == 204
         done = await client.post(f"/sched/v1/jobs/{job_id}/done", params={"exit_code": 0},
-                                 content=b"node001\n")
+                                 content=b"node001\n", headers=AGENT.headers)
         assert done.json()["state"] == "completed" and done.json()["output"] == "node001\n"
         listed = (await client.get("/sched/v1/jobs", params={"state": "completed"})).json()
         assert [j["id"] for j in listed] == [job_id]
@@ -64,24 +69,29 @@ async def test_a_raw_output_tail_may_hold_any_brackets(sched: SchedulerServer) -
     async with httpx.AsyncClient(base_url=sched.url) as client:
         await client.put("/sched/v1/nodes/node001", json=NODE)
         job_id = (await client.post("/sched/v1/jobs", json={
-            "cpus": 1, "memory_mib": 1, "walltime": 60, "command": "dump"})).json()["id"]
+            "cpus": 1, "memory_mib": 1, "walltime": 60, "user": "ann",
+            "command": "dump"})).json()["id"]
         await wait_for(client, job_id, "running")
-        await client.post("/sched/v1/nodes/node001/poll", params={"format": "text"})
+        await client.post("/sched/v1/nodes/node001/poll", params={"format": "text"},
+                          headers=AGENT.headers)
         for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
             done = await client.post(f"/sched/v1/jobs/{job_id}/done", params={"exit_code": 3},
-                                     content=tail.encode(), headers=headers)
+                                     content=tail.encode(), headers={**headers, **AGENT.headers})
             assert done.status_code == 200, done.text
             assert done.json()["output"] == tail and done.json()["exit_code"] == 3
 
 
 async def test_json_done_and_cancel(sched: SchedulerServer) -> None:
     async with httpx.AsyncClient(base_url=sched.url) as client:
+        await client.put("/sched/v1/nodes/node001", json=NODE)
         made = (await client.post("/sched/v1/jobs", json={
-            "cpus": 1, "memory_mib": 1, "walltime": 5, "script": "#!/bin/sh\ntrue\n"})).json()
+            "cpus": 1, "memory_mib": 1, "walltime": 5, "user": "ann",
+            "script": "#!/bin/sh\ntrue\n"})).json()
+        await wait_for(client, made["id"], "running")
         cancelled = await client.delete(f"/sched/v1/jobs/{made['id']}")
         assert cancelled.json()["state"] == "cancelled"
         done = await client.post(f"/sched/v1/jobs/{made['id']}/done",
-                                 json={"exit_code": 1, "output": "late"})
+                                 json={"exit_code": 1, "output": "late"}, headers=AGENT.headers)
         assert done.json()["state"] == "cancelled"  # a cancelled job stays cancelled
 
 
@@ -96,7 +106,8 @@ async def test_errors_have_one_shape(sched: SchedulerServer) -> None:
             (await client.post("/sched/v1/jobs", json={"cpus": 1, "memory_mib": 1,
                                                        "walltime": 1}), 422, "invalid"),
             (await client.get("/sched/v1/jobs", params={"state": "odd"}), 422, "invalid"),
-            (await client.post("/sched/v1/jobs/1/done", content=b"x"), 422, "invalid"),
+            (await client.post("/sched/v1/jobs/1/done", content=b"x"), 401, "unauthorized"),
+            (await client.get("/sched/v1/jobs/Not-An-Id"), 404, "not_found"),
             (await client.get("/nope"), 404, "not_found"),
             (await client.put("/sched/v1/nodes/n1", content=b"x" * (2 << 20)), 413,
              "too_large"),
@@ -140,7 +151,7 @@ async def test_answers_are_not_held_by_nagle(sched: SchedulerServer) -> None:
     assert listening and all(s.proto == socket.IPPROTO_TCP for s in listening)
 
 
-async def test_with_a_token_only_the_agent_routes_are_open(tmp_path: Path) -> None:
+async def test_with_a_token_the_agent_routes_take_the_agent_credential(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "store.db")
     server = SchedulerServer(store, "127.0.0.1", 0, token="s3cret")
     await server.start()
@@ -156,18 +167,25 @@ async def test_with_a_token_only_the_agent_routes_are_open(tmp_path: Path) -> No
             assert (await client.get("/sched/v1/jobs", headers={
                 "Authorization": "bearer s3cret"})).status_code == 200
             assert (await client.post("/sched/v1/jobs", json={
-                "cpus": 1, "memory_mib": 1, "walltime": 9, "command": "id"})).status_code == 401
+                "cpus": 1, "memory_mib": 1, "walltime": 9, "user": "ann",
+                "command": "id"})).status_code == 401
             assert (await client.get("/sched/v1/jobs")).status_code == 401
             assert (await client.put("/sched/v1/nodes/n1", json=NODE,
                                      headers=good)).status_code == 200
             job = await client.post("/sched/v1/jobs", headers=good, json={
-                "cpus": 1, "memory_mib": 1, "walltime": 9, "command": "id"})
-            assert job.status_code == 201
-            await wait_for_state(client, job.json()["id"], "running", good)
-            # The node agent has no token: its two routes stay open.
-            polled = await client.post("/sched/v1/nodes/n1/poll", params={"format": "text"})
-            assert polled.text.startswith("JOB 1 ")
-            done = await client.post("/sched/v1/jobs/1/done", params={"exit_code": 0})
+                "cpus": 1, "memory_mib": 1, "walltime": 9, "as_root": True, "command": "id"})
+            assert job.status_code == 201 and job.json()["user"] == "root"
+            job_id = job.json()["id"]
+            await wait_for_state(client, job_id, "running", good)
+            # The node agent has no admin token, and the admin token is not an agent's.
+            for headers in ({}, good):
+                refused = await client.post("/sched/v1/nodes/n1/poll", headers=headers)
+                assert refused.status_code == 401
+            polled = await client.post("/sched/v1/nodes/n1/poll", params={"format": "text"},
+                                       headers=AGENT.headers)
+            assert polled.text.startswith(f"JOB {job_id} 9 root\n")
+            done = await client.post(f"/sched/v1/jobs/{job_id}/done", params={"exit_code": 0},
+                                     headers=AGENT.headers)
             assert done.json()["state"] == "completed"
             assert (await client.get("/healthz")).status_code == 200
             schema = (await client.get("/openapi.json")).json()
@@ -177,7 +195,7 @@ async def test_with_a_token_only_the_agent_routes_are_open(tmp_path: Path) -> No
         await store.close()
 
 
-async def wait_for_state(client: httpx.AsyncClient, job_id: int, state: str,
+async def wait_for_state(client: httpx.AsyncClient, job_id: str, state: str,
                          headers: dict[str, str]) -> None:
     for _ in range(200):
         if (await client.get(f"/sched/v1/jobs/{job_id}", headers=headers)).json()[

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -76,19 +78,32 @@ def test_submit_list_cancel_drain_resume(env: dict[str, str], served: str,
     assert table[1].split()[:3] == ["node001", "idle", "2"]
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/sh\necho hello\n")
-    assert run(env, "submit", "--cpus", "8", "--mem", "10", "--walltime", "60",
-               "--priority", "5", "--user", "ann", "--script", str(script)) == "submitted job 1\n"
-    run(env, "submit", "--command", "true")
+    said = run(env, "submit", "--cpus", "8", "--mem", "10", "--walltime", "60",
+               "--priority", "5", "--user", "ann", "--script", str(script))
+    first = re.fullmatch(r"submitted job ([0-9a-f]{16})\n", said)
+    assert first, said
+    second = json.loads(run(env, "submit", "--command", "true", "--user", "bob", "--json"))
     jobs = json.loads(run(env, "jobs", "--json"))
-    assert (jobs[0]["id"], jobs[0]["user"], jobs[0]["script"]) == (1, "ann", script.read_text())
+    assert [j["id"] for j in jobs] == [first[1], second["id"]]  # in submission order
+    assert (jobs[0]["user"], jobs[0]["script"]) == ("ann", script.read_text())
     for _ in range(100):  # the dispatcher starts job 2 within its interval
         if json.loads(run(env, "jobs", "--json", "--state", "running")):
             break
         time.sleep(0.1)
-    assert [j["id"] for j in json.loads(run(env, "jobs", "--json", "--state", "running"))] == [2]
+    assert [j["id"] for j in json.loads(run(env, "jobs", "--json", "--state", "running"))] == [
+        second["id"]]
     pending = run(env, "jobs", "--state", "pending").splitlines()
-    assert pending[1].split()[:2] == ["1", "pending"] and "no schedulable node" in pending[1]
-    assert run(env, "cancel", "1") == "job 1 cancelled\n"
+    assert pending[1].split()[:2] == [first[1], "pending"] and "no schedulable node" in pending[1]
+    assert run(env, "cancel", first[1]) == f"job {first[1]} cancelled\n"
+    assert "not a job id" in run(env, "cancel", "../nodes/node001", code=2)
+    assert "no job" in run(env, "cancel", f"{int(first[1], 16) + 1:016x}", code=4)
+    # By default a job is the caller's; these tests run as root, and root needs --as-root.
+    assert getpass.getuser() != "root" or "as_root" in run(env, "submit", "--command", "x",
+                                                         code=2)
+    assert "not both" in run(env, "submit", "--command", "x", "--user", "a", "--as-root",
+                             code=2)
+    # Without a [scheduler] token there is no admin, so no root job.
+    assert "admin token" in run(env, "submit", "--command", "x", "--as-root", code=1)
     assert run(env, "drain", "node001", "--reason", "fan") == "node001 draining\n"
     assert run(env, "resume", "node001") == "node001 mixed\n"  # job 2 still runs
     assert "no node 'ghost'" in run(env, "drain", "ghost", "--reason", "x", code=4)
@@ -118,7 +133,8 @@ def test_the_cli_sends_the_token(env: dict[str, str], tmp_path: Path) -> None:
     env = {**env, "PROVISIONER_SCHEDULER_TOKEN": "cli-secret"}
     url = f"http://127.0.0.1:{env['PROVISIONER_SCHEDULER_PORT']}"
     with serving(env, tmp_path):
-        assert run(env, "submit", "--command", "true") == "submitted job 1\n"
+        said = run(env, "submit", "--command", "true", "--as-root", "--json")
+        assert json.loads(said)["user"] == "root"
         refused = httpx.get(url + "/sched/v1/jobs")
         assert refused.status_code == 401
         line = run({**env, "PROVISIONER_SCHEDULER_TOKEN": "wrong"}, "jobs", code=1)

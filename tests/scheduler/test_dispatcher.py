@@ -17,10 +17,15 @@ def node(name: str, cpus: int = 4, mem: int = 4096, state: NodeState = NodeState
     return SchedNode(name=name, cpus=cpus, memory_mib=mem, state=state)
 
 
-def job(job_id: int, cpus: int = 1, walltime: int = 100, priority: int = 0, mem: int = 512,
+#: random-looking ids whose text order is not their submission order
+ID = {n: f"{(n * 0x9E3779B97F4A7C15) % (1 << 64):016x}" for n in range(1, 64)}
+
+
+def job(n: int, cpus: int = 1, walltime: int = 100, priority: int = 0, mem: int = 512,
         submit: float = 0.0) -> Job:
-    return Job(id=job_id, cpus=cpus, memory_mib=mem, walltime=walltime, priority=priority,
-               command="true", submit_time=submit or float(job_id))
+    """Job number `n`: submitted n-th (seq), at time n unless `submit` says otherwise."""
+    return Job(id=ID[n], cpus=cpus, memory_mib=mem, walltime=walltime, priority=priority,
+               command="true", submit_time=submit or float(n), seq=n)
 
 
 def running(j: Job, on: str, start: float = 0.0) -> Job:
@@ -29,12 +34,13 @@ def running(j: Job, on: str, start: float = 0.0) -> Job:
 
 def test_higher_priority_starts_first() -> None:
     jobs = [job(1, cpus=4, priority=1), job(2, cpus=4, priority=5)]
-    assert plan([node("n1")], jobs, [], 0.0) == [Assignment(2, "n1")]
+    assert plan([node("n1")], jobs, [], 0.0) == [Assignment(ID[2], "n1")]
 
 
-def test_equal_priority_goes_by_submit_time_then_id() -> None:
-    jobs = [job(3, submit=5.0), job(2, submit=1.0), job(1, submit=5.0)]
-    assert [j.id for j in order(jobs)] == [2, 1, 3]
+def test_equal_priority_goes_by_submit_time_then_submission() -> None:
+    jobs = [job(2, submit=5.0), job(1, submit=5.0), job(3, submit=1.0)]
+    assert ID[2] < ID[1]  # by id job 2 would go first; it was submitted after job 1
+    assert [j.id for j in order(jobs)] == [ID[3], ID[1], ID[2]]
 
 
 def test_finished_and_running_jobs_are_not_planned() -> None:
@@ -47,8 +53,8 @@ def test_backfill_takes_a_short_job_that_ends_before_the_reservation() -> None:
     head, short, long = job(1, cpus=4), job(2, cpus=2, walltime=50), job(3, cpus=2, walltime=500)
     result = schedule([node("n1")], [head, long, short], [busy], 0.0)
     assert result.reservation is not None
-    assert (result.reservation.job, result.reservation.start) == (1, 100.0)
-    assert result.assignments == [Assignment(2, "n1")]
+    assert (result.reservation.job, result.reservation.start) == (ID[1], 100.0)
+    assert result.assignments == [Assignment(ID[2], "n1")]
 
 
 def test_strict_order_starts_nothing_behind_a_waiting_head() -> None:
@@ -62,7 +68,7 @@ def test_backfill_may_use_a_node_the_reservation_does_not_need() -> None:
     jobs = [job(1, cpus=4), job(2, cpus=1, walltime=10_000)]
     result = schedule([node("n1"), node("n2", cpus=2)], jobs, [busy], 0.0)
     assert result.reservation is not None and result.reservation.node == "n1"
-    assert result.assignments == [Assignment(2, "n2")]
+    assert result.assignments == [Assignment(ID[2], "n2")]
 
 
 def test_backfill_may_use_what_the_reserved_node_has_beside_the_head() -> None:
@@ -71,20 +77,20 @@ def test_backfill_may_use_what_the_reserved_node_has_beside_the_head() -> None:
     busy = running(job(9, cpus=6, walltime=100), "n1")
     jobs = [job(1, cpus=4), job(2, cpus=2, walltime=900), job(3, cpus=1, walltime=900)]
     result = schedule([node("n1", cpus=8)], jobs, [busy], 0.0)
-    assert result.assignments == [Assignment(2, "n1")]
+    assert result.assignments == [Assignment(ID[2], "n1")]
 
 
 def test_a_job_larger_than_every_node_neither_starts_nor_blocks() -> None:
     result = schedule([node("n1")], [job(1, cpus=64), job(2)], [], 0.0)
-    assert result.unfit == [1]
+    assert result.unfit == [ID[1]]
     assert result.reservation is None
-    assert result.assignments == [Assignment(2, "n1")]
+    assert result.assignments == [Assignment(ID[2], "n1")]
 
 
 def test_draining_drained_and_down_nodes_take_no_new_jobs() -> None:
     nodes = [node("a", state=NodeState.DRAINING), node("b", state=NodeState.DRAINED),
              node("c", state=NodeState.DOWN), node("d")]
-    assert plan(nodes, [job(1), job(2, cpus=4)], [], 0.0) == [Assignment(1, "d")]
+    assert plan(nodes, [job(1), job(2, cpus=4)], [], 0.0) == [Assignment(ID[1], "d")]
 
 
 def test_draining_node_becomes_drained_only_when_idle() -> None:
@@ -95,17 +101,17 @@ def test_draining_node_becomes_drained_only_when_idle() -> None:
 def test_best_fit_leaves_the_big_hole_for_the_big_job() -> None:
     jobs = [job(1, cpus=2, priority=9), job(2, cpus=8)]
     assigned = plan([node("big", cpus=8), node("small", cpus=2)], jobs, [], 0.0)
-    assert assigned == [Assignment(1, "small"), Assignment(2, "big")]
+    assert assigned == [Assignment(ID[1], "small"), Assignment(ID[2], "big")]
 
 
 # -- property: backfill never delays the head job ------------------------------------------
 
 def simulate(nodes: Sequence[SchedNode], jobs: Sequence[Job], *, backfill: bool
-             ) -> dict[int, float]:
+             ) -> dict[str, float]:
     """Run the dispatcher at every job end until nothing more starts; every job runs for its
     whole walltime. Returns each started job's start time."""
     now, active, pending = 0.0, list[Job](), list(jobs)
-    starts: dict[int, float] = {}
+    starts: dict[str, float] = {}
     for _ in range(2 * len(jobs) + 2):
         active = [j for j in active if j.expected_end() > now]
         by_id = {j.id: j for j in pending}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from provisioner.errors import NotFound, ValidationError
@@ -9,6 +11,7 @@ from provisioner.inventory import keys
 from provisioner.scheduler.models import JobState, NodeState
 from provisioner.scheduler.state import SchedulerState
 from provisioner.store.base import KeyValueStore
+from tests.scheduler.agents import AgentCredential
 
 
 class Clock:
@@ -43,7 +46,8 @@ async def test_state_survives_a_restart(store: KeyValueStore) -> None:
     assert reborn.job(job.id).state is JobState.RUNNING
     assert reborn.job(job.id).node == "n1"
     nxt = await reborn.submit(cpus=1, memory_mib=100, walltime=60, command="true")
-    assert nxt.id == job.id + 1
+    assert nxt.id != job.id and nxt.seq == job.seq + 1  # the order goes on after a restart
+    assert [j.id for j in reborn.job_list()] == [job.id, nxt.id]
 
 
 async def test_a_stale_writer_reapplies_its_change_after_a_conflict(store: KeyValueStore) -> None:
@@ -117,7 +121,9 @@ async def test_refusals(store: KeyValueStore) -> None:
     with pytest.raises(ValidationError):
         await state.register("Bad Name", cpus=1, memory_mib=1)
     with pytest.raises(NotFound):
-        await state.cancel(42)
+        await state.cancel("000000000042")
+    with pytest.raises(ValidationError, match="not a user name"):
+        await state.submit(cpus=1, memory_mib=1, walltime=1, command="a", user="-s")
 
 
 async def test_cancelling_a_delivered_job_tells_its_node(store: KeyValueStore) -> None:
@@ -146,3 +152,46 @@ async def test_registration_wakes_the_dispatcher_only_when_jobs_wait(
     assert state.changed.is_set()
     await state.dispatch(0.0)
     assert state.job(job.id).node == "n2" and not state.has_pending()
+
+
+async def test_the_agent_credential_is_the_nodes_and_a_new_boot_replaces_it(
+        store: KeyValueStore) -> None:
+    clock = Clock()
+    state = SchedulerState(store, clock=clock)
+    one, two, later = (AgentCredential.new() for _ in range(3))
+    await state.register("n1", cpus=1, memory_mib=64, agent_hash=one.hash)
+    await state.register("n2", cpus=1, memory_mib=64, agent_hash=two.hash)
+    job = await state.submit(cpus=1, memory_mib=1, walltime=60, command="true", user="ann")
+    assert not state.agent_for_job(job.id, one.token)  # pending: on no node yet
+    await state.dispatch(clock())
+    on, off = (one, two) if state.job(job.id).node == "n1" else (two, one)
+    assert state.agent_for_node("n1", one.token) and state.agent_for_node("n2", two.token)
+    assert not state.agent_for_node("n1", two.token) and not state.agent_for_node("n1", "")
+    assert not state.agent_for_node("ghost", one.token)
+    assert state.agent_for_job(job.id, on.token) and not state.agent_for_job(job.id, off.token)
+    assert not state.agent_for_job("../n1", on.token)
+    # The record in the store holds the hash, never the credential.
+    raw = b"".join(kv.value for kv in (await store.range(keys.SCHED_ROOT)).items)
+    assert one.hash.encode() in raw and one.token.encode() not in raw
+    await state.register("n1", cpus=1, memory_mib=64, agent_hash=later.hash)
+    reborn = SchedulerState(store, clock=clock)
+    await reborn.load()
+    assert reborn.agent_for_node("n1", later.token) and not reborn.agent_for_node("n1", one.token)
+
+
+async def test_jobs_stored_with_counter_ids_still_load_and_end(store: KeyValueStore) -> None:
+    """Jobs written when ids were a zero-padded counter keep their key and their order."""
+    clock = Clock()
+    state = SchedulerState(store, clock=clock)
+    await state.register("n1", cpus=1, memory_mib=64)
+    old = {"id": 7, "cpus": 1, "memory_mib": 1, "walltime": 60, "user": "root",
+           "command": "true", "state": "running", "node": "n1", "submit_time": 1.0}
+    await store.put(keys.sched_job("0000000007"), json.dumps(old).encode())
+    await state.load()
+    assert state.job("0000000007").seq == 7
+    fresh = await state.submit(cpus=1, memory_mib=1, walltime=60, command="x", user="ann")
+    assert fresh.seq == 8 and [j.id for j in state.job_list()] == ["0000000007", fresh.id]
+    ended = await state.done("0000000007", 0, "ok")
+    assert ended.state is JobState.COMPLETED
+    stored = await store.get(keys.sched_job("0000000007"))
+    assert stored is not None and json.loads(stored.value)["state"] == "completed"

@@ -86,3 +86,15 @@ async def test_revision_counter_is_shared_between_two_handles(tmp_path: Path) ->
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_new_store_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.put("/k", b"power_password=secret")
+        files = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        await store.close()
+    finally:
+        os.umask(previous)
+    assert files.get("store.db") == 0o600 and files.get("store.db-wal") == 0o600, files

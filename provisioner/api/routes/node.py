@@ -1,12 +1,18 @@
 """Node plane: `POST /node/v1/booted`, the boot callback from a node's /init.
 
 No bearer token here: the node proves who it is with the one-boot token that was packed into
-its overlay. Every refusal answers the same 401 body, whatever the reason (wrong, expired,
+its overlay, and by calling from its own address (boot/binding.py): a token copied off a node
+is refused from anywhere else with 403, logged once per source per minute, and nothing is
+written. Every token refusal answers the same 401 body, whatever the reason (wrong, expired,
 replayed, another node's, none issued), and changes nothing but the audit log.
 
 An accepted callback is one read (the token) and one txn: the token's redemption (a CAS delete,
 so of two callbacks with one token exactly one commits), the audit entry, the node's move to
 booted with its facts, its timeline event and the handoff outbox entry, all or none.
+
+With the builtin scheduler, the answer also carries the node agent's credential of this boot
+(`agent_token`, handoff/agent.py): made here, answered once, and never stored or logged in
+clear; only its hash goes into the outbox entry, on to the scheduler's record of the node.
 
 `CallbackFastPath` answers this one route without the FastAPI stack (routing, dependency
 solving, response-model validation: about two thirds of the CPU of a callback, measured with
@@ -21,11 +27,18 @@ import logging
 from typing import Final, NoReturn
 
 import pydantic
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from provisioner.api.context import ApiContext
 from provisioner.api.schemas import BootedIn, BootedOut
-from provisioner.errors import InvalidTransition, NotFound, ProvisionerError, ValidationError
+from provisioner.errors import (
+    Forbidden,
+    InvalidTransition,
+    NotFound,
+    ProvisionerError,
+    ValidationError,
+)
+from provisioner.handoff.agent import agent_hash, new_agent_token
 from provisioner.nodes.model import MacAddress, Node
 from provisioner.security.tokens import BootTokenRefused
 from provisioner.store.base import TxnConflict, TxnOp
@@ -41,23 +54,25 @@ def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/node/v1", tags=["node plane"])
 
     @api.post("/booted", response_model=BootedOut,
-              responses=responses(400, 401, 404, 409, 413, 422))
-    async def booted(body: BootedIn) -> BootedOut:
+              responses=responses(400, 401, 403, 404, 409, 413, 422))
+    async def booted(body: BootedIn, request: Request) -> BootedOut:
         """The node booted its image: check its one-boot token (single use), store its
         hardware facts and hand it to the scheduler."""
-        return await accept_callback(ctx, body)
+        return await accept_callback(ctx, body, request.client.host if request.client else "")
 
     return api
 
 
-async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
-    """The boot callback (see the module docstring); raises ProvisionerError to refuse."""
+async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> BootedOut:
+    """The boot callback (see the module docstring) from address `client`; raises
+    ProvisionerError to refuse."""
     try:
         mac = MacAddress(body.mac)
     except ValidationError:
         await ctx.audit.record(f"node:{body.mac[:32]}", "boot_token.redeem", body.mac[:32],
                                "denied", ctx.clock(), detail={"reason": "not a MAC"})
         raise BootTokenRefused("not a MAC") from None
+    await _check_address(ctx, mac, client)
     who = f"node:{mac.value}"
     try:
         redeem = await ctx.boot_tokens.check(mac, body.token, ctx.clock())
@@ -72,9 +87,12 @@ async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
                             bump=attempt)
         return [redeem, used]
 
+    agent_token = new_agent_token() if ctx.settings.handoff.kind == "builtin" else ""
     try:
         node = await ctx.lifecycle.booted(mac, body.facts.model_dump(), body.version,
-                                          body.image or None, also=writes)
+                                          body.image or None, also=writes,
+                                          agent_hash=agent_hash(agent_token) if agent_token
+                                          else "")
     except TxnConflict as exc:
         if redeem.key not in exc.keys:
             raise
@@ -87,7 +105,24 @@ async def accept_callback(ctx: ApiContext, body: BootedIn) -> BootedOut:
         await ctx.audit.record(who, "boot_token.redeem", mac.value, "failed", ctx.clock(),
                                detail={"reason": str(exc)})
         raise
-    return BootedOut(state=node.state, node=node.name, mac=node.mac.value)
+    return BootedOut(state=node.state, node=node.name, mac=node.mac.value,
+                     agent_token=agent_token)
+
+
+async def _check_address(ctx: ApiContext, mac: MacAddress, client: str) -> None:
+    if ctx.binding is None:
+        return
+    node = ctx.inventory.node_by_mac(mac)
+    if node is None:  # not in the cache yet: ask the store (an unknown MAC is refused later)
+        try:
+            node = (await ctx.inventory.get_node(mac.value)).value
+        except NotFound:
+            return
+    if ctx.binding.allows(node, client):
+        return
+    ctx.refusals.refuse(client, PATH, f"a callback for {mac} from another address")
+    raise Forbidden(f"the boot callback for node {node.name} is accepted only from its own "
+                    f"address; {client} is not it")
 
 
 async def _refuse(ctx: ApiContext, who: str, mac: MacAddress) -> NoReturn:
@@ -122,7 +157,8 @@ class CallbackFastPath:
             await self.app(scope, replay_body(raw or b"", receive), send)
             return
         try:
-            out = await accept_callback(self.ctx, body)
+            client = scope.get("client") or ("", 0)
+            out = await accept_callback(self.ctx, body, str(client[0]))
         except ProvisionerError as exc:
             response = translate(exc)
             if response.status_code >= 500:

@@ -1,4 +1,4 @@
-"""Admin plane: nodes (list, show, create, change, delete), their timeline and power."""
+"""Admin plane: nodes (list, show, create, change, delete, accept), their timeline and power."""
 
 from __future__ import annotations
 
@@ -119,6 +119,7 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
 
 def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
     viewer, operator = auth.need(Role.VIEWER), auth.need(Role.OPERATOR)
+    admin = auth.need(Role.ADMIN)
     inv = ctx.inventory
 
     @api.get("/nodes/{ref}/events", response_model=Timeline, responses=READ)
@@ -130,6 +131,15 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
                            state=NodeState(e.state) if e.state else None, duration=e.duration,
                            detail=dict(e.event.detail)) for e in entries]
         return Timeline(mac=node.mac.value, name=node.name, state=node.state, events=events)
+
+    @api.post("/nodes/{ref}/accept", response_model=NodeOut, responses=WRITE)
+    async def accept(ref: str, who: Principal = admin) -> NodeOut:
+        """Accept a discovered node: it is registered and boots its image from its next boot
+        script on. Until then it only gets a script that waits (409 for any other state)."""
+        node = await ctx.lifecycle.accept(ref, by=who.who)
+        await ctx.audit.record(who.who, "node.accept", node.mac.value, "ok", ctx.clock(),
+                               detail={"name": node.name})
+        return node_out(node)
 
     @api.post("/nodes/{ref}/power", response_model=PowerResult,
               responses=responses(400, 401, 403, 404, 413, 422, 502))

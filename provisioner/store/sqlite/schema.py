@@ -8,6 +8,7 @@ run on the caller's thread on a second connection (`Reader`).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ PUT_LOG = "INSERT INTO log VALUES (?, ?, ?, 0)"
 
 def connect(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer) in autocommit: transactions
-    are begun explicitly."""
+    are begun explicitly. A new store file is created 0600 (it holds power passwords and token
+    hashes), whatever the umask; SQLite gives its -wal and -shm files the database's mode."""
     try:
+        _create_private(path)
         db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                              check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -46,6 +49,17 @@ def connect(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
     return db
+
+
+def _create_private(path: Path) -> None:
+    if str(path) == ":memory:" or path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:  # another process created it meanwhile
+        pass
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the store at {path}: {exc.strerror}") from exc
 
 
 # -- writes: in the writer thread, inside its transaction ------------------------------------
