@@ -319,20 +319,14 @@ def accept(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
                                                                 show_default=False)) -> None:
     """Accept discovered nodes: they are registered and boot their image from their next
     boot script on (until then they only wait)."""
-    import getpass
+    who = local_who()
 
-    from provisioner.nodes.lifecycle import Lifecycle
+    async def act(inv: Inventory, change: Change) -> Node:
+        node = await Lifecycle(inv).accept(change.target, by=who)
+        change.target, change.detail["name"] = node.mac.value, node.name
+        return node
 
-    try:
-        who = f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        who = "cli:?"
-
-    async def act(inv: Inventory) -> list[Node]:
-        lifecycle = Lifecycle(inv)
-        return [await lifecycle.accept(ref, by=who) for ref in refs]
-
-    for node in with_inventory(ctx, act):
+    for node in audited_many(ctx, [Change("node.accept", ref) for ref in refs], act):
         typer.echo(f"accepted node {node.name} ({node.mac}): it boots from its next script")
 
 
