@@ -25,7 +25,7 @@ async def test_entries_at_the_same_instant_never_overwrite_each_other(
         store: KeyValueStore) -> None:
     log = AuditLog(store)
     for outcome in ("ok", "denied", "failed"):
-        await log.record("cli:root", "auth", "GET /api/v1/nodes", outcome, 42.0)
+        await log.record("local:root", "auth", "GET /api/v1/nodes", outcome, 42.0)
     stored = (await store.range(keys.AUDIT)).items
     assert sorted(json.loads(kv.value)["outcome"] for kv in stored) == ["denied", "failed", "ok"]
     assert len({kv.key for kv in stored}) == 3

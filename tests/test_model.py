@@ -20,6 +20,8 @@ from provisioner.nodes.model import (
     NodeState,
     SettingValue,
     check_hostname,
+    check_power,
+    check_setting,
     effective_settings,
     effective_values,
     parse_enum,
@@ -165,3 +167,34 @@ def test_boot_event_kind_is_snake_case() -> None:
     assert BootEvent(MAC, "dhcp_offered", 1.0).kind == "dhcp_offered"
     with pytest.raises(ValidationError, match=r"^kind: "):
         BootEvent(MAC, "DHCP offered", 1.0)
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_settings_that_reach_a_script_stay_on_one_safe_line(text: str) -> None:
+    """Whatever is accepted for a setting rendered into iPXE or a kernel command line holds no
+    line break, no quote and no iPXE expansion; anything else is refused naming the key."""
+    for key in ("console", "kernel_args", "bootfile", "ipxe_script", "scheduler_features"):
+        try:
+            value = check_setting(key, text)
+        except ValidationError as exc:
+            assert exc.field == f"settings.{key}" and "is not allowed in" in exc.rule
+            continue
+        assert isinstance(value, str)
+        assert not set(value) & set("\n\r\"'${};&|#\\`<>")
+
+
+def test_other_settings_only_need_one_printable_line() -> None:
+    assert check_setting("power_address", "rack 4 slot 7") == "rack 4 slot 7"
+    assert check_setting("power_password", "p@ss w;rd\"$") == "p@ss w;rd\"$"
+    with pytest.raises(ValidationError, match=r"settings.power_password: character '\\n'"):
+        check_setting("power_password", "pw\nx")
+
+
+def test_redfish_over_plain_http_needs_power_insecure() -> None:
+    plain = {"power_driver": "redfish", "power_address": "HTTP://bmc"}
+    with pytest.raises(ValidationError, match="power_insecure=true"):
+        check_power(plain)
+    check_power({**plain, "power_insecure": True})
+    check_power({**plain, "power_address": "https://bmc"})
+    check_power({**plain, "power_driver": "ipmi"})  # only Redfish speaks http
+    assert check_setting("power_insecure", "yes") is True

@@ -7,17 +7,19 @@ from typing import Any
 
 import typer
 
+from provisioner.cli.audit import Change, audited
 from provisioner.cli.common import (
     JSON_OPTION,
     parse_assignments,
     print_fields,
     print_json,
     print_table,
+    state,
     with_inventory,
 )
 from provisioner.errors import ValidationError
 from provisioner.inventory.repository import Inventory
-from provisioner.nodes.model import Group, Node, redact
+from provisioner.nodes.model import Group, Node, check_power, redact
 
 app = typer.Typer(help="Groups of settings: add, list, show, set, delete.", no_args_is_help=True)
 
@@ -42,7 +44,12 @@ def add(
 ) -> None:
     """Create a group."""
     group = Group(name, parse_assignments(sets), description)
-    with_inventory(ctx, lambda inv: inv.add_group(group))
+    check_power({**state(ctx).settings.defaults, **group.settings})
+
+    async def act(inv: Inventory, _: Change) -> None:
+        await inv.add_group(group)
+
+    audited(ctx, Change("group.create", group.name), act)
     if as_json:
         print_json(shown(group))
     else:
@@ -99,12 +106,18 @@ def set_(
         if key in assignments:
             raise ValidationError(key, "cannot be both --set and --unset")
 
+    defaults = state(ctx).settings.defaults
+
     def change(group: Group) -> Group:
         settings = {k: v for k, v in {**group.settings, **assignments}.items() if k not in unsets}
+        check_power({**defaults, **settings})
         desc = description if description is not None else group.description
         return replace(group, settings=settings, description=desc)
 
-    group = with_inventory(ctx, lambda inv: inv.update_group(name, change))
+    async def act(inv: Inventory, _: Change) -> Group:
+        return await inv.update_group(name, change)
+
+    group = audited(ctx, Change("group.update", name), act)
     if as_json:
         print_json(shown(group))
     else:
@@ -114,5 +127,9 @@ def set_(
 @app.command("delete")
 def delete(ctx: typer.Context, name: str = GROUP_ARG) -> None:
     """Delete a group that no node belongs to."""
-    with_inventory(ctx, lambda inv: inv.delete_group(name))
+
+    async def act(inv: Inventory, _: Change) -> None:
+        await inv.delete_group(name)
+
+    audited(ctx, Change("group.delete", name), act)
     typer.echo(f"deleted group {name}")

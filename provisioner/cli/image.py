@@ -1,7 +1,13 @@
-"""`provisioner image ...`: build, list, show, set-current, delete and import boot images."""
+"""`provisioner image ...`: build, list, show, set-current, prune, delete and import boot images.
+
+A build or an import publishes a new version without making it current (unless --activate, or
+the image has no current version yet); every prune, the one after a publish included, keeps
+the current version and the versions nodes, groups or the defaults pin (`image=NAME:VERSION`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -10,20 +16,54 @@ from typing import Any
 
 import typer
 
-from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_table, state
+from provisioner.cli.audit import Change, recorded
+from provisioner.cli.common import (
+    JSON_OPTION,
+    print_fields,
+    print_json,
+    print_table,
+    state,
+    store_missing,
+    with_inventory,
+)
 from provisioner.config import Settings
 from provisioner.errors import ValidationError
-from provisioner.images.format.catalog import ImageCatalog, ImageVersion, split_ref
+from provisioner.images.format.catalog import ImageCatalog, ImageVersion, Pruned, pins, split_ref
+from provisioner.inventory.repository import Inventory
 
-app = typer.Typer(help="Boot images: build from a kickstart, list, show, set-current, delete, "
-                  "import.", no_args_is_help=True)
+app = typer.Typer(help="Boot images: build from a kickstart, list, show, set-current, prune, "
+                  "delete, import.", no_args_is_help=True)
 
 REF_ARG = typer.Argument(..., help="NAME (its current version) or NAME:VERSION.",
                          show_default=False)
+ACTIVATE = typer.Option(False, "--activate", help="Also make the new version current (without "
+                        "it, only an image with no current version gets one).")
 
 
 def catalog_of(settings: Settings) -> ImageCatalog:
     return ImageCatalog(settings.images_dir, keep=settings.images.keep)
+
+
+def pinned_catalog(ctx: typer.Context) -> ImageCatalog:
+    """The catalog with the versions the store's nodes, groups and the defaults pin: what a
+    change that may prune works on."""
+    settings = state(ctx).settings
+    found = pins([], [], settings.defaults)
+    if not store_missing(state(ctx).target):
+        async def read(inv: Inventory) -> dict[str, set[str]]:
+            return pins(await inv.list_nodes(), await inv.list_groups(), settings.defaults)
+
+        found = with_inventory(ctx, read, read=True)
+    return ImageCatalog(settings.images_dir, keep=settings.images.keep, pinned=found)
+
+
+def _say_pruned(pruned: Pruned | None, change: Change) -> None:
+    """Print what a prune deleted and kept (and why), and put it in the audit entry."""
+    if pruned is None:
+        return
+    change.detail |= {"pruned": pruned.deleted, "kept": pruned.kept}
+    for line in pruned.lines():
+        typer.echo(line, err=True)
 
 
 def parse_vars(pairs: list[str]) -> dict[str, Any]:
@@ -91,22 +131,34 @@ def build(
     kernel: str | None = typer.Option(None, "--kernel", help="Kernel package, .deb or unpacked "
                                       "tree (overrides the kickstart's `kernel`)."),
     force: bool = typer.Option(False, "--force", help="Build even if nothing changed."),
+    activate: bool = ACTIVATE,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Build an image from a kickstart template and make it the current version."""
-    from provisioner.images.build.builder import BuildRequest, ImageBuilder
+    """Build an image from a kickstart template and publish it as a new version."""
+    from provisioner.images.build.builder import BuildRequest, BuildResult, ImageBuilder
     from provisioner.render.environment import Renderer
 
     settings = state(ctx).settings
     progress = StepProgress()
-    builder = ImageBuilder(catalog_of(settings), Renderer.from_settings(settings.images.templates),
+    catalog = pinned_catalog(ctx)
+    builder = ImageBuilder(catalog, Renderer.from_settings(settings.images.templates),
                            settings.cache_dir, default_kernel=settings.images.kernel_package,
                            xz_threads=settings.images.xz_threads, progress=progress)
     request = BuildRequest(template, name, parse_vars(variables), kernel, force)
-    try:
-        result = builder.build(request)
-    finally:
-        progress.finish()
+    change = Change("image.publish", name, {"template": template, "activate": activate})
+
+    def work() -> BuildResult:
+        try:
+            built = builder.build(request)
+        finally:
+            progress.finish()
+        change.target, change.detail["cached"] = built.image.ref, built.cached
+        _say_pruned(catalog.last_prune, change)
+        return built
+
+    result = recorded(ctx, change, work)
+    if activate and not result.image.current:
+        result = dataclasses.replace(result, image=_activate(ctx, catalog, result.image))
     if as_json:
         print_json({**_summary(result.image), "cached": result.cached,
                     "seconds": round(result.seconds, 3)})
@@ -114,7 +166,20 @@ def build(
         typer.echo(f"{result.image.ref} is up to date (same inputs); nothing built "
                    f"({result.seconds:.1f} s; --force to rebuild)")
     else:
-        typer.echo(f"built {result.image.ref} in {result.seconds:.1f} s; it is current")
+        typer.echo(f"built {result.image.ref} in {result.seconds:.1f} s; "
+                   f"{_standing(catalog, result.image)}")
+
+
+def _standing(catalog: ImageCatalog, image: ImageVersion) -> str:
+    if image.current:
+        return "it is current"
+    return (f"current is still {image.name}:{catalog.current_version(image.name)} "
+            f"(`provisioner image set-current {image.name} {image.version}` to switch)")
+
+
+def _activate(ctx: typer.Context, catalog: ImageCatalog, image: ImageVersion) -> ImageVersion:
+    change = Change("image.set_current", image.ref)
+    return recorded(ctx, change, lambda: catalog.set_current(image.name, image.version))
 
 
 @app.command("list")
@@ -169,7 +234,9 @@ def set_current(
     version: str = typer.Argument(..., show_default=False),
 ) -> None:
     """Point NAME at VERSION (roll back or forward); nodes get it at their next boot."""
-    image = catalog_of(state(ctx).settings).set_current(name, version)
+    catalog = catalog_of(state(ctx).settings)
+    image = recorded(ctx, Change("image.set_current", f"{name}:{version}"),
+                     lambda: catalog.set_current(name, version))
     typer.echo(f"{image.name} is now {image.ref}")
 
 
@@ -181,7 +248,37 @@ def delete(
 ) -> None:
     """Delete one version, or a whole image; the current version only with --force."""
     name, version = split_ref(ref)
-    typer.echo(catalog_of(state(ctx).settings).delete(name, version, force=force))
+    catalog = catalog_of(state(ctx).settings)
+    typer.echo(recorded(ctx, Change("image.delete", ref, {"force": force}),
+                        lambda: catalog.delete(name, version, force=force)))
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(None, help="Image names (default: every image).",
+                                      show_default=False),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Delete versions beyond the newest [images] keep; never the current one, nor one a node,
+    a group or the defaults pin with image=NAME:VERSION (says which it kept and why)."""
+    catalog = pinned_catalog(ctx)
+    done = []
+    for name in names or catalog.names():
+        change = Change("image.prune", name)
+
+        def work(name: str = name, change: Change = change) -> Pruned:
+            pruned = catalog.prune(name)
+            change.detail |= {"pruned": pruned.deleted, "kept": pruned.kept}
+            return pruned
+
+        done.append(recorded(ctx, change, work))
+    if as_json:
+        print_json([{"name": p.name, "pruned": p.deleted, "kept": p.kept} for p in done])
+        return
+    for pruned in done:
+        lines = pruned.lines()
+        typer.echo("\n".join(lines) if lines else f"{pruned.name}: nothing to prune")
 
 
 @app.command("import")
@@ -192,11 +289,21 @@ def import_(
                                 show_default=False),
     initrd: Path = typer.Option(..., "--initrd", help="Initramfs (xz with a CRC32 check, "
                                 "gzip or plain cpio).", show_default=False),
+    activate: bool = ACTIVATE,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Publish an existing kernel + initramfs pair as the next version of NAME."""
-    image = catalog_of(state(ctx).settings).import_pair(name, kernel, initrd)
+    catalog = pinned_catalog(ctx)
+    change = Change("image.publish", name, {"imported": True, "activate": activate})
+
+    def work() -> ImageVersion:
+        image = catalog.import_pair(name, kernel, initrd, activate=activate)
+        change.target = image.ref
+        _say_pruned(catalog.last_prune, change)
+        return image
+
+    image = recorded(ctx, change, work)
     if as_json:
         print_json(_summary(image))
     else:
-        typer.echo(f"imported {image.ref}; it is current")
+        typer.echo(f"imported {image.ref}; {_standing(catalog, image)}")

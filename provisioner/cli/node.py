@@ -12,6 +12,7 @@ import typer
 
 from provisioner.cli import power as power_cli
 from provisioner.cli import reimage as reimage_cli
+from provisioner.cli.audit import Change, audited, audited_many, local_who
 from provisioner.cli.common import (
     JSON_OPTION,
     parse_assignments,
@@ -23,6 +24,7 @@ from provisioner.cli.common import (
 )
 from provisioner.errors import ValidationError
 from provisioner.inventory.repository import Inventory
+from provisioner.nodes.lifecycle import Lifecycle, event_between
 from provisioner.nodes.model import (
     BootEvent,
     Effective,
@@ -34,7 +36,9 @@ from provisioner.nodes.model import (
     NodeState,
     SettingValue,
     check_ipv4,
+    check_power,
     effective_settings,
+    effective_values,
     parse_enum,
     redact,
     setting_values,
@@ -143,13 +147,15 @@ def add(
     node = Node(MacAddress(mac), name, ip=check_ipv4(ip) if ip else None, groups=tuple(groups),
                 image=image, firmware=parse_enum(Firmware, firmware, "firmware"),
                 settings=parse_assignments(sets))
+    defaults = state(ctx).settings.defaults
 
-    async def act(inv: Inventory) -> None:
+    async def act(inv: Inventory, _: Change) -> None:
         for group in node.groups:
             await inv.get_group(group)  # refuse a node in a group that does not exist
+        check_power(setting_values(await inv.effective(node, defaults)))
         await inv.add_node(node)
 
-    with_inventory(ctx, act)
+    audited(ctx, Change("node.create", node.mac.value, {"name": node.name}), act)
     if as_json:
         print_json(shown(node))
     else:
@@ -241,7 +247,8 @@ def set_(
     add_groups: list[str] = typer.Option([], "--add-group", help="Append a group."),
     remove_groups: list[str] = typer.Option([], "--remove-group", help="Remove a group."),
     image: str | None = typer.Option(None, "--image", help="Image ('' to clear)."),
-    node_state: str | None = typer.Option(None, "--state", help="Force a state."),
+    node_state: str | None = typer.Option(None, "--state", help="Move to this state, as the "
+                                          "lifecycle allows from the current one."),
     sets: list[str] = typer.Option([], "--set", help="Setting KEY=VALUE (repeatable)."),
     unsets: list[str] = typer.Option([], "--unset", help="Remove a setting (repeatable)."),
     as_json: bool = JSON_OPTION,
@@ -249,29 +256,44 @@ def set_(
     """Change a node; only the options given change."""
     assignments = parse_assignments(sets)
     new_state = parse_enum(NodeState, node_state, "state") if node_state else None
+    defaults = state(ctx).settings.defaults
+    given = {"name": name, "ip": ip, "groups": groups or None, "add_groups": add_groups,
+             "remove_groups": remove_groups, "image": image, "state": node_state,
+             "settings": sets, "unset": unsets}
 
-    def change(node: Node) -> Node:
+    def changed(node: Node, known: Mapping[str, Group]) -> Node:
         group_list = list(groups) if groups else list(node.groups)
         group_list = [g for g in unique(group_list + add_groups) if g not in remove_groups]
         settings = {k: v for k, v in {**node.settings, **assignments}.items() if k not in unsets}
-        return node.with_changes(
+        moved = node.with_changes(
             name=name if name is not None else node.name,
             ip=(check_ipv4(ip) if ip else None) if ip is not None else node.ip,
             groups=tuple(group_list),
             image=(image or None) if image is not None else node.image,
-            state=new_state or node.state,
             settings=settings,
         )
+        check_power(effective_values(moved, known, defaults))
+        return moved
 
-    async def act(inv: Inventory) -> Node:
+    async def act(inv: Inventory, change: Change) -> Node:
         for group in unique(list(groups or []) + add_groups):
             await inv.get_group(group)
-        return await inv.update_node(ref, change)
+        before = (await inv.get_node(ref)).value
+        change.target = before.mac.value
+        if new_state is not None and new_state is not before.state:
+            event_between(before, new_state)  # refuse an illegal move before changing anything
+        known = {g.name: g for g in await inv.list_groups()}
+        node = await inv.update_node(ref, lambda n: changed(n, known))
+        if new_state is not None and new_state is not node.state:
+            node = await Lifecycle(inv, defaults=defaults).set_state(
+                node.mac, new_state, reason=f"set by {local_who()}")
+        return node
 
     for key in unsets:
         if key in assignments:
             raise ValidationError(key, "cannot be both --set and --unset")
-    node = with_inventory(ctx, act)
+    node = audited(ctx, Change("node.update", ref,
+                               {"fields": sorted(k for k, v in given.items() if v)}), act)
     if as_json:
         print_json(shown(node))
     else:
@@ -283,10 +305,12 @@ def delete(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
                                                                 show_default=False)) -> None:
     """Delete nodes. Their leases and events stay until they expire."""
 
-    async def act(inv: Inventory) -> list[Node]:
-        return [await inv.delete_node(ref) for ref in refs]
+    async def act(inv: Inventory, change: Change) -> Node:
+        node = await inv.delete_node(change.target)
+        change.target, change.detail["name"] = node.mac.value, node.name
+        return node
 
-    for node in with_inventory(ctx, act):
+    for node in audited_many(ctx, [Change("node.delete", ref) for ref in refs], act):
         typer.echo(f"deleted node {node.name} ({node.mac})")
 
 
@@ -295,20 +319,14 @@ def accept(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
                                                                 show_default=False)) -> None:
     """Accept discovered nodes: they are registered and boot their image from their next
     boot script on (until then they only wait)."""
-    import getpass
+    who = local_who()
 
-    from provisioner.nodes.lifecycle import Lifecycle
+    async def act(inv: Inventory, change: Change) -> Node:
+        node = await Lifecycle(inv).accept(change.target, by=who)
+        change.target, change.detail["name"] = node.mac.value, node.name
+        return node
 
-    try:
-        who = f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        who = "cli:?"
-
-    async def act(inv: Inventory) -> list[Node]:
-        lifecycle = Lifecycle(inv)
-        return [await lifecycle.accept(ref, by=who) for ref in refs]
-
-    for node in with_inventory(ctx, act):
+    for node in audited_many(ctx, [Change("node.accept", ref) for ref in refs], act):
         typer.echo(f"accepted node {node.name} ({node.mac}): it boots from its next script")
 
 

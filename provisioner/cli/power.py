@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from provisioner.cli.audit import Change, audited
 from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import setting_values
@@ -29,8 +30,10 @@ def power(
     settings name (power_driver, power_address, power_user, power_password)."""
     defaults = state(ctx).settings.defaults
 
-    async def act(inv: Inventory) -> tuple[str, str, PowerState]:
+    async def act(inv: Inventory, change: Change | None = None) -> tuple[str, str, PowerState]:
         node = (await inv.get_node(ref)).value
+        if change is not None:
+            change.target, change.detail["name"] = node.mac.value, node.name
         effective = await inv.effective(node, defaults)
         driver = open_power(setting_values(effective), node=node.name, timeout=timeout,
                             notify=lambda text: typer.echo(text, err=True))
@@ -40,7 +43,9 @@ def power(
             result = await wait_for_state(driver, want, timeout=wait)
         return node.name, driver.kind, result
 
-    name, kind, result = with_inventory(ctx, act)
+    # A status read changes nothing: the API does not audit it either.
+    name, kind, result = with_inventory(ctx, act) if action is PowerAction.STATUS \
+        else audited(ctx, Change(f"power.{action.value}", ref), act)
     if as_json:
         print_json({"node": name, "driver": kind, "action": action.value, "power": result.value})
     elif action is PowerAction.STATUS:

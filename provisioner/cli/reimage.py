@@ -6,9 +6,10 @@ import time
 
 import typer
 
+from provisioner.cli.audit import Change, record
 from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_table, state
 from provisioner.config import Settings
-from provisioner.errors import ValidationError
+from provisioner.errors import ProvisionerError, ValidationError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import Node, check_setting, setting_values
 from provisioner.nodes.rollout import (
@@ -98,7 +99,17 @@ async def _run(settings: Settings, request: RolloutRequest, quiet: bool) -> Roll
 
         rollout = Rollout(inventory, lifecycle, scheduler, power_for,
                           on_progress=None if quiet else _print_progress)
-        return await rollout.run(request)
+        change = Change("reimage.start", "-", {"image": request.image,
+                                               "nodes": list(request.nodes[:50])})
+        try:
+            result = await rollout.run(request)
+        except ProvisionerError as exc:
+            change.detail["error"] = str(exc)[:300]
+            await record(store, change, "failed")
+            raise
+        change.target, change.detail["state"] = result.id, result.state
+        await record(store, change, "ok" if result.state == "succeeded" else "failed")
+        return result
     finally:
         await scheduler.close()
         await inventory.stop()

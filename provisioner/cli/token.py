@@ -5,13 +5,13 @@ A token is printed once, when it is created; the store keeps only its sha256.
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import typer
 
+from provisioner.cli.audit import local_who
 from provisioner.cli.common import JSON_OPTION, print_json, print_table, with_store
 from provisioner.security.audit import AuditLog
 from provisioner.security.tokens import ApiToken, ApiTokens, Role
@@ -22,13 +22,6 @@ app = typer.Typer(help="Bearer tokens for the admin API: create, list, revoke.",
                   no_args_is_help=True)
 
 
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:?"
-
-
 def _run(ctx: typer.Context, work: Callable[[ApiTokens], Awaitable[T]],
          audited: Callable[[T], tuple[str, str]] | None = None) -> T:
     """Run `work` on the target's store; `audited(result)` gives (action, target) to log."""
@@ -37,7 +30,7 @@ def _run(ctx: typer.Context, work: Callable[[ApiTokens], Awaitable[T]],
         result = await work(ApiTokens(store))
         if audited is not None:
             action, target = audited(result)
-            await AuditLog(store).record(_who(), action, target, "ok", time.time())
+            await AuditLog(store).record(local_who(), action, target, "ok", time.time())
         return result
 
     return with_store(ctx, run, read=audited is None)

@@ -177,6 +177,8 @@ SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
         "power_user": SettingSpec(str, "BMC user name"),
         "power_password": SettingSpec(str, "BMC password", secret=True),
         "power_tls_verify": SettingSpec(str, "Redfish TLS: true, false (self-signed) or CA file"),
+        "power_insecure": SettingSpec(bool, "allow Redfish over plain http:// (the BMC password "
+                                      "then crosses the network in clear)"),
         "scheduler_partition": SettingSpec(str, "partition the node joins in the scheduler"),
         "scheduler_features": SettingSpec(str, "comma-separated features for the scheduler"),
         "callback_timeout": SettingSpec(int, "seconds to wait for the boot callback"),
@@ -184,6 +186,22 @@ SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
     }
 )
 REDACTED: Final = "********"
+
+#: Settings that land in an iPXE script, a kernel command line or a kickstart (templates/ipxe,
+#: templates/kickstart), and the characters each may hold: a newline would add a script line,
+#: `${..}` is iPXE expansion, a quote ends the kickstart's --append="...", `;` `&` `|` `#`
+#: and `\` mean something to a shell or a parser on the way.
+_LINE_SAFE: Final[Mapping[str, tuple[str, str]]] = MappingProxyType({
+    "console": (r"A-Za-z0-9_.,:-", "letters, digits and _ . , : -"),
+    "kernel_args": (r"A-Za-z0-9_.,:=/+@% -", "letters, digits, spaces and _ . , : = / + @ % -"),
+    "bootfile": (r"A-Za-z0-9_./-", "letters, digits and _ . / -"),
+    "ipxe_script": (r"A-Za-z0-9_./-", "letters, digits and _ . / -"),
+    "image": (r"a-z0-9_.:-", "lower-case letters, digits and _ . : -"),
+    "scheduler_partition": (r"A-Za-z0-9_.-", "letters, digits and _ . -"),
+    "scheduler_features": (r"A-Za-z0-9_., -", "letters, digits, spaces and _ . , -"),
+})
+_LINE_SAFE_RE: Final = {k: re.compile(f"[{chars}]*") for k, (chars, _) in _LINE_SAFE.items()}
+_LINE_MAX: Final = 1024  # a kernel command line is 2048 bytes on x86 in all; leave room
 
 
 def check_setting(key: str, value: object) -> SettingValue:
@@ -193,6 +211,8 @@ def check_setting(key: str, value: object) -> SettingValue:
         known = ", ".join(sorted(SETTINGS))
         raise ValidationError(f"settings.{key}", f"unknown setting; known settings: {known}")
     coerced = _coerce(key, spec.kind, value)
+    if isinstance(coerced, str):
+        _check_line(key, coerced)
     if spec.choices and coerced not in spec.choices:
         allowed = ", ".join(spec.choices)
         raise ValidationError(f"settings.{key}", f"{value!r} is not one of: {allowed}")
@@ -213,6 +233,32 @@ def _coerce(key: str, kind: type, value: object) -> SettingValue:
     elif isinstance(value, str):
         return value
     raise ValidationError(f"settings.{key}", f"{value!r} is not a {kind.__name__}")
+
+
+def _check_line(key: str, value: str) -> None:
+    """One line, and for the settings in _LINE_SAFE only their characters: refused at the door,
+    so no template has to trust a value to stay on its line."""
+    safe = _LINE_SAFE_RE.get(key)
+    bad = next((c for c in value if not c.isprintable()), None) if safe is None else \
+        next((c for c in value if not safe.fullmatch(c)), None)
+    if bad is not None:
+        allowed = _LINE_SAFE[key][1] if key in _LINE_SAFE else "printable characters on one line"
+        raise ValidationError(f"settings.{key}", f"character {bad!r} is not allowed in {key} "
+                              f"(allowed: {allowed})")
+    if len(value) > _LINE_MAX:
+        raise ValidationError(f"settings.{key}", f"{len(value)} characters; at most {_LINE_MAX}")
+
+
+def check_power(values: Mapping[str, SettingValue]) -> None:
+    """Refuse Redfish over plain http:// unless `power_insecure` says so: the driver sends the
+    BMC password with every request (basic auth), readable by anyone on the path."""
+    driver = str(values.get("power_driver", "") or "").strip()
+    address = str(values.get("power_address", "") or "").strip().lower()
+    if driver == "redfish" and address.startswith("http://") \
+            and values.get("power_insecure") is not True:
+        raise ValidationError("settings.power_address",
+                              "redfish over http:// sends the BMC password in clear; use "
+                              "https:// or set power_insecure=true on the node or its group")
 
 
 def check_settings(settings: Mapping[str, object]) -> Mapping[str, SettingValue]:

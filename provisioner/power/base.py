@@ -111,6 +111,7 @@ class PowerTarget:
     verify: bool | str = True  # Redfish TLS: verify, don't (self-signed BMC), or a CA file
     timeout: float = DEFAULT_TIMEOUT
     notify: Callable[[str], None] | None = None  # where the manual driver's instructions go
+    insecure: bool = False  # power_insecure: Redfish over plain http:// allowed
 
     @classmethod
     def read(cls, settings: Mapping[str, SettingValue], *, node: str = "-",
@@ -118,7 +119,7 @@ class PowerTarget:
              notify: Callable[[str], None] | None = None) -> PowerTarget:
         return cls(node, _text(settings, "power_address"), _text(settings, "power_user"),
                    Secret(_text(settings, "power_password")), _verify(settings), timeout,
-                   notify)
+                   notify, settings.get("power_insecure") is True)
 
     def required_address(self, kind: str) -> str:
         if not self.address:

@@ -5,9 +5,10 @@
 when the BMC manages several). Actions are ComputerSystem.Reset with ResetType On, ForceOff,
 ForceRestart (PowerCycle when the BMC offers only that) and GracefulShutdown.
 
-Certificates are verified unless the node's `power_tls_verify` is "false" (a self-signed BMC)
-or names a CA bundle. Credentials never leave this class: the password sits in a Secret, user
-info in the URL is refused, and error messages quote neither.
+Plain http:// is refused unless the node's `power_insecure` is true: basic auth sends the
+password with every request. Certificates are verified unless the node's `power_tls_verify`
+is "false" (a self-signed BMC) or names a CA bundle. Credentials never leave this class: the
+password sits in a Secret, user info in the URL is refused, and error messages quote neither.
 """
 
 from __future__ import annotations
@@ -46,14 +47,19 @@ class RedfishDriver:
     kind = "redfish"
 
     def __init__(self, address: str, user: str, password: Secret, *,
-                 verify: bool | str = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 verify: bool | str = True, timeout: float = DEFAULT_TIMEOUT,
+                 insecure: bool = False) -> None:
         self.base, self._system = _split_address(address)
+        if self.base.startswith("http://") and not insecure:
+            raise PowerError(f"redfish over http:// ({self.base}) would send the BMC password "
+                             "in clear; use https:// or set power_insecure=true on the node "
+                             "or its group")
         self.user, self._password, self.verify, self.timeout = user, password, verify, timeout
 
     @classmethod
     def from_target(cls, target: PowerTarget) -> RedfishDriver:
         return cls(target.required_address(cls.kind), target.user, target.password,
-                   verify=target.verify, timeout=target.timeout)
+                   verify=target.verify, timeout=target.timeout, insecure=target.insecure)
 
     def __repr__(self) -> str:
         return f"RedfishDriver({self.base!r}, user={self.user!r})"

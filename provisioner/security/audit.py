@@ -27,7 +27,7 @@ _BUMPS: Final = 64
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     seq: str
-    who: str  # "token:NAME(ID)", "node:MAC", "cli:USER", "anonymous"
+    who: str  # "token:NAME(ID)", "node:MAC", "local:USER", "anonymous"
     action: str  # "node.create", "auth", "boot_token.redeem", ...
     target: str
     outcome: str  # "ok", "denied", "failed"

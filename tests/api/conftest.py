@@ -94,11 +94,12 @@ async def store_api(store: KeyValueStore, tmp_path: Path) -> AsyncIterator[Api]:
 
 
 def publish_image(catalog: ImageCatalog, name: str) -> ImageVersion:
-    """A small real image version (a stand-in kernel and an xz initramfs), published."""
+    """A small real image version (a stand-in kernel and an xz initramfs), published and
+    made current."""
     staging = catalog.new_staging(name)
     (staging / "vmlinuz").write_bytes(b"kernel " * 100)
     (staging / "image.cpio.xz").write_bytes(lzma.compress(b"070701", check=lzma.CHECK_CRC32))
     (staging / "manifest.json").write_text(json.dumps(
         {"files": describe_files(staging), "kernel_release": "6.1.0-test",
          "created": "2026-11-24T21:00:00Z"}))
-    return catalog.publish(staging, name)
+    return catalog.publish(staging, name, activate=True)

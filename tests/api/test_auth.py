@@ -26,6 +26,7 @@ ROUTES = [
     ("POST", "/api/v1/groups", "admin"), ("PATCH", "/api/v1/groups/x", "admin"),
     ("DELETE", "/api/v1/groups/x", "admin"), ("GET", "/api/v1/images", "viewer"),
     ("GET", "/api/v1/images/x", "viewer"), ("PUT", "/api/v1/images/x/current", "admin"),
+    ("POST", "/api/v1/images/x/prune", "admin"),
     ("GET", "/api/v1/leases", "viewer"), ("GET", "/api/v1/settings", "viewer"),
     ("GET", "/api/v1/counters", "viewer"), ("GET", "/api/v1/audit", "admin"),
     ("GET", "/api/v1/tokens", "admin"), ("POST", "/api/v1/tokens", "admin"),

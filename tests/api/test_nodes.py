@@ -14,8 +14,10 @@ from tests.api.conftest import Api, publish_image
 MAC = "52:54:00:00:00:01"
 
 
-async def _add(api: Api, mac: str, name: str, **extra: object) -> dict[str, object]:
-    response = await api.client.post("/api/v1/nodes", headers=api.operator,
+async def _add(api: Api, mac: str, name: str, role: str = "operator",
+               **extra: object) -> dict[str, object]:
+    """Add a node as `role` (power_* settings need the admin role)."""
+    response = await api.client.post("/api/v1/nodes", headers=api.auth(role),
                                      json={"mac": mac, "name": name, **extra})
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
@@ -26,7 +28,7 @@ async def test_create_then_get_by_any_mac_form_or_name(api: Api) -> None:
     await api.client.post("/api/v1/groups", headers=api.admin,
                           json={"name": "compute", "settings": {"power_password": "pw"}})
     made = await _add(api, "52-54-00-00-00-01", "node001", ip="10.0.0.11", groups=["compute"],
-                      settings={"power_password": "secret", "console": "ttyS1"})
+                      role="admin", settings={"power_password": "secret", "console": "ttyS1"})
     assert made["mac"] == MAC and made["state"] == "registered"
     assert made["settings"] == {"console": "ttyS1", "power_password": "********"}
     for ref in (MAC, "5254.0000.0001", "node001"):
@@ -143,7 +145,7 @@ async def test_power_without_a_driver_says_what_to_set(api: Api) -> None:
 
 
 async def test_power_through_the_manual_driver(api: Api) -> None:
-    await _add(api, MAC, "node001", settings={"power_driver": "manual"})
+    await _add(api, MAC, "node001", role="admin", settings={"power_driver": "manual"})
     response = await api.client.post("/api/v1/nodes/node001/power", headers=api.operator,
                                      json={"action": "cycle"})
     assert response.status_code == 200, response.text
@@ -155,7 +157,7 @@ async def test_reimage_checks_nodes_and_image_then_runs_in_the_background(api: A
     missing = await api.client.post("/api/v1/reimage", headers=api.operator,
                                     json={"nodes": ["nope"], "image": "compute"})
     assert missing.status_code == 404
-    await _add(api, MAC, "node001", settings={"power_driver": "manual"})
+    await _add(api, MAC, "node001", role="admin", settings={"power_driver": "manual"})
     no_image = await api.client.post("/api/v1/reimage", headers=api.operator,
                                      json={"nodes": ["node001"], "image": "compute"})
     assert no_image.status_code == 404 and "image list" in no_image.json()["message"]

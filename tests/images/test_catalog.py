@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ImageError, ImageNotFound, ValidationError
-from provisioner.images.format.catalog import ImageCatalog, split_ref
+from provisioner.images.format.catalog import ImageCatalog, pins, split_ref
 from provisioner.images.fsutil import kernel_release
+from provisioner.nodes.model import Group, MacAddress, Node
 
 
 def _stage(catalog: ImageCatalog, name: str, payload: bytes) -> Path:
@@ -23,10 +24,10 @@ def _stage(catalog: ImageCatalog, name: str, payload: bytes) -> Path:
     return staging
 
 
-def test_publish_numbers_versions_sets_current_and_leaves_no_staging(tmp_path: Path) -> None:
+def test_publish_numbers_versions_activates_and_leaves_no_staging(tmp_path: Path) -> None:
     catalog = ImageCatalog(tmp_path, keep=5)
     first = catalog.publish(_stage(catalog, "compute", b"one"), "compute")
-    second = catalog.publish(_stage(catalog, "compute", b"two"), "compute")
+    second = catalog.publish(_stage(catalog, "compute", b"two"), "compute", activate=True)
     assert (first.version, second.version) == ("1", "2")
     assert os.readlink(tmp_path / "compute" / "current") == "2"
     assert catalog.resolve("compute").version == "2"
@@ -51,14 +52,58 @@ def test_set_current_and_refuse_unknown(tmp_path: Path) -> None:
     assert catalog.show("img").current == "1"
 
 
+def test_publish_leaves_current_alone_unless_activated(tmp_path: Path) -> None:
+    """A new version is tried with NAME:VERSION first: nodes on NAME keep the current one.
+    Only a name with no current version gets its first one without asking."""
+    catalog = ImageCatalog(tmp_path, keep=5)
+    first = catalog.publish(_stage(catalog, "img", b"1"), "img")
+    assert first.current and catalog.show("img").current == "1"
+    second = catalog.publish(_stage(catalog, "img", b"2"), "img")
+    assert not second.current and catalog.resolve("img").version == "1"
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.xz"
+    kernel.write_bytes(b"kernel")
+    initrd.write_bytes(lzma.compress(b"x", check=lzma.CHECK_CRC32))
+    imported = catalog.import_pair("img", kernel, initrd)
+    assert imported.version == "3" and catalog.show("img").current == "1"
+    activated = catalog.import_pair("img", kernel, initrd, activate=True)
+    assert activated.current and catalog.show("img").current == "4"
+
+
+def test_prune_never_deletes_current_or_pinned_and_says_why(tmp_path: Path) -> None:
+    catalog = ImageCatalog(tmp_path, keep=1, pinned={"img:2": {"node n1", "group gpu"}})
+    for payload in (b"1", b"2", b"3"):
+        catalog.publish(_stage(catalog, "img", payload), "img")
+    assert catalog.last_prune is not None
+    assert catalog.last_prune.kept == {"1": "current", "2": "pinned by group gpu, node n1"}
+    catalog.publish(_stage(catalog, "img", b"4"), "img")
+    assert catalog.last_prune.deleted == ["3"]
+    assert [v.version for v in catalog.show("img").versions] == ["1", "2", "4"]
+    catalog.pinned = {}  # the node and the group moved on
+    done = catalog.prune("img")
+    assert done.deleted == ["2"] and done.kept == {"1": "current"}
+    assert done.lines() == ["pruned img:2", "kept img:1: current"]
+    assert [v.version for v in catalog.show("img").versions] == ["1", "4"]
+    with pytest.raises(ImageNotFound):
+        catalog.prune("nosuch")
+
+
+def test_pins_come_from_nodes_groups_and_defaults() -> None:
+    nodes = [Node(MacAddress("52:54:00:00:00:01"), "n1", image="img:2"),
+             Node(MacAddress("52:54:00:00:00:02"), "n2", settings={"image": "img:3"}),
+             Node(MacAddress("52:54:00:00:00:03"), "n3", image="img")]  # follows current
+    groups = [Group("gpu", {"image": "img:2"}), Group("plain")]
+    assert pins(nodes, groups, {"image": "base:7"}) == {
+        "img:2": {"node n1", "group gpu"}, "img:3": {"node n2"}, "base:7": {"defaults"}}
+
+
 def test_prune_keeps_newest_n(tmp_path: Path) -> None:
     catalog = ImageCatalog(tmp_path, keep=2)
     for payload in (b"1", b"2", b"3"):
-        catalog.publish(_stage(catalog, "img", payload), "img")
+        catalog.publish(_stage(catalog, "img", payload), "img", activate=True)
     assert [v.version for v in catalog.show("img").versions] == ["2", "3"]
     catalog.set_current("img", "2")  # rolling back does not prune anything
     assert [v.version for v in catalog.show("img").versions] == ["2", "3"]
-    catalog.publish(_stage(catalog, "img", b"4"), "img")
+    catalog.publish(_stage(catalog, "img", b"4"), "img", activate=True)
     assert [v.version for v in catalog.show("img").versions] == ["3", "4"]
     assert not list((tmp_path / ".staging").glob(".trash-*"))
 
@@ -66,17 +111,17 @@ def test_prune_keeps_newest_n(tmp_path: Path) -> None:
 def test_prune_pinned_current_survives(tmp_path: Path) -> None:
     catalog = ImageCatalog(tmp_path, keep=1)
     catalog.publish(_stage(catalog, "img", b"1"), "img")
-    catalog.publish(_stage(catalog, "img", b"2"), "img")
+    catalog.publish(_stage(catalog, "img", b"2"), "img", activate=True)
     assert [v.version for v in catalog.show("img").versions] == ["2"]
     # A version number is never reused, even after the older ones are gone.
-    catalog.publish(_stage(catalog, "img", b"3"), "img")
+    catalog.publish(_stage(catalog, "img", b"3"), "img", activate=True)
     assert catalog.show("img").current == "3"
 
 
 def test_delete_refuses_current_unless_forced(tmp_path: Path) -> None:
     catalog = ImageCatalog(tmp_path, keep=5)
     for payload in (b"1", b"2", b"3"):
-        catalog.publish(_stage(catalog, "img", payload), "img")
+        catalog.publish(_stage(catalog, "img", payload), "img", activate=True)
     with pytest.raises(ImageError, match="current"):
         catalog.delete("img", "3")
     with pytest.raises(ImageError, match="--force"):
@@ -137,6 +182,7 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path: Path) -> None:
     catalog = ImageCatalog(tmp_path, keep=20)
     stagings = [_stage(catalog, "img", str(i).encode()) for i in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        published = list(pool.map(lambda s: catalog.publish(s, "img"), stagings))
+        published = list(pool.map(lambda s: catalog.publish(s, "img", activate=True),
+                                  stagings))
     assert sorted(int(p.version) for p in published) == list(range(1, 9))
     assert catalog.show("img").current == "8"  # each publish moves current under the lock

@@ -113,7 +113,9 @@ def test_reimage_through_the_cli_and_its_status(cli: Cli, tmp_path: Path) -> Non
     initrd.write_bytes(lzma.compress(b"x", check=lzma.CHECK_CRC32))
     ImageCatalog(cli.data / "bootimages").import_pair("compute", kernel, initrd)
     cli("node", "add", "52:54:00:00:10:05", "--name", "n5")
-    cli("node", "set", "n5", "--set", "power_driver=manual", "--state", "ready")
+    cli("node", "set", "n5", "--set", "power_driver=manual")
+    for step in ("provisioning", "booted", "ready"):  # the lifecycle's way to ready
+        cli("node", "set", "n5", "--state", step)
     out, err = cli("node", "reimage", "n5", "--image", "compute", "--timeout", "1", code=1)
     steps = [line.split()[2] for line in out.splitlines()]
     assert steps == ["started", "wave", "draining", "waiting_idle", "power_cycle",

@@ -28,8 +28,8 @@ from provisioner.api.schemas import (
     group_out,
     lease_out,
 )
-from provisioner.images.format.catalog import ImageInfo, ImageVersion
-from provisioner.nodes.model import REDACTED, Group, redact
+from provisioner.images.format.catalog import ImageCatalog, ImageInfo, ImageVersion, pins
+from provisioner.nodes.model import REDACTED, Group, check_power, redact
 from provisioner.security.tokens import ApiToken, Role
 from provisioner.web.errors import responses
 
@@ -64,6 +64,7 @@ def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
               tags=tags, responses=WRITE)
     async def create_group(body: GroupCreate, who: Principal = admin) -> GroupOut:
         group = Group(body.name, body.settings, body.description)
+        check_power({**ctx.settings.defaults, **group.settings})
         await inv.add_group(group)
         await ctx.audit.record(who.who, "group.create", group.name, "ok", ctx.clock())
         return group_out(group)
@@ -71,10 +72,12 @@ def _groups(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
     @api.patch("/groups/{name}", response_model=GroupOut, tags=tags, responses=WRITE)
     async def patch_group(name: str, body: GroupPatch, who: Principal = admin) -> GroupOut:
         def change(group: Group) -> Group:
-            return Group(group.name,
-                         body.settings if body.settings is not None else group.settings,
-                         body.description if body.description is not None
-                         else group.description)
+            changed = Group(group.name,
+                            body.settings if body.settings is not None else group.settings,
+                            body.description if body.description is not None
+                            else group.description)
+            check_power({**ctx.settings.defaults, **changed.settings})
+            return changed
 
         group = await inv.update_group(name, change)
         await ctx.audit.record(who.who, "group.update", name, "ok", ctx.clock())
@@ -131,6 +134,17 @@ def _images(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         await ctx.audit.record(who.who, "image.set_current", f"{name}:{body.version}", "ok",
                                ctx.clock())
         return _image_out(ctx, ctx.catalog.show(name))
+
+    @api.post("/images/{name}/prune", tags=tags, responses=WRITE)
+    async def prune(name: str, who: Principal = admin) -> dict[str, Any]:
+        """Delete versions beyond the newest [images] keep; never the current one, nor one
+        that a node, a group or the defaults pin (`image=NAME:VERSION`). `kept` says why."""
+        inv = ctx.inventory  # the store, not the cache: a pin just set must hold
+        found = pins(await inv.list_nodes(), await inv.list_groups(), ctx.settings.defaults)
+        done = ImageCatalog(ctx.catalog.root, ctx.catalog.keep, pinned=found).prune(name)
+        result = {"name": name, "pruned": done.deleted, "kept": done.kept}
+        await ctx.audit.record(who.who, "image.prune", name, "ok", ctx.clock(), detail=result)
+        return result
 
 
 def _admin(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:

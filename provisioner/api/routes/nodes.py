@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
+from provisioner.api.routes.guard import admin_for_power, safe_power
 from provisioner.api.schemas import (
     EventOut,
     NodeCreate,
@@ -70,8 +71,11 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         node = Node(MacAddress(body.mac), body.name, ip=check_ipv4(body.ip) if body.ip else None,
                     groups=tuple(body.groups), image=body.image,
                     firmware=Firmware(body.firmware), settings=body.settings)
+        await admin_for_power(ctx, who, "node.create", node.mac.value, before={},
+                              after=node.settings)
         for group in node.groups:
             await inv.get_group(group)
+        await safe_power(ctx, node)
         revision = await inv.add_node(node)
         await inv.settle(revision)
         await ctx.audit.record(who.who, "node.create", node.mac.value, "ok", ctx.clock(),
@@ -85,6 +89,11 @@ def router(ctx: ApiContext, auth: Authority) -> APIRouter:
         for group in body.groups or ():
             await inv.get_group(group)
         fields = body.model_dump(exclude_unset=True, exclude={"state"})
+        before = (await inv.get_node(ref)).value
+        after = _patched(before, fields)
+        await admin_for_power(ctx, who, "node.update", before.mac.value,
+                              before=before.settings, after=after.settings)
+        await safe_power(ctx, after)
         versioned = await inv.update_node_versioned(ref, lambda n: _patched(n, fields))
         node = versioned.value
         if body.state is not None and body.state is not node.state:

@@ -8,9 +8,14 @@ Why it is shaped like this: the HTTP boot plane serves files straight from the v
 directories, so a version must never change once visible. Publishing is therefore one
 rename(2) of a complete staging directory, and moving `current` is a symlink created under a
 temporary name and renamed over the old one: a reader sees the old version or the new one,
-never a mix. Every change to a name runs under an flock on IMAGES_DIR/NAME/.lock, so two
-builds publishing the same name at once get different versions. Deleting renames first
-(`.trash-...`) and removes after, so a half-deleted version is never listed.
+never a mix. Publishing does not move `current` (a new version is tried on one node with
+NAME:VERSION first) unless asked to, or unless NAME has no current version yet. Pruning keeps
+the newest `keep` versions, the current one, and every version a node, a group or the defaults
+pin by naming NAME:VERSION in their `image` setting (the caller reads those from the store and
+hands them over as `pinned`). Every change to a name runs under an flock on
+IMAGES_DIR/NAME/.lock, so two builds publishing the same name at once get different
+versions. Deleting renames first (`.trash-...`) and removes after, so a half-deleted version
+is never listed.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +44,11 @@ from provisioner.images.fsutil import (
     remove_tree,
     sha256_file,
 )
+from provisioner.nodes.model import Group, Node, SettingValue
 
-__all__ = ["MANIFEST", "STAGING", "ImageCatalog", "ImageInfo", "ImageVersion", "check_name",
-           "check_version", "describe_files", "sha256_file", "split_ref", "utc_now"]
+__all__ = ["MANIFEST", "STAGING", "ImageCatalog", "ImageInfo", "ImageVersion", "Pruned",
+           "check_name", "check_version", "describe_files", "pins", "sha256_file", "split_ref",
+           "utc_now"]
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -66,6 +73,21 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     """'NAME' -> (NAME, None); 'NAME:VERSION' -> (NAME, VERSION)."""
     name, sep, version = ref.partition(":")
     return check_name(name), (check_version(version) if sep else None)
+
+
+def pins(nodes: Collection[Node], groups: Collection[Group],
+         defaults: Mapping[str, SettingValue]) -> dict[str, set[str]]:
+    """NAME:VERSION -> who names it in an `image` setting ("node n1", "group gpu",
+    "defaults"): the versions a prune must keep. `image NAME` follows current: no pin."""
+    found: dict[str, set[str]] = {}
+    named: builtins.list[tuple[str, object]] = [(f"node {n.name}", n.image) for n in nodes]
+    named += [(f"node {n.name}", n.settings.get("image")) for n in nodes]
+    named += [(f"group {g.name}", g.settings.get("image")) for g in groups]
+    named.append(("defaults", defaults.get("image")))
+    for who, ref in named:
+        if isinstance(ref, str) and ":" in ref:
+            found.setdefault(ref, set()).add(who)
+    return found
 
 
 def utc_now() -> str:
@@ -98,12 +120,31 @@ class ImageInfo:
     versions: tuple[ImageVersion, ...]
 
 
+@dataclass
+class Pruned:
+    """What a prune of one name did: the versions it deleted, and those it kept beyond the
+    newest `keep` with the reason ("current", "pinned by node n1, group gpu")."""
+
+    name: str
+    deleted: builtins.list[str] = field(default_factory=builtins.list)
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> builtins.list[str]:
+        said = [f"pruned {self.name}:{v}" for v in self.deleted]
+        return said + [f"kept {self.name}:{v}: {why}" for v, why in self.kept.items()]
+
+
 class ImageCatalog:
-    def __init__(self, root: Path, keep: int = 3) -> None:
+    def __init__(self, root: Path, keep: int = 3,
+                 pinned: Mapping[str, Collection[str]] | None = None) -> None:
+        """`pinned`: NAME:VERSION -> who pins it ("node n1", "group gpu", "defaults")."""
         if keep < 1:
             raise ValidationError("images.keep", f"{keep} must be at least 1")
         self.root = root
         self.keep = keep
+        self.pinned: Mapping[str, Collection[str]] = dict(pinned or {})
+        #: what the prune of the last publish did, for the CLI to say
+        self.last_prune: Pruned | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -169,8 +210,9 @@ class ImageCatalog:
         path.mkdir()
         return path
 
-    def publish(self, staging: Path, name: str) -> ImageVersion:
-        """Make a complete staging directory the next version of NAME, current, then prune."""
+    def publish(self, staging: Path, name: str, *, activate: bool = False) -> ImageVersion:
+        """Make a complete staging directory the next version of NAME, then prune. It becomes
+        current only with `activate`, or when NAME has no current version."""
         check_name(name)
         (self.root / name).mkdir(parents=True, exist_ok=True)
         with self._locked(name):
@@ -181,8 +223,9 @@ class ImageCatalog:
             _fsync_tree(staging)
             _owned_like(self.root, [self.root / name, staging, *staging.rglob("*")])
             os.rename(staging, self.root / name / version)
-            self._set_current_locked(name, version)
-            self._prune_locked(name)
+            if activate or self.current_version(name) is None:
+                self._set_current_locked(name, version)
+            self.last_prune = self._prune_locked(name)
         return self.resolve(f"{name}:{version}")
 
     def set_current(self, name: str, version: str) -> ImageVersion:
@@ -193,6 +236,14 @@ class ImageCatalog:
                 raise ImageNotFound(f"no image {name}:{version}; see `provisioner image list`")
             self._set_current_locked(name, version)
         return self.resolve(f"{name}:{version}")
+
+    def prune(self, name: str) -> Pruned:
+        """Delete versions beyond the newest `keep`, but never the current or a pinned one."""
+        check_name(name)
+        if not (self.root / name).is_dir():
+            raise ImageNotFound(f"no image {name!r}; see `provisioner image list`")
+        with self._locked(name):
+            return self._prune_locked(name)
 
     def delete(self, name: str, version: str | None = None, *, force: bool = False) -> str:
         """Delete one version, or the whole image; returns what happened, for the CLI.
@@ -217,7 +268,8 @@ class ImageCatalog:
             self._trash(self.root / name / version)
             return f"deleted {name}:{version}" + self._repoint_locked(name, version, info.current)
 
-    def import_pair(self, name: str, kernel: Path, initrd: Path) -> ImageVersion:
+    def import_pair(self, name: str, kernel: Path, initrd: Path, *,
+                    activate: bool = False) -> ImageVersion:
         """Publish an existing kernel + initramfs as the next version of NAME."""
         check_name(name)
         for path in (kernel, initrd):
@@ -234,7 +286,7 @@ class ImageCatalog:
                 "name": name, "version": None, "files": files, "imported": True,
                 "kernel_release": kernel_release(staging / "vmlinuz"),
                 "inputs_sha256": inputs.hexdigest(), "created": utc_now()})
-            return self.publish(staging, name)
+            return self.publish(staging, name, activate=activate)
         finally:
             remove_tree(staging)
 
@@ -267,12 +319,20 @@ class ImageCatalog:
         os.rename(tmp, link)
         _fsync_dir(self.root / name)
 
-    def _prune_locked(self, name: str) -> None:
+    def _prune_locked(self, name: str) -> Pruned:
         current = self.current_version(name)
-        # Keep the newest `keep` versions, and the current one wherever it is.
-        old = [v for v in self._versions(name)[:-self.keep] if v != current]
-        for version in old:
-            self._trash(self.root / name / version)
+        done = Pruned(name)
+        # Keep the newest `keep` versions, the current one and the pinned ones wherever they are.
+        for version in self._versions(name)[:-self.keep]:
+            pins = self.pinned.get(f"{name}:{version}")
+            if version == current:
+                done.kept[version] = "current"
+            elif pins:
+                done.kept[version] = "pinned by " + ", ".join(sorted(pins))
+            else:
+                self._trash(self.root / name / version)
+                done.deleted.append(version)
+        return done
 
     def _repoint_locked(self, name: str, deleted: str, current: str | None) -> str:
         if deleted != current:
