@@ -37,7 +37,7 @@ def local_who() -> str:
 
 
 @dataclass
-class Change:
+class AdminChange:
     """What one CLI change records: the target may be learnt while acting (a node's MAC),
     and detail may grow (what a prune kept)."""
 
@@ -46,13 +46,13 @@ class Change:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-async def record(store: KeyValueStore, change: Change, outcome: str) -> None:
+async def record(store: KeyValueStore, change: AdminChange, outcome: str) -> None:
     await AuditLog(store).record(local_who(), change.action, change.target, outcome,
                                  time.time(), detail=change.detail)
 
 
-def audited(ctx: typer.Context, change: Change,
-            act: Callable[[Inventory, Change], Awaitable[T]]) -> T:
+def audited(ctx: typer.Context, change: AdminChange,
+            act: Callable[[Inventory, AdminChange], Awaitable[T]]) -> T:
     """Run `act` on the target's store and record `change` as ok, or as failed with the
     error (which is raised again, for the CLI to print as one line)."""
 
@@ -69,8 +69,8 @@ def audited(ctx: typer.Context, change: Change,
     return with_store(ctx, run)
 
 
-def audited_many(ctx: typer.Context, changes: list[Change],
-                 act: Callable[[Inventory, Change], Awaitable[T]]) -> list[T]:
+def audited_many(ctx: typer.Context, changes: list[AdminChange],
+                 act: Callable[[Inventory, AdminChange], Awaitable[T]]) -> list[T]:
     """`audited` for several targets in one store session (`node delete a b c`): one entry
     each; the first failure stops the rest, as it always did."""
 
@@ -89,7 +89,7 @@ def audited_many(ctx: typer.Context, changes: list[Change],
     return with_store(ctx, run)
 
 
-def recorded(ctx: typer.Context, change: Change, work: Callable[[], T]) -> T:
+def recorded(ctx: typer.Context, change: AdminChange, work: Callable[[], T]) -> T:
     """Run `work` (a change outside the store: the image catalog) and record it after, as
     ok, or as failed with the error (raised again)."""
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from provisioner.cli.audit import Change, audited
+from provisioner.cli.audit import AdminChange, audited
 from provisioner.cli.common import (
     JSON_OPTION,
     parse_assignments,
@@ -46,10 +46,10 @@ def add(
     group = Group(name, parse_assignments(sets), description)
     check_power({**state(ctx).settings.defaults, **group.settings})
 
-    async def act(inv: Inventory, _: Change) -> None:
+    async def act(inv: Inventory, _: AdminChange) -> None:
         await inv.add_group(group)
 
-    audited(ctx, Change("group.create", group.name), act)
+    audited(ctx, AdminChange("group.create", group.name), act)
     if as_json:
         print_json(shown(group))
     else:
@@ -100,7 +100,7 @@ def set_(
     description: str | None = typer.Option(None, "--description", "-d"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Change a group's settings; its nodes see the change at their next boot."""
+    """AdminChange a group's settings; its nodes see the change at their next boot."""
     assignments = parse_assignments(sets)
     for key in unsets:
         if key in assignments:
@@ -114,10 +114,10 @@ def set_(
         desc = description if description is not None else group.description
         return replace(group, settings=settings, description=desc)
 
-    async def act(inv: Inventory, _: Change) -> Group:
+    async def act(inv: Inventory, _: AdminChange) -> Group:
         return await inv.update_group(name, change)
 
-    group = audited(ctx, Change("group.update", name), act)
+    group = audited(ctx, AdminChange("group.update", name), act)
     if as_json:
         print_json(shown(group))
     else:
@@ -128,8 +128,8 @@ def set_(
 def delete(ctx: typer.Context, name: str = GROUP_ARG) -> None:
     """Delete a group that no node belongs to."""
 
-    async def act(inv: Inventory, _: Change) -> None:
+    async def act(inv: Inventory, _: AdminChange) -> None:
         await inv.delete_group(name)
 
-    audited(ctx, Change("group.delete", name), act)
+    audited(ctx, AdminChange("group.delete", name), act)
     typer.echo(f"deleted group {name}")

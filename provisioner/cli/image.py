@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from provisioner.cli.audit import Change, recorded
+from provisioner.cli.audit import AdminChange, recorded
 from provisioner.cli.common import (
     JSON_OPTION,
     print_fields,
@@ -57,7 +57,7 @@ def pinned_catalog(ctx: typer.Context) -> ImageCatalog:
     return ImageCatalog(settings.images_dir, keep=settings.images.keep, pinned=found)
 
 
-def _say_pruned(pruned: Pruned | None, change: Change) -> None:
+def _say_pruned(pruned: Pruned | None, change: AdminChange) -> None:
     """Print what a prune deleted and kept (and why), and put it in the audit entry."""
     if pruned is None:
         return
@@ -145,7 +145,7 @@ def build(
                            settings.cache_dir, default_kernel=settings.images.kernel_package,
                            xz_threads=settings.images.xz_threads, progress=progress)
     request = BuildRequest(template, name, parse_vars(variables), kernel, force)
-    change = Change("image.publish", name, {"template": template, "activate": activate})
+    change = AdminChange("image.publish", name, {"template": template, "activate": activate})
 
     def work() -> BuildResult:
         try:
@@ -178,7 +178,7 @@ def _standing(catalog: ImageCatalog, image: ImageVersion) -> str:
 
 
 def _activate(ctx: typer.Context, catalog: ImageCatalog, image: ImageVersion) -> ImageVersion:
-    change = Change("image.set_current", image.ref)
+    change = AdminChange("image.set_current", image.ref)
     return recorded(ctx, change, lambda: catalog.set_current(image.name, image.version))
 
 
@@ -235,7 +235,7 @@ def set_current(
 ) -> None:
     """Point NAME at VERSION (roll back or forward); nodes get it at their next boot."""
     catalog = catalog_of(state(ctx).settings)
-    image = recorded(ctx, Change("image.set_current", f"{name}:{version}"),
+    image = recorded(ctx, AdminChange("image.set_current", f"{name}:{version}"),
                      lambda: catalog.set_current(name, version))
     typer.echo(f"{image.name} is now {image.ref}")
 
@@ -249,7 +249,7 @@ def delete(
     """Delete one version, or a whole image; the current version only with --force."""
     name, version = split_ref(ref)
     catalog = catalog_of(state(ctx).settings)
-    typer.echo(recorded(ctx, Change("image.delete", ref, {"force": force}),
+    typer.echo(recorded(ctx, AdminChange("image.delete", ref, {"force": force}),
                         lambda: catalog.delete(name, version, force=force)))
 
 
@@ -265,9 +265,9 @@ def prune(
     catalog = pinned_catalog(ctx)
     done = []
     for name in names or catalog.names():
-        change = Change("image.prune", name)
+        change = AdminChange("image.prune", name)
 
-        def work(name: str = name, change: Change = change) -> Pruned:
+        def work(name: str = name, change: AdminChange = change) -> Pruned:
             pruned = catalog.prune(name)
             change.detail |= {"pruned": pruned.deleted, "kept": pruned.kept}
             return pruned
@@ -294,7 +294,7 @@ def import_(
 ) -> None:
     """Publish an existing kernel + initramfs pair as the next version of NAME."""
     catalog = pinned_catalog(ctx)
-    change = Change("image.publish", name, {"imported": True, "activate": activate})
+    change = AdminChange("image.publish", name, {"imported": True, "activate": activate})
 
     def work() -> ImageVersion:
         image = catalog.import_pair(name, kernel, initrd, activate=activate)

@@ -12,7 +12,7 @@ import typer
 
 from provisioner.cli import power as power_cli
 from provisioner.cli import reimage as reimage_cli
-from provisioner.cli.audit import Change, audited, audited_many, local_who
+from provisioner.cli.audit import AdminChange, audited, audited_many, local_who
 from provisioner.cli.common import (
     JSON_OPTION,
     parse_assignments,
@@ -149,13 +149,13 @@ def add(
                 settings=parse_assignments(sets))
     defaults = state(ctx).settings.defaults
 
-    async def act(inv: Inventory, _: Change) -> None:
+    async def act(inv: Inventory, _: AdminChange) -> None:
         for group in node.groups:
             await inv.get_group(group)  # refuse a node in a group that does not exist
         check_power(setting_values(await inv.effective(node, defaults)))
         await inv.add_node(node)
 
-    audited(ctx, Change("node.create", node.mac.value, {"name": node.name}), act)
+    audited(ctx, AdminChange("node.create", node.mac.value, {"name": node.name}), act)
     if as_json:
         print_json(shown(node))
     else:
@@ -253,7 +253,7 @@ def set_(
     unsets: list[str] = typer.Option([], "--unset", help="Remove a setting (repeatable)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Change a node; only the options given change."""
+    """AdminChange a node; only the options given change."""
     assignments = parse_assignments(sets)
     new_state = parse_enum(NodeState, node_state, "state") if node_state else None
     defaults = state(ctx).settings.defaults
@@ -275,7 +275,7 @@ def set_(
         check_power(effective_values(moved, known, defaults))
         return moved
 
-    async def act(inv: Inventory, change: Change) -> Node:
+    async def act(inv: Inventory, change: AdminChange) -> Node:
         for group in unique(list(groups or []) + add_groups):
             await inv.get_group(group)
         before = (await inv.get_node(ref)).value
@@ -292,7 +292,7 @@ def set_(
     for key in unsets:
         if key in assignments:
             raise ValidationError(key, "cannot be both --set and --unset")
-    node = audited(ctx, Change("node.update", ref,
+    node = audited(ctx, AdminChange("node.update", ref,
                                {"fields": sorted(k for k, v in given.items() if v)}), act)
     if as_json:
         print_json(shown(node))
@@ -305,12 +305,12 @@ def delete(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
                                                                 show_default=False)) -> None:
     """Delete nodes. Their leases and events stay until they expire."""
 
-    async def act(inv: Inventory, change: Change) -> Node:
+    async def act(inv: Inventory, change: AdminChange) -> Node:
         node = await inv.delete_node(change.target)
         change.target, change.detail["name"] = node.mac.value, node.name
         return node
 
-    for node in audited_many(ctx, [Change("node.delete", ref) for ref in refs], act):
+    for node in audited_many(ctx, [AdminChange("node.delete", ref) for ref in refs], act):
         typer.echo(f"deleted node {node.name} ({node.mac})")
 
 
@@ -321,12 +321,12 @@ def accept(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
     boot script on (until then they only wait)."""
     who = local_who()
 
-    async def act(inv: Inventory, change: Change) -> Node:
+    async def act(inv: Inventory, change: AdminChange) -> Node:
         node = await Lifecycle(inv).accept(change.target, by=who)
         change.target, change.detail["name"] = node.mac.value, node.name
         return node
 
-    for node in audited_many(ctx, [Change("node.accept", ref) for ref in refs], act):
+    for node in audited_many(ctx, [AdminChange("node.accept", ref) for ref in refs], act):
         typer.echo(f"accepted node {node.name} ({node.mac}): it boots from its next script")
 
 

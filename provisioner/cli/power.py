@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from provisioner.cli.audit import Change, audited
+from provisioner.cli.audit import AdminChange, audited
 from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import setting_values
@@ -30,7 +30,7 @@ def power(
     settings name (power_driver, power_address, power_user, power_password)."""
     defaults = state(ctx).settings.defaults
 
-    async def act(inv: Inventory, change: Change | None = None) -> tuple[str, str, PowerState]:
+    async def act(inv: Inventory, change: AdminChange | None = None) -> tuple[str, str, PowerState]:
         node = (await inv.get_node(ref)).value
         if change is not None:
             change.target, change.detail["name"] = node.mac.value, node.name
@@ -45,7 +45,7 @@ def power(
 
     # A status read changes nothing: the API does not audit it either.
     name, kind, result = with_inventory(ctx, act) if action is PowerAction.STATUS \
-        else audited(ctx, Change(f"power.{action.value}", ref), act)
+        else audited(ctx, AdminChange(f"power.{action.value}", ref), act)
     if as_json:
         print_json({"node": name, "driver": kind, "action": action.value, "power": result.value})
     elif action is PowerAction.STATUS:

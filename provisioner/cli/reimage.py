@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from provisioner.cli.audit import Change, record
+from provisioner.cli.audit import AdminChange, record
 from provisioner.cli.common import JSON_OPTION, print_fields, print_json, print_table, state
 from provisioner.config import Settings
 from provisioner.errors import ProvisionerError, ValidationError
@@ -99,7 +99,7 @@ async def _run(settings: Settings, request: RolloutRequest, quiet: bool) -> Roll
 
         rollout = Rollout(inventory, lifecycle, scheduler, power_for,
                           on_progress=None if quiet else _print_progress)
-        change = Change("reimage.start", "-", {"image": request.image,
+        change = AdminChange("reimage.start", "-", {"image": request.image,
                                                "nodes": list(request.nodes[:50])})
         try:
             result = await rollout.run(request)
