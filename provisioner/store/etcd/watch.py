@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from provisioner.store.base import WatchEvent
 from provisioner.store.common import watch_compacted, watch_event
+from provisioner.store.etcd.auth import token_expired
 from provisioner.store.etcd.connection import Connection, rpc
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ async def watch(
                     yield event
             reason = "etcd closed the stream"
         except (rpc.AioRpcError, TimeoutError, StopAsyncIteration, _StreamCancelled) as error:
-            reason = _describe(error)
+            reason = await _explain(connection, error)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if connection.closed and task is not None and not task.cancelling():
@@ -138,6 +139,17 @@ async def _hold_open(first: Any) -> AsyncIterator[Any]:
     watch stream when the client half-closes)."""
     yield first
     await asyncio.Event().wait()
+
+
+async def _explain(connection: Connection, error: BaseException) -> str:
+    """Why the stream broke: a failed TLS or auth check in the words of security.py, else
+    gRPC's. A refused auth token is forgotten, so the next stream authenticates again."""
+    conn = connection.current()
+    auth = conn.auth if conn is not None else None
+    if auth is not None and isinstance(error, rpc.AioRpcError) and token_expired(error):
+        auth.forget()
+    explained = await connection.diagnose(conn)
+    return explained or _describe(error)
 
 
 def _describe(error: BaseException) -> str:
