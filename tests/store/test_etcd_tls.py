@@ -6,6 +6,7 @@ refused with one line naming what failed and what to check.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -108,6 +109,43 @@ async def test_a_token_etcd_forgot_is_renewed_without_the_caller_noticing(
     revision = await tls_store.put("/renew", b"2")  # waits for etcd, re-authenticates
     found = await tls_store.get("/renew")
     assert found is not None and (found.value, found.mod_revision) == (b"2", revision)
+
+
+async def test_a_watch_resumes_across_a_restart_with_a_renewed_token(
+    tls_etcd: EtcdServer, tls_store: KeyValueStore
+) -> None:
+    start = await tls_store.put("/w/a", b"1")
+    events = tls_store.watch("/w/", start)
+    first = await asyncio.wait_for(anext(events), 5)
+    tls_etcd.restart()  # the stream breaks and every token is gone
+    revision = await tls_store.put("/w/b", b"2")  # this call re-authenticates
+    second = await asyncio.wait_for(anext(events), 10)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert (first.key, first.revision) == ("/w/a", start)
+    assert (second.key, second.value, second.revision) == ("/w/b", b"2", revision)
+
+
+async def test_password_auth_without_tls_renews_tokens_for_calls_and_watches(
+    tmp_path: Path, password_file: Path
+) -> None:
+    """No client certificate to fall back on: every call and the watch need a valid token."""
+    with EtcdServer(tmp_path / "etcd") as server:
+        server.enable_auth(USER, PASSWORD)
+        security = EtcdSecurity.load(user=USER, password_file=str(password_file))
+        store = EtcdStore([server.endpoint], namespace="/auth", security=security)
+        try:
+            start = await store.put("/w/a", b"1")
+            events = store.watch("/w/", start)
+            assert (await asyncio.wait_for(anext(events), 5)).revision == start
+            server.restart()  # etcd forgets every token; the watch must renew its own
+            server.etcdctl(f"--user={USER}:{PASSWORD}", "put", "/auth/w/b", "2")  # another writer
+            second = await asyncio.wait_for(anext(events), 10)
+            assert (second.key, second.value, second.revision) == ("/w/b", b"2", start + 1)
+            revision = await store.put("/w/c", b"3")
+            assert (await asyncio.wait_for(anext(events), 5)).revision == revision
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            await store.close()
 
 
 async def test_the_client_certificate_alone_is_the_user_when_no_user_is_set(

@@ -160,7 +160,7 @@ class Connection:
         security = self.security
         auth = TokenAuth(security.user, security.password) if security.user else None
         options = list(CHANNEL_OPTIONS.items())
-        interceptors = [auth] if auth is not None else None
+        interceptors = [auth, auth.streams] if auth is not None else None
         # Creating a channel does no network round trip; it connects on the first call.
         if self.tls:
             channel = rpc.secure_channel(f"{host}:{port}", security.credentials(),

@@ -19,7 +19,6 @@ from typing import Any, Final
 
 from provisioner.store.base import WatchEvent
 from provisioner.store.common import watch_compacted, watch_event
-from provisioner.store.etcd.auth import token_expired
 from provisioner.store.etcd.connection import Connection, rpc
 
 log = logging.getLogger(__name__)
@@ -142,12 +141,14 @@ async def _hold_open(first: Any) -> AsyncIterator[Any]:
 
 
 async def _explain(connection: Connection, error: BaseException) -> str:
-    """Why the stream broke: a failed TLS or auth check in the words of security.py, else
-    gRPC's. A refused auth token is forgotten, so the next stream authenticates again."""
+    """Why the stream broke: a failed TLS check in the words of security.py, else gRPC's.
+
+    With etcd auth the token is forgotten, so the next stream authenticates afresh: a watch
+    opened with a token etcd no longer knows (after an etcd restart) is neither refused nor
+    answered by etcd 3.4, it just stays silent, so the token cannot be trusted after a break."""
     conn = connection.current()
-    auth = conn.auth if conn is not None else None
-    if auth is not None and isinstance(error, rpc.AioRpcError) and token_expired(error):
-        auth.forget()
+    if conn is not None and conn.auth is not None:
+        conn.auth.forget()
     explained = await connection.diagnose(conn)
     return explained or _describe(error)
 
