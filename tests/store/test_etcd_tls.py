@@ -146,6 +146,15 @@ async def test_password_auth_without_tls_renews_tokens_for_calls_and_watches(
             await events.aclose()  # type: ignore[attr-defined]
         finally:
             await store.close()
+        # A user etcd knows but whose roles do not cover the keys.
+        server.etcdctl(f"--user=root:root-{PASSWORD}", "user", "add", "guest:guest-pw")
+        guest = EtcdStore([server.endpoint], security=EtcdSecurity(user="guest",
+                                                                    password="guest-pw"))
+        error = await _refusal(guest)
+        assert "user 'guest' lacks the permission" in str(error)
+        assert "etcdctl role grant-permission" in str(error)
+        error = await _refusal(EtcdStore([server.endpoint]))  # no user at all
+        assert "authentication enabled and we gave no user" in str(error)
 
 
 async def test_the_client_certificate_alone_is_the_user_when_no_user_is_set(
