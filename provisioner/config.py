@@ -46,6 +46,18 @@ class StoreSettings:
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     namespace: str = ""
     timeout: float = 2.0
+    #: etcd TLS: the CA that signed etcd's certificate (empty with https:// endpoints: the
+    #: system's CAs), and our client certificate and key when etcd runs --client-cert-auth.
+    #: Setting ca or cert turns TLS on. The key must be readable by its owner only.
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    #: etcd auth (`etcdctl user add`, `etcdctl auth enable`): the user and its password, from a
+    #: file readable by its owner only (password_file) or PROVISIONER_STORE_PASSWORD; a password
+    #: written in this file is allowed but shown by nothing.
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -360,11 +372,26 @@ def _check(settings: Settings) -> None:
     _check_dhcp(settings.dhcp)
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
+    _check_store_security(store)
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
              ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:
         if not 0 <= port < 65536:
             raise ConfigError(f"{name}: {port} is not a port (0-65535; 0 picks a free one)")
+
+
+def _check_store_security(store: StoreSettings) -> None:
+    """The shape of the etcd TLS and auth settings (the files are read when the store opens)."""
+    if bool(store.cert) != bool(store.key):
+        raise ConfigError("store.cert and store.key go together: the client certificate and "
+                          "its private key, or neither")
+    if store.password and store.password_file:
+        raise ConfigError("store.password and store.password_file: give one, not both")
+    if (store.password or store.password_file) and not store.user:
+        raise ConfigError("store.password needs store.user (the etcd user name)")
+    if store.user and not (store.password or store.password_file):
+        raise ConfigError(f"store.user {store.user!r} needs store.password_file (or "
+                          "PROVISIONER_STORE_PASSWORD)")
 
 
 def _check_dhcp(dhcp: DhcpSettings) -> None:

@@ -186,6 +186,11 @@ SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
     }
 )
 REDACTED: Final = "********"
+#: A secret setting may name where its value is instead of holding it; power/base.py reads it
+#: when the driver opens. "file:/etc/provisioner/bmc.pass" or "env:BMC_PASSWORD".
+FILE_REFERENCE: Final = "file:"
+ENV_REFERENCE: Final = "env:"
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Settings that land in an iPXE script, a kernel command line or a kickstart (templates/ipxe,
 #: templates/kickstart), and the characters each may hold: a newline would add a script line,
@@ -210,6 +215,8 @@ def check_setting(key: str, value: object) -> SettingValue:
     if spec is None:
         known = ", ".join(sorted(SETTINGS))
         raise ValidationError(f"settings.{key}", f"unknown setting; known settings: {known}")
+    if spec.secret:
+        return _check_secret(key, value)
     coerced = _coerce(key, spec.kind, value)
     if isinstance(coerced, str):
         _check_line(key, coerced)
@@ -217,6 +224,26 @@ def check_setting(key: str, value: object) -> SettingValue:
         allowed = ", ".join(spec.choices)
         raise ValidationError(f"settings.{key}", f"{value!r} is not one of: {allowed}")
     return coerced
+
+
+def _check_secret(key: str, value: object) -> str:
+    """A secret is a string; a reference must be well formed. Messages never show the value."""
+    if not isinstance(value, str):
+        raise ValidationError(f"settings.{key}", f"must be a string, not {type(value).__name__} "
+                              "(the value is a secret and is not shown)")
+    if value.startswith(FILE_REFERENCE) and not value[len(FILE_REFERENCE):].startswith("/"):
+        raise ValidationError(f"settings.{key}", "a file reference needs an absolute "
+                              "path, e.g. file:/etc/provisioner/bmc.pass")
+    if value.startswith(ENV_REFERENCE):
+        name = value[len(ENV_REFERENCE):]
+        if not _ENV_NAME.fullmatch(name):
+            raise ValidationError(f"settings.{key}", "an environment reference needs a "
+                                  "variable name, e.g. env:BMC_PASSWORD")
+        if name.startswith("PROVISIONER_"):
+            raise ValidationError(f"settings.{key}", "PROVISIONER_* variables are the "
+                                  "appliance's own settings and secrets; use another name")
+    _check_line(key, value)  # names the offending character only, never the value
+    return value
 
 
 def _coerce(key: str, kind: type, value: object) -> SettingValue:

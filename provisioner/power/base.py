@@ -6,7 +6,10 @@ groups, node):
     power_driver    ipmi | redfish | qemu | manual
     power_address   BMC host[:port], Redfish URL, or QMP unix socket path
     power_user      BMC user name
-    power_password  BMC password (a secret: never shown, logged or put in an error)
+    power_password  BMC password (a secret: never shown, logged or put in an error), or where
+                    to read it when the driver opens: "file:/etc/provisioner/bmc.pass" (a file
+                    only its owner may read, as ssh demands of keys) or "env:BMC_PASSWORD" (a
+                    variable of the process that opens the driver: appliance, CLI, scheduler)
     power_tls_verify  Redfish only: "true" (default), "false" (self-signed BMC), or a CA file
 
 The password is held in a `Secret`, whose str() and repr() are the redaction mark, so a driver
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 from provisioner.errors import PowerError
-from provisioner.nodes.model import REDACTED, SettingValue
+from provisioner.nodes.model import ENV_REFERENCE, FILE_REFERENCE, REDACTED, SettingValue
+from provisioner.security.secretfile import read_secret_text
 
 DEFAULT_TIMEOUT: Final = 10.0
 
@@ -118,8 +124,8 @@ class PowerTarget:
              timeout: float = DEFAULT_TIMEOUT,
              notify: Callable[[str], None] | None = None) -> PowerTarget:
         return cls(node, _text(settings, "power_address"), _text(settings, "power_user"),
-                   Secret(_text(settings, "power_password")), _verify(settings), timeout,
-                   notify, settings.get("power_insecure") is True)
+                   resolve_password(_text(settings, "power_password"), node), _verify(settings),
+                   timeout, notify, settings.get("power_insecure") is True)
 
     def required_address(self, kind: str) -> str:
         if not self.address:
@@ -133,6 +139,24 @@ class OpenableDriver(PowerDriver, Protocol):
 
     @classmethod
     def from_target(cls, target: PowerTarget) -> OpenableDriver: ...
+
+
+def resolve_password(value: str, node: str) -> Secret:
+    """power_password as set: the password itself, or read now from the file or environment
+    variable it names (model.FILE_REFERENCE, ENV_REFERENCE). PowerError says what to fix."""
+    if value.startswith(FILE_REFERENCE):
+        path = Path(value[len(FILE_REFERENCE):])
+        return Secret(read_secret_text(path, f"node {node}: power_password file", PowerError))
+    if value.startswith(ENV_REFERENCE):
+        name = value[len(ENV_REFERENCE):]
+        found = os.environ.get(name)
+        if not found:
+            raise PowerError(f"node {node}: power_password names the environment variable "
+                             f"{name}, which is {'empty' if found == '' else 'not set'} here; "
+                             "set it for the appliance (e.g. EnvironmentFile= in its systemd "
+                             "unit) and for the CLI, or change power_password")
+        return Secret(found)
+    return Secret(value)
 
 
 def _text(settings: Mapping[str, SettingValue], key: str) -> str:

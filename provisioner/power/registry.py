@@ -28,7 +28,11 @@ def open_power(settings: Mapping[str, SettingValue], *, node: str = "-",
                timeout: float = DEFAULT_TIMEOUT,
                notify: Callable[[str], None] | None = None) -> PowerDriver:
     """The driver a node's effective settings (model.effective_values) ask for. `node` is used
-    in messages only; `notify` receives the manual driver's instructions (default: logged)."""
+    in messages only; `notify` receives the manual driver's instructions (default: logged).
+
+    A power_password given as "file:PATH" or "env:NAME" is read here, on every open (so a
+    changed file or variable applies at once; a missing one fails this call with PowerError,
+    not the storing of the setting)."""
     kind = str(settings.get("power_driver", "") or "").strip()
     known = ", ".join(sorted(DRIVERS))
     if not kind:

@@ -14,11 +14,15 @@ def open_store(settings: Settings) -> KeyValueStore:
 
         return MemoryStore()
     if backend == "etcd":
-        from provisioner.store.etcd import EtcdStore
+        from provisioner.store.etcd import EtcdSecurity, EtcdStore
 
-        etcd: KeyValueStore = EtcdStore(list(settings.store.endpoints),
-                                        namespace=settings.store.namespace,
-                                        timeout=settings.store.timeout)
+        # Every etcd connection (appliance, CLI, scheduler, lab) is opened here, so TLS and auth
+        # apply to all of them. The files are read now: a bad one fails at start-up.
+        conf = settings.store
+        security = EtcdSecurity.load(ca=conf.ca, cert=conf.cert, key=conf.key, user=conf.user,
+                                     password=conf.password, password_file=conf.password_file)
+        etcd: KeyValueStore = EtcdStore(list(conf.endpoints), namespace=conf.namespace,
+                                        timeout=conf.timeout, security=security)
         return etcd
     from provisioner.store.sqlite import SqliteStore
 

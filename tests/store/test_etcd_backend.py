@@ -231,7 +231,8 @@ def test_endpoints_are_parsed_and_checked() -> None:
     assert parse_endpoint("10.0.0.1") == ("10.0.0.1", 2379)
     assert parse_endpoint("http://etcd.cluster:2479/") == ("etcd.cluster", 2479)
     assert parse_endpoint("[::1]:2379") == ("[::1]", 2379)
-    for bad in ("", "host:port", "host:70000", "https://etcd:2379"):
+    assert parse_endpoint("https://etcd.cluster:2379") == ("etcd.cluster", 2379)  # TLS
+    for bad in ("", "host:port", "host:70000", "https://"):
         with pytest.raises(ValidationError, match="endpoints"):
             parse_endpoint(bad)
     with pytest.raises(ValidationError, match="namespace"):

@@ -5,6 +5,12 @@ ports with its data and log under `data_dir`, and returns once it answers `/heal
 (SIGTERM, then SIGKILL after 5 s), `kill()` (SIGKILL, for crash tests) and `restart()` (same ports,
 same data) let tests take the store away and bring it back.
 
+`EtcdServer(data_dir, tls=True)` serves clients over TLS only and demands client certificates
+(--client-cert-auth), with a throw-away PKI that `make_pki` generates with openssl under
+`data_dir/pki`: a CA, etcd's certificate, a client certificate (CN `provisioner`) and, for the
+refusal tests, a second CA with a client certificate etcd does not trust. `enable_auth()` turns
+on etcd auth with a user and password, as an operator would with etcdctl.
+
 It never skips: without the binary it raises, naming scripts/setup.sh, so a CI run without etcd
 fails loudly instead of passing a suite that tested nothing.
 """
@@ -16,10 +22,12 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -43,9 +51,57 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the test PKI's PEM files (see make_pki)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA etcd does not trust
+    rogue_cert: Path  # a client certificate signed by other_ca
+    rogue_key: Path
+
+
+def _openssl(*args: str) -> None:
+    result = subprocess.run(["openssl", *args], capture_output=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.decode(errors='replace')}")
+
+
+def make_pki(directory: Path) -> Pki:
+    """A CA, etcd's certificate for 127.0.0.1, a client certificate, and an untrusted pair.
+    EC P-256 keys: quick to make. Keys are mode 600, as the store requires of its key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", "2", "-subj", f"/CN=provisioner test {ca}",
+                 "-keyout", str(directory / f"{ca}.key"), "-out", str(directory / f"{ca}.crt"))
+    leaves = (("server", "127.0.0.1", "ca",
+               "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+              ("client", "provisioner", "ca", "extendedKeyUsage=clientAuth"),
+              ("rogue", "provisioner", "other-ca", "extendedKeyUsage=clientAuth"))
+    for name, cn, ca, extensions in leaves:
+        key, csr, ext = (directory / f"{name}.{s}" for s in ("key", "csr", "ext"))
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr))
+        ext.write_text(extensions + "\n")
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(directory / f"{ca}.crt"),
+                 "-CAkey", str(directory / f"{ca}.key"), "-CAcreateserial", "-days", "2",
+                 "-extfile", str(ext), "-out", str(directory / f"{name}.crt"))
+    for key in directory.glob("*.key"):
+        key.chmod(0o600)
+    return Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key",
+               directory / "client.crt", directory / "client.key", directory / "other-ca.crt",
+               directory / "rogue.crt", directory / "rogue.key")
+
+
 class EtcdServer:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, tls: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.pki = make_pki(self.data_dir / "pki") if tls else None
         self.log_path = self.data_dir / "etcd.log"
         self.client_port = 0
         self.peer_port = 0
@@ -64,7 +120,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.pki else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -141,8 +197,10 @@ class EtcdServer:
     def etcdctl(self, *args: str, timeout: float = 10.0) -> str:
         """Run `etcdctl --endpoints <this server> ARGS` (API v3) and return its stdout."""
         env = {**os.environ, "ETCDCTL_API": "3"}
+        tls = ([f"--cacert={self.pki.ca}", f"--cert={self.pki.client_cert}",
+                f"--key={self.pki.client_key}"] if self.pki else [])
         result = subprocess.run(
-            [ETCDCTL_BIN, f"--endpoints={self.client_url}", *args],
+            [ETCDCTL_BIN, f"--endpoints={self.client_url}", *tls, *args],
             env=env,
             capture_output=True,
             timeout=timeout,
@@ -154,6 +212,17 @@ class EtcdServer:
                 f"{result.stderr.decode(errors='replace').strip()}"
             )
         return result.stdout.decode(errors="replace")
+
+    def enable_auth(self, user: str, password: str) -> None:
+        """etcd auth on, as an operator does it: root, a user whose role may read and write
+        every key, `auth enable`. (With TLS, etcdctl then acts as its certificate's CN.)"""
+        self.etcdctl("user", "add", f"root:root-{password}")
+        self.etcdctl("user", "add", f"{user}:{password}")
+        self.etcdctl("role", "add", "provisioner-rw")
+        self.etcdctl("role", "grant-permission", "provisioner-rw", "--prefix=true", "readwrite",
+                     "/")
+        self.etcdctl("user", "grant-role", user, "provisioner-rw")
+        self.etcdctl("auth", "enable")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -186,6 +255,9 @@ class EtcdServer:
             "--election-timeout=500",
             "--enable-pprof=false",
         ]
+        if self.pki is not None:
+            command += [f"--cert-file={self.pki.server_cert}", f"--key-file={self.pki.server_key}",
+                        f"--trusted-ca-file={self.pki.ca}", "--client-cert-auth"]
         self._close_log()
         self._log = self.log_path.open("ab")
         self._log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())
@@ -219,7 +291,8 @@ class EtcdServer:
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as response:
+                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0,
+                                            context=self._ssl_context()) as response:
                     body = json.loads(response.read())
                 if body.get("health") in ("true", True):
                     return
@@ -231,6 +304,13 @@ class EtcdServer:
             f"etcd on {self.endpoint} not healthy after {START_TIMEOUT:g} s ({last_error}); "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.pki is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+        return context
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -7,6 +7,11 @@ method has a try/except for the transport. Calls wait for the channel to be read
 fits inside the timeout is invisible to callers; one that does not gives `StoreUnavailable`
 naming the endpoint, and the next calls go to the next endpoint.
 
+TLS and etcd auth (security.py, auth.py) apply to every channel: TLS when [store] ca or cert
+is set or the endpoints say https://, a token interceptor when [store] user is set. A call that
+cannot connect asks the channel why (one fail-fast call) so the error names the failed check
+(an untrusted certificate, no client certificate, plain text against TLS) instead of a timeout.
+
 Keys: the optional `namespace` is prepended to every key on the way in and stripped on the way
 out, so several test runs or installations can share one etcd without seeing each other.
 """
@@ -20,12 +25,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aetcd
 import aetcd.rpc
 
 from provisioner.errors import StoreError, StoreUnavailable, ValidationError
 from provisioner.store.base import Compacted, KeyValue
 from provisioner.store.common import check_key, lease_gone, prefix_end
+from provisioner.store.etcd.auth import TokenAuth, token_expired
+from provisioner.store.etcd.security import EtcdSecurity
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ CHANNEL_OPTIONS: Final[dict[str, int]] = {
     # Range pages are bounded, but one key may hold up to etcd's 1.5 MiB request limit.
     "grpc.max_receive_message_length": 16 * 1024 * 1024,
 }
+PROBE_TIMEOUT: Final = 1.0  # seconds for the fail-fast call that asks a channel why it failed
 
 # gRPC status codes that mean "etcd cannot be reached or cannot serve right now".
 _UNAVAILABLE_CODES: Final = frozenset(
@@ -59,19 +66,27 @@ class Conn:
     """One endpoint's gRPC channel and the stubs on it."""
 
     endpoint: str
-    client: Any  # aetcd.Client: owns the channel
+    channel: Any  # grpc.aio.Channel
+    auth: TokenAuth | None
     kv: Any
     lease: Any
     watch: Any
     maintenance: Any
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """`host`, `host:port`, `http://host:port` or `[v6]:port` -> (host, port)."""
+def endpoint_scheme(endpoint: str) -> str:
+    """"https", "http", or "" when the endpoint names no scheme."""
     text = endpoint.strip()
-    if text.startswith("https://"):
-        raise ValidationError("endpoints", f"{endpoint}: TLS to etcd is not supported yet")
-    text = text.removeprefix("http://").rstrip("/")
+    for scheme in ("https", "http"):
+        if text.startswith(f"{scheme}://"):
+            return scheme
+    return ""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """`host`, `host:port`, `http(s)://host:port` or `[v6]:port` -> (host, port)."""
+    text = endpoint.strip()
+    text = text.removeprefix(f"{endpoint_scheme(text)}://").rstrip("/")
     if not text:
         raise ValidationError("endpoints", "an etcd endpoint is empty; give host:port")
     host, port = text, DEFAULT_PORT
@@ -98,7 +113,8 @@ class Connection:
     """The channels to a list of etcd endpoints (one in use at a time), the namespace and the
     per-call options. The store's KV, lease and watch code all go through it."""
 
-    def __init__(self, endpoints: Sequence[str], *, namespace: str, timeout: float) -> None:
+    def __init__(self, endpoints: Sequence[str], *, namespace: str, timeout: float,
+                 security: EtcdSecurity | None = None) -> None:
         if isinstance(endpoints, str):  # a lone "host:port" would otherwise be split per char
             endpoints = [endpoints]
         if not endpoints:
@@ -110,6 +126,8 @@ class Connection:
         if timeout <= 0:
             raise ValidationError("timeout", "must be a positive number of seconds")
         self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self.security = security or EtcdSecurity()
+        self.tls = _use_tls(endpoints, self.security)
         self._names = [f"{host}:{port}" for host, port in self.endpoints]
         self.namespace = namespace
         self._ns = namespace.encode()
@@ -139,20 +157,27 @@ class Connection:
         if self.closed:
             raise StoreUnavailable("the etcd store was closed; open a new one")
         host, port = self.endpoints[index]
-        client = aetcd.Client(host=host, port=port, options=CHANNEL_OPTIONS)
-        await client.connect()  # creates the channel and stubs; no network round trip yet
-        conn = self._conns.get(index)  # another task may have won the race meanwhile
-        if conn is not None:
-            await client.close()
-            return conn
-        channel = client.channel
+        security = self.security
+        auth = TokenAuth(security.user, security.password) if security.user else None
+        options = list(CHANNEL_OPTIONS.items())
+        interceptors = [auth, auth.streams] if auth is not None else None
+        # Creating a channel does no network round trip; it connects on the first call.
+        if self.tls:
+            channel = rpc.secure_channel(f"{host}:{port}", security.credentials(),
+                                         options=options, interceptors=interceptors)
+        else:
+            channel = rpc.insecure_channel(f"{host}:{port}", options=options,
+                                           interceptors=interceptors)
+        if auth is not None:
+            auth.channel = channel
         conn = Conn(
             endpoint=self._names[index],
-            client=client,
-            kv=client.kvstub,
-            lease=client.leasestub,
+            channel=channel,
+            auth=auth,
+            kv=rpc.KVStub(channel),
+            lease=rpc.LeaseStub(channel),
             watch=rpc.WatchStub(channel),
-            maintenance=client.maintenancestub,
+            maintenance=rpc.MaintenanceStub(channel),
         )
         self._conns[index] = conn
         return conn
@@ -166,15 +191,45 @@ class Connection:
                 conn = await self.connect()
                 yield conn
         except TimeoutError:
-            raise self._unavailable(conn, what, f"no answer within {self.timeout:g} s") from None
+            reason = f"no answer within {self.timeout:g} s"
+            raise await self._unreachable(conn, what, reason) from None
         except rpc.AioRpcError as error:
-            raise self._map_error(error, conn, what, lease) from error
+            if error.code().name in _UNAVAILABLE_CODES:
+                reason = str(error.details() or error.code().name)
+                raise await self._unreachable(conn, what, reason) from None
+            raise self._map_error(error, conn, what, lease) from None
+
+    async def _unreachable(self, conn: Conn | None, what: str, reason: str) -> StoreUnavailable:
+        """StoreUnavailable, saying which check failed when the channel can tell."""
+        explained = await self.diagnose(conn)
+        if explained is None:
+            return self._unavailable(conn, what, reason)
+        where = self._where(conn)
+        if conn is not None:
+            self._fail_over(conn)
+        return StoreUnavailable(f"etcd at {where} cannot be used for {what}: {explained}")
+
+    async def diagnose(self, conn: Conn | None) -> str | None:
+        """Why `conn`'s channel cannot connect, in words naming the setting to check; None when
+        it is not failing or the reason is not one security.py recognises."""
+        if conn is None:
+            return None
+        if conn.channel.get_state(try_to_connect=False).name != "TRANSIENT_FAILURE":
+            return None
+        try:  # fail-fast: a failing channel answers at once with its last connection error
+            await conn.maintenance.Status(rpc.StatusRequest(), timeout=PROBE_TIMEOUT,
+                                          wait_for_ready=False)
+        except rpc.AioRpcError as error:
+            return self.security.explain_connect(str(error.details()), tls=self.tls)
+        return None
 
     def _map_error(self, error: Any, conn: Conn | None, what: str, lease: int) -> StoreError:
         code = error.code().name
         details = str(error.details() or code)
-        if code in _UNAVAILABLE_CODES:
-            return self._unavailable(conn, what, details)
+        refused = _auth_refusal(details, self.security.user)
+        if refused is not None or token_expired(error):
+            return StoreError(f"etcd at {self._where(conn)} refused {what}: "
+                              f"{refused or details}")
         if code == "NOT_FOUND" and "lease" in details:
             return lease_gone(lease)
         if code == "OUT_OF_RANGE" and "compacted" in details:
@@ -189,7 +244,7 @@ class Connection:
     def _unavailable(self, conn: Conn | None, what: str, reason: str) -> StoreUnavailable:
         where = self._where(conn)
         if conn is not None:
-            state = conn.client.channel.get_state(try_to_connect=False)
+            state = conn.channel.get_state(try_to_connect=False)
             if state.name == "TRANSIENT_FAILURE":
                 reason = f"{reason}; cannot connect"
             self._fail_over(conn)
@@ -207,6 +262,10 @@ class Connection:
             self._current = (self._current + 1) % len(self.endpoints)
             log.warning("etcd at %s failed; switching to %s", conn.endpoint, self.endpoint)
 
+    def current(self) -> Conn | None:
+        """The current endpoint's channel, if one was created."""
+        return self._conns.get(self._current)
+
     def next_endpoint(self) -> None:
         """After a broken watch stream: with several endpoints, try the next one."""
         conn = self._conns.get(self._current)
@@ -222,7 +281,7 @@ class Connection:
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
             with contextlib.suppress(Exception):
-                await conn.client.close()
+                await conn.channel.close()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -242,3 +301,35 @@ class Connection:
 
     def kv(self, kv: Any) -> KeyValue:
         return KeyValue(self.name(kv.key), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+
+def _use_tls(endpoints: Sequence[str], security: EtcdSecurity) -> bool:
+    """TLS when the endpoints say https:// or a CA or client certificate is configured."""
+    schemes = {endpoint_scheme(e) for e in endpoints} - {""}
+    if len(schemes) > 1:
+        raise ValidationError("endpoints", "mixes http:// and https://; etcd serves clients "
+                              "one way, give them all the same scheme")
+    if "http" in schemes and security.tls_files:
+        raise ValidationError("endpoints", "http:// endpoints with [store] ca or cert set; "
+                              "use https:// (TLS) or drop ca/cert")
+    return "https" in schemes or security.tls_files
+
+
+def _auth_refusal(details: str, user: str) -> str | None:
+    """What an etcd auth refusal means for the operator (etcdserver's words -> ours)."""
+    name = f"user {user!r}" if user else "the client certificate's user (its CN)"
+    if "authentication failed" in details:
+        return (f"{details.removeprefix('etcdserver: ')}: check [store] user ({user}) and its "
+                "password (password_file or PROVISIONER_STORE_PASSWORD)")
+    if "user name is empty" in details:
+        return ("etcd has authentication enabled and we gave no user: set [store] user and "
+                "password_file, or use a client certificate whose CN is an etcd user")
+    if "authentication is not enabled" in details:
+        return ("[store] user is set but etcd has authentication disabled: run "
+                "`etcdctl auth enable`, or remove user and password")
+    if "permission denied" in details:
+        return (f"{name} lacks the permission; grant its role readwrite on the namespace "
+                "(`etcdctl role grant-permission ROLE --prefix=true readwrite /NAMESPACE`)")
+    if "invalid auth token" in details:
+        return "the auth token was refused again after renewing it; check the user in etcd"
+    return None

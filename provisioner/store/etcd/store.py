@@ -27,6 +27,7 @@ from provisioner.store.common import (
 )
 from provisioner.store.etcd import watch as _watch
 from provisioner.store.etcd.connection import Connection, rpc
+from provisioner.store.etcd.security import EtcdSecurity
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,12 @@ class EtcdStore:
     backend = "etcd"
 
     def __init__(
-        self, endpoints: Sequence[str], *, namespace: str = "", timeout: float = 2.0
+        self, endpoints: Sequence[str], *, namespace: str = "", timeout: float = 2.0,
+        security: EtcdSecurity | None = None,
     ) -> None:
-        self._etcd = Connection(endpoints, namespace=namespace, timeout=timeout)
+        """`security`: TLS and auth for every channel (security.py); None: plain, no auth."""
+        self._etcd = Connection(endpoints, namespace=namespace, timeout=timeout,
+                                security=security)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property

@@ -61,7 +61,7 @@ async def watch(
                     yield event
             reason = "etcd closed the stream"
         except (rpc.AioRpcError, TimeoutError, StopAsyncIteration, _StreamCancelled) as error:
-            reason = _describe(error)
+            reason = await _explain(connection, error)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if connection.closed and task is not None and not task.cancelling():
@@ -138,6 +138,19 @@ async def _hold_open(first: Any) -> AsyncIterator[Any]:
     watch stream when the client half-closes)."""
     yield first
     await asyncio.Event().wait()
+
+
+async def _explain(connection: Connection, error: BaseException) -> str:
+    """Why the stream broke: a failed TLS check in the words of security.py, else gRPC's.
+
+    With etcd auth the token is forgotten, so the next stream authenticates afresh: a watch
+    opened with a token etcd no longer knows (after an etcd restart) is neither refused nor
+    answered by etcd 3.4, it just stays silent, so the token cannot be trusted after a break."""
+    conn = connection.current()
+    if conn is not None and conn.auth is not None:
+        conn.auth.forget()
+    explained = await connection.diagnose(conn)
+    return explained or _describe(error)
 
 
 def _describe(error: BaseException) -> str:
