@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+TaskFactory = Callable[[], Coroutine[Any, Any, object]]
 
 #: the supervisor of the running service, if any (see the module docstring)
 _current: contextvars.ContextVar[Supervisor | None] = contextvars.ContextVar(
