@@ -30,7 +30,7 @@ async def test_the_hold_sweeper_restarts_after_an_unexpected_error(
     subnet = SubnetSettings(network="10.77.0.0/24", pool_start="10.77.0.10",
                             pool_end="10.77.0.99")
     settings = DhcpSettings(mode="proxy", listen=ip, port=_free_udp_port(ip), server_ip=ip,
-                            subnets=(subnet,), detect_other_servers=False, offer_hold=2.0)
+                            subnets=(subnet,), detect_other_servers=False, offer_hold=2)
     store = MemoryStore()
     inventory = Inventory(store)
     sup = Supervisor(first_delay=0.05)
