@@ -35,6 +35,7 @@ from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.render.environment import Renderer
+from provisioner.runtime import supervisor
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
@@ -171,6 +172,8 @@ class Appliance:
         self.tftp: TftpServer | None = None
         self.boot: BootHttpServer | None = None
         self.boot_plane: BootPlane | None = None
+        #: owns every background task: the watch followers, the sweepers (see /healthz)
+        self.supervisor = supervisor.Supervisor()
 
     def counters(self) -> dict[str, dict[str, int]]:
         parts = {"dhcp": self.dhcp, "tftp": self.tftp, "boot": self.boot}
@@ -178,6 +181,10 @@ class Appliance:
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         stack.push_async_callback(self.store.close)
+        # Ambient for the parts started below (their followers and sweepers); closed before
+        # the store, after every part has stopped its own tasks.
+        stack.push_async_callback(self.supervisor.close)
+        stack.callback(supervisor.install(self.supervisor))
         await self.inventory.start()
         stack.push_async_callback(self.inventory.stop)
         status = await self.store.status()
@@ -206,8 +213,8 @@ class Appliance:
         await _bind("boot http", f"{s.boot.listen}:{s.boot.port}",
                     self.boot.start(s.boot.listen, s.boot.port), "set [boot] listen/port")
         stack.push_async_callback(self.boot.close)
-        sweeper = asyncio.create_task(self._sweep(), name="lifecycle sweeper")
-        stack.push_async_callback(_cancel, sweeper)
+        sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
+        stack.push_async_callback(sweeper.stop)
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
@@ -260,13 +267,8 @@ class Appliance:
     def api_context(self) -> ApiContext:
         return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
                           self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
-                          binding=self.boot_plane.binding if self.boot_plane else None)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+                          binding=self.boot_plane.binding if self.boot_plane else None,
+                          supervisor=self.supervisor)
 
 
 async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from provisioner.api.app import create_app
 from provisioner.config import load_settings
 from provisioner.errors import ConfigError
+from provisioner.inventory import keys
 from provisioner.security.tokens import Role
 from provisioner.service import Appliance, api_public_base, boot_http_base, check_exposure
 from provisioner.tftp.packet import Mode, Opcode, encode_request
@@ -78,3 +79,45 @@ def test_auth_may_be_off_only_on_loopback() -> None:
         with pytest.raises(ConfigError, match=r"api\.auth is off") as refused:
             check_exposure(off, exposed)
         assert "\n" not in str(refused.value)
+
+
+async def test_the_appliance_supervises_its_background_tasks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The followers and the lifecycle sweeper run under the appliance's supervisor: a sweep
+    that raises something unexpected is restarted, and /healthz says so until it is back."""
+    monkeypatch.setattr("provisioner.service.SWEEP_INTERVAL", 0.05)
+    settings = load_settings(env={
+        "PROVISIONER_DATA_DIR": str(tmp_path), "PROVISIONER_STORE_BACKEND": "memory",
+        "PROVISIONER_TFTP_ENABLED": "false", "PROVISIONER_BOOT_LISTEN": "127.0.0.1",
+        "PROVISIONER_BOOT_PORT": "0", "PROVISIONER_HANDOFF_KIND": "none"})
+    async with contextlib.AsyncExitStack() as stack:
+        appliance = Appliance(settings)
+        appliance.supervisor.first_delay = 0.5
+        await appliance.start(stack)
+        names = {state.name for state in appliance.supervisor.states()}
+        assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper"}
+        sweep = appliance.lifecycle.sweep
+        failed = asyncio.Event()
+
+        async def failing_once(*args: object) -> list[object]:
+            if not failed.is_set():
+                failed.set()
+                raise KeyError("a bug in the sweep")
+            return list(await sweep())
+
+        monkeypatch.setattr(appliance.lifecycle, "sweep", failing_once)
+        app = create_app(appliance.api_context())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://test") as api:
+            await asyncio.wait_for(failed.wait(), 5)
+            await asyncio.sleep(0)
+            down = await api.get("/healthz")
+            assert down.status_code == 503 and down.json()["error"] == "task_down"
+            assert "lifecycle sweeper" in down.json()["message"]
+            await asyncio.sleep(0.8)
+            up = await api.get("/healthz")
+            assert up.status_code == 200
+            tasks = {t["name"]: t for t in up.json()["tasks"]}
+            assert tasks["lifecycle sweeper"]["restarts"] == 1
+            assert tasks["lifecycle sweeper"]["status"] == "running"
+    assert appliance.supervisor.states() == []

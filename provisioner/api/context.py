@@ -12,6 +12,7 @@ from provisioner.config import Settings
 from provisioner.images.format.catalog import ImageCatalog
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
+from provisioner.runtime.supervisor import Supervisor
 from provisioner.security.audit import AuditLog
 from provisioner.security.tokens import ApiTokens, BootTokens
 
@@ -32,6 +33,8 @@ class ApiContext:
     #: who may call back for a node: its own address (the boot plane's binding); None in
     #: tests of the API alone, where there is no DHCP to bind to
     binding: AddressBinding | None = None
+    #: the background tasks /healthz reports on; None in tests of the API alone
+    supervisor: Supervisor | None = None
     #: refused callbacks, counted and logged once per source per minute (no store write)
     refusals: Refusals = field(init=False)
     #: background work started by requests (rollouts), kept so it is not garbage-collected

@@ -212,10 +212,21 @@ class TokenCreated(TokenOut):
     token: str = Field(description="shown once: store it now, only its hash is kept")
 
 
+class TaskHealth(BaseModel):
+    """One supervised background task (runtime/supervisor.py)."""
+
+    name: str
+    status: str = Field(examples=["running"])
+    since: float  # when it entered `status` (Unix time)
+    restarts: int
+    last_error: str
+
+
 class Health(BaseModel):
     status: str
     store: str
     revision: int
+    tasks: list[TaskHealth] = []
 
 
 class Disk(BaseModel):

@@ -45,6 +45,7 @@ from provisioner.dhcp.transport import BurstTransport
 from provisioner.errors import ConfigError, MalformedPacket, ProvisionerError
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, SettingValue
+from provisioner.runtime import supervisor
 
 log = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
@@ -93,7 +94,7 @@ class DhcpServer:
         self._transports: list[BurstTransport] = []
         self._in_flight = InFlight(self.counters)
         self._sender = ReplySender(self.counters)
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: supervisor.Supervised | None = None
         self.answers = Answers(settings, inventory, self.leases, self.subnets, files,
                                sender=self._sender, in_flight=self._in_flight,
                                counters=self.counters, defaults=defaults or {}, clock=clock)
@@ -123,8 +124,8 @@ class DhcpServer:
         self._segment = policy.Segment(frozenset({self.server_ip}), self._segment.relays,
                                        self._segment.mode)
         await self.leases.start()
-        # Its own task, not in flight: those are exchanges, this runs until close.
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_holds())
+        # Its own supervised task, not in flight: those are exchanges, this runs until close.
+        self._sweeper = supervisor.ambient().spawn("dhcp hold sweeper", self._sweep_holds)
         await self._listen(s.port, pxe_port=False, unicast=s.listen != _ANY)
         if s.listen == _ANY and self._segment.mode is policy.DhcpMode.FULL:
             await self._listen_unicast(s.port)
@@ -180,8 +181,7 @@ class DhcpServer:
         """Stop reading, cancel the exchanges in flight and wait for them, stop the lease
         watch, close every socket."""
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            await self._sweeper.stop()
         for transport in self._transports:
             transport.close()
         await self._in_flight.cancel()

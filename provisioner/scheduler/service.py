@@ -12,6 +12,7 @@ from collections.abc import Callable
 import uvicorn
 
 from provisioner.errors import ConfigError, ProvisionerError
+from provisioner.runtime.supervisor import Supervisor
 from provisioner.scheduler.app import create_app
 from provisioner.scheduler.state import SchedulerState
 from provisioner.store.base import KeyValueStore
@@ -41,7 +42,9 @@ class SchedulerServer:
         self.max_body = max_body
         self.token = token
         self._server: uvicorn.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._web: asyncio.Task[None] | None = None
+        #: owns the dispatcher loop: a fault is logged and the loop restarted (with backoff)
+        self.supervisor = Supervisor()
 
     @property
     def url(self) -> str:
@@ -54,11 +57,11 @@ class SchedulerServer:
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
-        self._tasks = [asyncio.create_task(self._server.serve(sockets=[sock])),
-                       asyncio.create_task(self._dispatch_loop())]
+        self._web = asyncio.create_task(self._server.serve(sockets=[sock]))
+        self.supervisor.spawn("scheduler dispatcher", self._dispatch_loop)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._server.started:
-            if self._tasks[0].done() or time.monotonic() > deadline:
+            if self._web.done() or time.monotonic() > deadline:
                 await self.stop()
                 raise ConfigError(f"scheduler: the web server did not start on {self.url}")
             await asyncio.sleep(0.01)
@@ -85,19 +88,19 @@ class SchedulerServer:
         await self.start()
         log.info("scheduler serving on %s (Ctrl-C to stop)", self.url)
         try:
-            await self._tasks[0]
+            if self._web is not None:
+                await self._web
         finally:
             await self.stop()
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
-        for task in self._tasks[1:]:
-            task.cancel()
-        for task in self._tasks:
+        await self.supervisor.close()
+        if self._web is not None:
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await task
-        self._tasks = []
+                await self._web
+        self._web = None
 
     async def _dispatch_loop(self) -> None:
         changed = self.state.changed

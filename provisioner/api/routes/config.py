@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import JSONResponse
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
@@ -22,18 +24,23 @@ from provisioner.api.schemas import (
     ImageVersionOut,
     LeaseOut,
     SetCurrent,
+    TaskHealth,
     TokenCreate,
     TokenCreated,
     TokenOut,
     group_out,
     lease_out,
 )
+from provisioner.errors import StoreUnavailable
 from provisioner.images.format.catalog import ImageCatalog, ImageInfo, ImageVersion, pins
 from provisioner.nodes.model import REDACTED, Group, check_power, redact
+from provisioner.runtime.supervisor import TaskState
 from provisioner.security.tokens import ApiToken, Role
-from provisioner.web.errors import responses
+from provisioner.web.errors import error_body, responses
 
 WRITE = responses(400, 401, 403, 404, 409, 413, 422)
+#: how long /healthz waits for the store's status: a load balancer's probe must not hang
+HEALTH_STORE_TIMEOUT = 2.0
 _SECRET_WORDS = ("password", "secret")
 
 
@@ -237,9 +244,33 @@ def health_router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["health"])
 
     @api.get("/healthz", response_model=Health, responses=responses(503))
-    async def health() -> Health:
-        """No auth: for load balancers and `provisioner serve` checks."""
-        found = await ctx.inventory.store.status()
-        return Health(status="ok", store=found.backend, revision=found.revision)
+    async def health() -> Health | JSONResponse:
+        """No auth: for load balancers and `provisioner serve` checks. 503 while the store
+        does not answer in time or a background task is down (restarting)."""
+        try:
+            found = await asyncio.wait_for(ctx.inventory.store.status(), HEALTH_STORE_TIMEOUT)
+        except (TimeoutError, StoreUnavailable, OSError) as exc:
+            reason = str(exc) or f"no answer in {HEALTH_STORE_TIMEOUT:g} s"
+            return JSONResponse(error_body("store_unavailable", f"the store is unreachable "
+                                           f"({reason}); check the [store] settings and that "
+                                           "the store runs"), status_code=503)
+        tasks = ctx.supervisor.states() if ctx.supervisor is not None else []
+        down = [t for t in tasks if t.down]
+        if down:
+            return JSONResponse(error_body("task_down", _down_message(down)), status_code=503)
+        return Health(status="ok", store=found.backend, revision=found.revision,
+                      tasks=[_task_health(t) for t in tasks])
 
     return api
+
+
+def _task_health(task: TaskState) -> TaskHealth:
+    return TaskHealth(name=task.name, status=task.status, since=task.since,
+                      restarts=task.restarts, last_error=task.last_error)
+
+
+def _down_message(down: list[TaskState]) -> str:
+    parts = [f"{t.name} restarting since {t.since:.0f} after {t.restarts} restart(s), last "
+             f"error: {t.last_error}" for t in down]
+    return ("background task(s) down: " + "; ".join(parts)
+            + "; the appliance log has the traceback")

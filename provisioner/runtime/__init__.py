@@ -1,0 +1,1 @@
+"""What keeps the appliance's background work running: the task supervisor."""
