@@ -118,7 +118,8 @@ def _the_token_and_the_agent_credential_stay_with(attack: AttackLab, owner: Intr
             "facts": {"cpus": 1, "memory_mib": 64}}
     assert neighbour.http("POST", callback, body=body).status == 403  # stolen: wrong address
     began = time.monotonic()
-    accepted = owner.http("POST", callback, body=body)
+    # the callback is a durable write (fsync): on a machine busy writing images it can wait
+    accepted = owner.http("POST", callback, body=body, timeout=90)
     assert accepted.status == 200, (accepted, time.monotonic() - began)
     credential = accepted.json()["agent_token"]
     assert owner.http("POST", callback, body=body).status == 401  # used once

@@ -41,13 +41,13 @@ def require_lab() -> None:
 
 
 def build_image(images: Path, name: str = "compute", *, force: bool = False) -> str:
-    """`provisioner image build` into `images` (`force`: a new version even with the same
-    inputs); returns the current version."""
+    """`provisioner image build --activate` into `images` (`force`: a new version even with
+    the same inputs); returns the current version, the one just built."""
     config = images.parent / f"{images.name}-build.toml"
     config.write_text(f'data_dir = "{images.parent / "build-data"}"\n[boot]\n'
                       f'images = "{images}"\n[images]\ncache = "{CACHE}"\n')
     result = subprocess.run([sys.executable, "-m", "provisioner", "--config", str(config),
-                             "image", "build", KICKSTART, "--name", name,
+                             "image", "build", KICKSTART, "--name", name, "--activate",
                              *(["--force"] if force else [])],
                             capture_output=True, text=True, timeout=900, env=lab_env(),
                             check=False)
