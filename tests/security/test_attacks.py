@@ -154,6 +154,9 @@ def test_the_agent_routes_refuse_strangers_and_jobs_run_as_their_user(
     assert intruder.http("POST", poll).status == 401
     assert intruder.http("POST", poll, token="forged-" + "A" * 36).status == 401
     assert intruder.http("GET", f"{sched}/sched/v1/jobs").status == 401
+    root_job = {"cpus": 1, "memory_mib": 64, "walltime": 60, "user": "", "as_root": True,
+                "command": "id"}
+    assert intruder.http("POST", f"{sched}/sched/v1/jobs", body=root_job).status == 401
     guessed = f"{sched}/sched/v1/jobs/{secrets.token_hex(8)}/done?exit_code=0"
     assert intruder.http("POST", guessed, body={"exit_code": 0, "output": ""}).status == 401
     as_root = _submit(attack_lab, "--as-root", "--command", "echo ran-as-$(id -un)")
