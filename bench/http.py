@@ -95,7 +95,10 @@ def start_provisioner(place: Testbed, work: Path, images: Path) -> Server:
     env = dict(os.environ, PROVISIONER_CONFIG=str(work / "provisioner.toml"),
                PROVISIONER_DATA_DIR=str(work / "data"), PROVISIONER_TFTP_ENABLED="false",
                PROVISIONER_BOOT_LISTEN=place.server_ip, PROVISIONER_BOOT_PORT=str(PORT),
-               PROVISIONER_BOOT_IMAGES=str(images))
+               PROVISIONER_BOOT_IMAGES=str(images),
+               # every client runs from the one client namespace: lift the per-address cap
+               # ([boot] max_per_source) above --clients (at most 256)
+               PROVISIONER_BOOT_MAX_PER_SOURCE="256")
     argv = [sys.executable, "-m", "provisioner", "serve", "--listen", "127.0.0.1",
             "--port", str(PORT + 1)]
     proc = place.spawn_server(argv, work / "provisioner.log", env=env)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ConfigError, ValidationError
+from provisioner.limits import BootLimits, DhcpLimits, TftpLimits, check_limits
 from provisioner.nodes.model import SettingValue, check_settings
 
 SYSTEM_CONFIG = Path("/etc/provisioner/provisioner.toml")
@@ -158,7 +159,7 @@ class SubnetSettings:
 
 
 @dataclass(frozen=True)
-class DhcpSettings:
+class DhcpSettings(DhcpLimits):
     #: full (authoritative), proxy (ProxyDHCP beside a site server), off. Off by default: a
     #: DHCP server must never start answering on a network by surprise.
     mode: str = "off"
@@ -187,18 +188,20 @@ class DhcpSettings:
 
 
 @dataclass(frozen=True)
-class BootSettings:
-    """The HTTP boot plane: kernels, images, overlays and iPXE scripts (no auth, no secrets)."""
+class BootSettings(BootLimits):
+    """The HTTP boot plane: kernels, images, overlays and iPXE scripts (no auth, no secrets);
+    its connection limits and deadlines are in limits.py."""
 
     listen: str = "0.0.0.0"
     port: int = 80
     #: built images, NAME/VERSION/{vmlinuz,image.cpio.xz,manifest.json}; empty: DATA_DIR/bootimages
     images: str = ""
-    max_connections: int = 2048
 
 
 @dataclass(frozen=True)
-class TftpSettings:
+class TftpSettings(TftpLimits):
+    """The TFTP server; its transfer limits are in limits.py."""
+
     enabled: bool = True
     listen: str = "0.0.0.0"
     port: int = 69
@@ -209,8 +212,6 @@ class TftpSettings:
     max_windowsize: int = 64  # RFC 7440
     timeout: float = 1.0  # first retransmit, doubled up to 8 s
     max_retries: int = 5
-    max_transfers: int = 512
-    max_per_client: int = 16
     #: iPXE binaries copied into the root at start (Debian package ipxe); empty: none
     ipxe_dir: str = "/usr/lib/ipxe"
 
@@ -370,6 +371,7 @@ def _check(settings: Settings) -> None:
     if store.timeout <= 0:
         raise ConfigError("store.timeout: must be more than 0 seconds")
     _check_dhcp(settings.dhcp)
+    check_limits(settings.boot, settings.tftp, settings.dhcp)
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
     _check_store_security(store)

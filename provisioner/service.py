@@ -207,7 +207,7 @@ class Appliance:
         await self.lifecycle.start()
         await self._start_handoff(stack)
         s.images_dir.mkdir(parents=True, exist_ok=True)
-        self.boot = BootHttpServer(s.images_dir, max_connections=s.boot.max_connections)
+        self.boot = BootHttpServer(s.images_dir, s.boot, holds_lease=self._holds_lease)
         self.boot_plane = self._boot_plane(server_ip)
         self.boot_plane.register(self.boot)
         await _bind("boot http", f"{s.boot.listen}:{s.boot.port}",
@@ -238,6 +238,23 @@ class Appliance:
         if lease is None or lease.state != "bound" or lease.expires <= self.clock():
             return None
         return lease.ip
+
+    def _holds_lease(self, address: str) -> bool:
+        """Whether `address` is a node's now: its static address, else a lease `_leased` would
+        bind it to, else (proxy mode) its sighting. Such an address may use the boot plane's
+        reserved connections (boot/admission.py)."""
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return False
+        if self.inventory.node_by_ip(ip) is not None:
+            return True
+        if self.dhcp is None:
+            return False
+        lease = self.dhcp.leases.holder(ip)
+        if lease is not None and self._leased(lease.mac) == ip:
+            return True
+        return self.settings.dhcp.mode == "proxy" and self.dhcp.sightings.shows(ip, self.clock())
 
     async def _start_handoff(self, stack: contextlib.AsyncExitStack) -> None:
         """The durable outbox to the scheduler, unless `[handoff] kind = "none"`: then booted

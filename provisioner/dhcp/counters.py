@@ -16,6 +16,7 @@ them the same way.
 - discovery_full        unknown MACs not recorded: [dhcp] discovery_limit was reached
 - discovery_expired     discovered nodes deleted: not accepted, not seen for discovery_ttl
 - proxy_sightings       addresses recorded from PXE exchanges in proxy mode
+- rate_limited          requests dropped: their chaddr sent faster than [dhcp] mac_burst/mac_rate
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the hold sweeper, close) and hands each decision to the part that acts on it:
 - leases.py     offers in memory, bindings written to the store before their ACK
 - inflight.py   the exchanges awaiting the store, cancelled on close
 - sightings.py  proxy mode: the address each PXE client showed us, for the boot plane
+- ratelimit.py  a token bucket per chaddr: a flooding MAC is dropped before any decision
 - counters.py   the counter names
 
 Malformed packets are dropped and counted by reason and never stop the loop.
@@ -29,7 +30,8 @@ from provisioner.dhcp.bootfile import FirstStageFiles
 from provisioner.dhcp.counters import Counters, OncePer, received_key
 from provisioner.dhcp.inflight import InFlight
 from provisioner.dhcp.leases import LeaseBook
-from provisioner.dhcp.packet import DhcpPacket, decode
+from provisioner.dhcp.packet import BOOTREQUEST, DhcpPacket, decode
+from provisioner.dhcp.ratelimit import MacRateLimit
 from provisioner.dhcp.replies import CLIENT_PORT
 from provisioner.dhcp.send import ReplySender
 from provisioner.dhcp.sightings import Sightings, sighted_address
@@ -50,6 +52,7 @@ from provisioner.runtime import supervisor
 log = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
 RELAY_INFO_LOG_EVERY = 60.0  # s: an untrusted option 82 is logged once a minute per source
+RATE_LOG_EVERY = 60.0  # s: a rate-limited MAC is logged once a minute
 EXPIRE_EVERY = 60.0  # s: discovered nodes past their discovery_ttl are looked for this often
 _ANY = "0.0.0.0"
 
@@ -89,6 +92,8 @@ class DhcpServer:
         self._segment = policy.Segment(frozenset(), self.trusted_relays,
                                        policy.DhcpMode(settings.mode))
         self._relay_info_log = OncePer(RELAY_INFO_LOG_EVERY)
+        self.rate_limit = MacRateLimit(settings.mac_burst, settings.mac_rate, settings.mac_table)
+        self._rate_log = OncePer(RATE_LOG_EVERY)
         #: proxy mode: the address each PXE client showed us (boot/binding.py binds to it)
         self.sightings = Sightings()
         self._transports: list[BurstTransport] = []
@@ -198,6 +203,8 @@ class DhcpServer:
             self.counters[f"dropped:{exc.reason}"] += 1
             log.debug("dhcp: dropped %d bytes from %s:%d: %s", len(data), *source, exc.reason)
             return
+        if packet.op == BOOTREQUEST and not self._within_rate(packet, source):
+            return
         if 82 in packet.options and not relay_info_trusted(packet, self.trusted_relays):
             packet = self._untrusted_relay_info(packet, source)
         # A relay forwards a broadcast REBINDING to us unicast (RFC 1542 section 4.1.1); a
@@ -211,6 +218,20 @@ class DhcpServer:
             log.debug("dhcp: %s from %s xid %08x -> %s", packet.message_type, packet.mac,
                       packet.xid, decision)
         self._dispatch(decision, transport, source)
+
+    def _within_rate(self, packet: DhcpPacket, source: tuple[str, int]) -> bool:
+        """Whether the client's chaddr has a token left (ratelimit.py); if not, the request is
+        dropped, counted, and logged once a minute per MAC."""
+        now = self._clock()
+        if self.rate_limit.allow(packet.chaddr, now):
+            return True
+        self.counters["rate_limited"] += 1
+        if self._rate_log.due(packet.chaddr, now):
+            log.warning("dhcp: dropping requests from MAC %s (last from %s): more than %d at "
+                        "once or %g a second ([dhcp] mac_burst, mac_rate; %d dropped so far)",
+                        packet.mac or packet.chaddr.hex(), source[0], self.rate_limit.burst,
+                        self.rate_limit.rate, self.counters["rate_limited"])
+        return False
 
     def _untrusted_relay_info(self, packet: DhcpPacket,
                               source: tuple[str, int]) -> DhcpPacket:

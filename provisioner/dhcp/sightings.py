@@ -69,6 +69,11 @@ class Sightings:
             return None
         return entry[0]
 
+    def shows(self, ip: IPv4Address, now: float) -> bool:
+        """Whether some MAC's current sighting is `ip`. A scan: the boot plane asks only when
+        its connections not reserved for nodes are all taken."""
+        return any(seen == ip and now - at < self.ttl for seen, at in self._seen.values())
+
     def expire(self, now: float) -> int:
         """Forget sightings older than ttl; the number forgotten."""
         old = [mac for mac, (_, at) in self._seen.items() if now - at >= self.ttl]

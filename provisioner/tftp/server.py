@@ -18,6 +18,11 @@ counted.
 - retransmits: datagrams sent again, over all transfers;
 - unknown_tid: datagrams to a transfer port from a stranger, answered ERROR 5;
 - send_dropped: datagrams dropped because a transfer's send queue was full.
+
+A request over `max_transfers` or `max_per_client` (counted per IP address, whatever its port:
+a flood of RRQs from new ports is still one client) is answered ERROR 0 at once, counted as
+rejected:busy or rejected:busy_client, and logged with its address at most once per source per
+BUSY_LOG_EVERY.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.errors import NotFound, ProvisionerError
+from provisioner.limits import TftpLimits
 from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.packet import ErrorCode
 from provisioner.tftp.paths import ForbiddenPath
@@ -46,14 +52,16 @@ from provisioner.tftp.transitions import Event, TransferCompleted
 __all__ = ["TftpServer", "TftpServerConfig", "TransferRecord"]
 
 log = logging.getLogger(__name__)
+BUSY_LOG_EVERY = 60.0  # s between two log lines about the same refused source
+BUSY_LOG_SOURCES = 4096  # sources remembered for that; the oldest are forgotten
 
 
 @dataclass(frozen=True)
 class TftpServerConfig:
     listen: str = "0.0.0.0"
     port: int = 69
-    max_transfers: int = 512  # concurrent transfers in all
-    max_per_client: int = 16  # concurrent transfers from one IP address
+    max_transfers: int = TftpLimits.max_transfers  # concurrent transfers in all
+    max_per_client: int = TftpLimits.max_per_client  # concurrent transfers from one address
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -82,6 +90,7 @@ class TftpServer:
         self._transfers: set[Transfer] = set()
         self._per_client: collections.Counter[str] = collections.Counter()
         self._poller = TransferPoller()
+        self._busy_logged: dict[str, float] = {}
 
     @property
     def address(self) -> Address:
@@ -153,9 +162,25 @@ class TftpServer:
 
     def _refuse(self, client: Address, reason: str, message: str, reply: bytes | None) -> None:
         self.counters[f"rejected:{reason}"] += 1
-        log.debug("tftp: %s:%d refused (%s): %s", *client, reason, message)
+        if reason.startswith("busy") and self._busy_log_due(client[0]):
+            log.warning("tftp: refused %s:%d (%s): %s (%d busy refusals so far; next line about "
+                        "this source in a minute at the earliest)", *client, reason, message,
+                        self.counters["rejected:busy"] + self.counters["rejected:busy_client"])
+        else:
+            log.debug("tftp: %s:%d refused (%s): %s", *client, reason, message)
         if reply is not None and self._listener is not None:
             self._listener.sendto(reply, client)
+
+    def _busy_log_due(self, source: str) -> bool:
+        now = asyncio.get_running_loop().time()
+        last = self._busy_logged.pop(source, None)
+        if last is not None and now - last < BUSY_LOG_EVERY:
+            self._busy_logged[source] = last
+            return False
+        if len(self._busy_logged) >= BUSY_LOG_SOURCES:
+            self._busy_logged.pop(next(iter(self._busy_logged)))
+        self._busy_logged[source] = now
+        return True
 
     # -- the end of a transfer -------------------------------------------------------------
 
