@@ -269,7 +269,7 @@ async def test_a_callback_in_time_cancels_the_deadline_and_a_late_one_still_coun
         await life.boot_script_served(MAC, "compute", "1")
         await life.booted(MAC, FACTS, "1")
         clock.now += 10 * DEFAULT_CALLBACK_TIMEOUT
-        assert await life.sweep() == [] and life.pending() == {}
+        assert await life.sweep() == [] and await life.pending() == {}
         await life.boot_script_served(MAC, "compute", "1")
         clock.now += DEFAULT_CALLBACK_TIMEOUT + 1
         assert await life.sweep() == [MAC]
@@ -288,7 +288,7 @@ async def test_deadlines_survive_a_restart_from_the_provisioning_event(
         await asyncio.sleep(0.05)
         restarted = Lifecycle(inventory, None, clock)
         await restarted.start()
-        assert restarted.pending() == {MAC.value: clock.now + DEFAULT_CALLBACK_TIMEOUT}
+        assert await restarted.pending() == {MAC.value: clock.now + DEFAULT_CALLBACK_TIMEOUT}
         clock.now += DEFAULT_CALLBACK_TIMEOUT
         assert await restarted.sweep() == [MAC]
     finally:
