@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from provisioner.config import load_settings
 from provisioner.inventory import keys
@@ -19,7 +15,7 @@ from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.service import Appliance
 from provisioner.store.base import KeyValueStore
 from provisioner.store.sqlite import SqliteStore
-from tests.support.etcd_server import EtcdServer
+from tests.support.twostores import two_stores  # noqa: F401 (a fixture)
 
 MAC = MacAddress("52:54:00:00:00:31")
 
@@ -57,28 +53,8 @@ async def test_a_deadline_set_before_a_restart_fails_the_node_after_it(tmp_path:
         assert await second.lifecycle.pending() == {}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def two_stores(request: pytest.FixtureRequest,
-                     tmp_path: Path) -> AsyncIterator[tuple[KeyValueStore, KeyValueStore]]:
-    """Two clients of one store, as two appliances on two head nodes have."""
-    stores: list[KeyValueStore]
-    if request.param == "sqlite":
-        stores = [SqliteStore(tmp_path / "store.db"), SqliteStore(tmp_path / "store.db")]
-    else:
-        from provisioner.store.etcd import EtcdStore
-
-        server: EtcdServer = request.getfixturevalue("etcd_server")
-        namespace = f"/test-{uuid.uuid4().hex[:8]}"
-        stores = [EtcdStore([server.endpoint], namespace=namespace) for _ in range(2)]
-    try:
-        yield stores[0], stores[1]
-    finally:
-        for store in stores:
-            await store.close()
-
-
 async def test_two_sweepers_on_one_store_fail_a_node_once(
-        two_stores: tuple[KeyValueStore, KeyValueStore]) -> None:
+        two_stores: tuple[KeyValueStore, KeyValueStore]) -> None:  # noqa: F811
     clock = Clock()
     macs = [MacAddress(f"52:54:00:00:01:{i:02x}") for i in range(8)]
     for i, mac in enumerate(macs):
@@ -141,3 +117,25 @@ async def test_a_deleted_node_leaves_no_deadline_behind(tmp_path: Path) -> None:
     finally:
         await inventory.stop()
         await store.close()
+
+
+async def test_a_callback_is_checked_against_the_newest_serving_on_any_appliance(
+        two_stores: tuple[KeyValueStore, KeyValueStore]) -> None:  # noqa: F811
+    clock = Clock()
+    await Inventory(two_stores[0]).add_node(Node(MAC, "node031"))
+    inventories = [Inventory(store) for store in two_stores]
+    for inventory in inventories:
+        await inventory.start()
+    try:
+        first, second = (Lifecycle(inventory, None, clock) for inventory in inventories)
+        await first.boot_script_served(MAC, "compute", "1")
+        await second.boot_script_served(MAC, "compute", "2")  # it rebooted via the other one
+        node = await first.booted(MAC, {"cpus": 1}, "2")  # `first` remembers version 1
+        assert node.state is NodeState.READY
+        booted = [e for e in await inventories[0].list_events(MAC) if e.kind == "booted"]
+        assert "version_mismatch" not in booted[0].detail
+        assert await first.pending() == {}
+    finally:
+        for inventory in inventories:
+            await inventory.stop()
+

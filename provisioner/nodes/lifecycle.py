@@ -138,6 +138,9 @@ class Lifecycle:
         self.handoff = handoff
         self.clock = clock
         self.defaults: Mapping[str, SettingValue] = dict(defaults or {})
+        #: mac -> (version, deadline revision) of nodes this process served: a hint that
+        #: spares the callback a read; the deadline's CAS delete proves it still holds
+        self._served: dict[str, tuple[str | None, int]] = {}
 
     # -- the one way a state changes ------------------------------------------------------
 
@@ -184,6 +187,8 @@ class Lifecycle:
 
         versioned, revisions = await self.inventory.update_node_txn(str(mac), apply,
                                                                     also=writes)
+        if versioned.value.state is not S.PROVISIONING:
+            self._served.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]
 
     async def accept(self, mac: MacAddress | str, *, by: str) -> Node:
@@ -207,9 +212,14 @@ class Lifecycle:
         def deadline(node: Node, _attempt: int) -> list[TxnOp]:
             return [self.deadline_op(node, self.clock() + self.callback_timeout(node), version)]
 
-        return await self.transition(mac, E.BOOT_SCRIPT_SERVED, reason="boot script served",
-                                     detail={"image": image, "version": version},
-                                     also=deadline)
+        node, revisions = await self._transition(mac, E.BOOT_SCRIPT_SERVED,
+                                                 reason="boot script served",
+                                                 detail={"image": image, "version": version},
+                                                 also=deadline)
+        # The callback checks its version against this, and deletes the deadline at this
+        # revision, with no read of its own (see booted).
+        self._served[node.mac.value] = (version, revisions[-1])
+        return node
 
     @staticmethod
     def deadline_op(node: Node, at: float, version: str | None, expect: int | None = None
@@ -226,8 +236,30 @@ class Lifecycle:
         with `also`'s writes (the node plane's token redemption and audit entry).
         `agent_hash` (handoff/agent.py) goes to the scheduler with the handoff only."""
         mac = MacAddress(str(mac))
-        waiting = await self.inventory.store.get(keys.deadline(mac.value))
-        expected = _deadline(waiting)[1] if waiting is not None else None
+        hint = self._served.pop(mac.value, None)
+        try:
+            return await self._booted(mac, facts, version, image, also=also,
+                                      agent_hash=agent_hash,
+                                      served=hint or await self._served_from_store(mac))
+        except TxnConflict as exc:
+            if hint is None or keys.deadline(mac.value) not in exc.keys:
+                raise
+        # Served again (by another appliance) since this one served it: ask the store.
+        return await self._booted(mac, facts, version, image, also=also, agent_hash=agent_hash,
+                                  served=await self._served_from_store(mac))
+
+    async def _served_from_store(self, mac: MacAddress) -> tuple[str | None, int]:
+        """The version a node was served and the revision of its deadline (0: none)."""
+        kv = await self.inventory.store.get(keys.deadline(mac.value))
+        return (_deadline(kv)[1], kv.mod_revision) if kv is not None else (None, 0)
+
+    async def _booted(self, mac: MacAddress, facts: Mapping[str, Any], version: str,
+                      image: str | None, *, also: Also | None, agent_hash: str,
+                      served: tuple[str | None, int]) -> Node:
+        """`booted`, with what the node was served: its deadline is deleted at the revision
+        it was written at, so a callback is checked against the newest serving."""
+        expected, revision = served
+        done = TxnOp(keys.deadline(mac.value), None, revision)
         detail: dict[str, Any] = {"image": image, "version": version,
                                   "cpus": facts.get("cpus"), "memory_mib": facts.get("memory_mib"),
                                   "handoff": "queued" if self.handoff else "off"}
@@ -242,7 +274,7 @@ class Lifecycle:
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
             extra = list(also(node, attempt)) if also is not None else []
-            return extra + ([handoff.entry(queued[0])] if handoff is not None else [])
+            return [*extra, done] + ([handoff.entry(queued[0])] if handoff is not None else [])
 
         node, revisions = await self._transition(mac, E.CALLBACK, reason="callback received",
                                                  detail=detail, change=change, also=writes)
