@@ -56,6 +56,8 @@ class BootHttpServer:
         self.counters: collections.Counter[str] = collections.Counter()
         self._routes: list[tuple[str, Handler]] = []
         self._server: asyncio.Server | None = None
+        #: connections open now (a graceful stop waits for them)
+        self.open = 0
         self._limit = asyncio.Semaphore(max_connections)
 
     def route(self, prefix: str, handler: Handler) -> None:
@@ -68,7 +70,7 @@ class BootHttpServer:
         return host, port
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._connection, host, port,
+        self._server = await asyncio.start_server(self._counted, host, port,
                                                   limit=MAX_HEAD, reuse_address=True)
         log.info("boot http: listening on http://%s:%d/boot/, images in %s", *self.address,
                  self.images)
@@ -78,6 +80,20 @@ class BootHttpServer:
             self._server.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    def stop_listening(self) -> None:
+        """Refuse new connections (a graceful stop); those open go on (see `open`)."""
+        if self._server is not None:
+            self._server.close()
+
+    async def _counted(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        # Python 3.11's Server.wait_closed does not wait for open connections: count them.
+        self.open += 1
+        try:
+            await self._connection(reader, writer)
+        finally:
+            self.open -= 1
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
