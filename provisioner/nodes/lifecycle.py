@@ -3,16 +3,18 @@
 Rules of this file (h11 `_state.py` style): the legal moves are the table `TRANSITIONS`,
 (state, event) -> next state, read by `next_state` and `event_between` and nothing else; a move
 that is not in the table raises InvalidTransition naming the current state and the states it
-may go to. Time comes from the injected `clock`, so tests move it by hand.
-A provisioning node's callback deadline is a key of its own in the store (keys.deadline), put
-with the transition into provisioning and deleted with the one out of it, so it outlives a
-restart and every appliance on the store sees the same one; the sweep that fails an overdue node
-deletes that key by compare-and-swap in the same txn, so with two appliances sweeping one store
-a node is failed once, with one timeline event. Every transition is
+may go to. Time comes from the injected `clock`, so tests move it by hand. Every transition is
 written to the node with compare-and-swap in one txn with a BootEvent whose kind is the new
 state and whose detail says where it came from and by which event (and with whatever the
 caller commits alongside: the boot token's redemption, the audit entry, the handoff outbox
 entry or its removal), so a transition is one store round trip.
+
+A provisioning node's callback deadline is a key of its own in the store (keys.deadline), put
+in the txn into provisioning and deleted in the one out of it, so it outlives a restart and
+every appliance on the store sees the same one. The sweep that fails an overdue node deletes
+that key by compare-and-swap in the same txn: with two appliances sweeping one store a node is
+failed once, with one timeline event, and a node served again meanwhile (a new deadline) is left
+alone.
 
     discovered ─┐
     registered ─┼─ boot script served ─> provisioning ─ callback ─> booted ─ handed off ─> ready
