@@ -40,7 +40,7 @@ from provisioner.runtime import supervisor
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
-from provisioner.shutdown import ApiServer, GracefulStop
+from provisioner.shutdown import ApiServer, GracefulStop, cancel_all
 from provisioner.store import open_store
 from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
@@ -310,3 +310,4 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
             raise ConfigError(f"could not listen on {listen}:{port}; is the port in use? "
                               "choose another with --port")
         await stopping.finish()
+        await cancel_all(context.tasks)

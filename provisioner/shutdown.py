@@ -141,3 +141,12 @@ class GracefulStop:
         left = await handoff.flush(timeout)
         if left:
             log.warning("stop: %d handoff(s) not delivered yet; they stay queued", left)
+
+
+async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    """End the work requests started in the background (rollouts) while the store is still
+    open: a rollout then lets its lock go and the next start resumes it at once."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

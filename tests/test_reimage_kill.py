@@ -1,6 +1,7 @@
-"""A real `provisioner serve` SIGKILLed in the middle of a rolling reimage, then started again:
-once the dead process's lock has expired (rollout.LOCK_TTL), the new one resumes the rollout at
-the wave it was in; every node ends on the new image and no wave is redone.
+"""A real `provisioner serve` SIGKILLed (or stopped with SIGTERM) in the middle of a rolling
+reimage, then started again: once the dead process's lock has expired (rollout.LOCK_TTL; at once
+after a SIGTERM, which lets it go), the new one resumes the rollout at the wave it was in; every
+node ends on the new image and no wave is redone.
 
 The nodes are played by this test on the same sqlite store: a node the appliance has set
 reimaging (its power driver is `manual`, which only says what to do) fetches its boot script
@@ -22,12 +23,13 @@ import pytest
 
 from provisioner.config import load_settings
 from provisioner.images.format.catalog import ImageCatalog
+from provisioner.inventory.locks import StoreLock
 from provisioner.inventory.repository import Inventory
 from provisioner.lab.netns import stop_process
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.nodes.progress import load_status
-from provisioner.nodes.rollout import LOCK_TTL
+from provisioner.nodes.rollout import LOCK, LOCK_TTL
 from provisioner.security.tokens import ApiTokens, Role
 from provisioner.store.sqlite import SqliteStore
 from tests.api.conftest import publish_image
@@ -62,9 +64,12 @@ class Process:
                 except httpx.HTTPError:
                     await asyncio.sleep(0.1)
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """Stop it with `sig` (SIGKILL 10 s later if it is still there); its exit status."""
         if self.proc is not None:
-            stop_process(self.proc, signal.SIGKILL)
+            stop_process(self.proc, sig)
+            return self.proc.returncode
+        return None
 
 
 class Nodes:
@@ -111,8 +116,9 @@ async def appliance(tmp_path: Path) -> AsyncIterator[tuple[Process, SqliteStore,
         await store.close()
 
 
-async def test_a_killed_appliance_resumes_its_rollout_at_the_wave(
-        appliance: tuple[Process, SqliteStore, str, str]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+async def test_a_killed_or_stopped_appliance_resumes_its_rollout_at_the_wave(
+        appliance: tuple[Process, SqliteStore, str, str], sig: int) -> None:
     process, store, token, version = appliance
     nodes = Nodes(store, version)
     await process.start()
@@ -127,14 +133,22 @@ async def test_a_killed_appliance_resumes_its_rollout_at_the_wave(
     player = asyncio.create_task(nodes.play())
     try:
         await _until(lambda: _step_is(store, rollout, "n2", "waiting_callback"), process)
-        process.kill()  # SIGKILL in wave 2: no cleanup, its lock stays until it expires
+        # In wave 2. SIGKILL: no cleanup, its lock stays until it expires. SIGTERM: a graceful
+        # stop, the lock is let go and the next start resumes at once.
+        exited = process.kill(sig)
         assert (await load_status(Inventory(store), rollout)).state == "running"
+        lock = await StoreLock(store, LOCK, "test").holder()
+        if sig == signal.SIGTERM:
+            assert exited == 0 and lock is None, process.log.read_text()
+        else:
+            assert lock is not None
         nodes.hold.clear()  # n2 will come up: the next appliance must wait for it, not redo it
         killed = time.monotonic()
         await process.start()
         await _until(lambda: _state_is(store, rollout, "succeeded"), process,
                      timeout=LOCK_TTL + 3 * WAIT)
-        print(f"resumed and finished {time.monotonic() - killed:.1f} s after the SIGKILL")
+        print(f"resumed and finished {time.monotonic() - killed:.1f} s after the "
+              f"{signal.Signals(sig).name}")
     finally:
         player.cancel()
     inventory = Inventory(store)
