@@ -207,6 +207,10 @@ class Appliance:
                         "set [tftp] listen/port, or enabled = false")
             stack.push_async_callback(self.tftp.close)
         await self.lifecycle.start()
+        # Rolling reimages this appliance (or another on the store) left running.
+        resumer = self.supervisor.spawn("reimage resume", lambda: resume_rollouts(
+            s, self.inventory, self.lifecycle, clock=self.clock))
+        stack.push_async_callback(resumer.stop)
         await self._start_handoff(stack)
         s.images_dir.mkdir(parents=True, exist_ok=True)
         self.boot = BootHttpServer(s.images_dir, max_connections=s.boot.max_connections)
@@ -217,10 +221,6 @@ class Appliance:
         stack.push_async_callback(self.boot.close)
         sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
         stack.push_async_callback(sweeper.stop)
-        # Rolling reimages this appliance (or another on the store) left running.
-        resumer = self.supervisor.spawn("reimage resume", lambda: resume_rollouts(
-            s, self.inventory, self.lifecycle, clock=self.clock))
-        stack.push_async_callback(resumer.stop)
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
