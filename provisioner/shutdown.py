@@ -131,7 +131,7 @@ class GracefulStop:
 
     def _busy(self) -> str:
         p = self.planes
-        http = p.boot.open if p.boot is not None else 0
+        http = p.boot.open_connections if p.boot is not None else 0
         tftp = p.tftp.active() if p.tftp is not None else 0
         parts = [f"{http} boot-plane connection(s)"] if http else []
         return ", ".join(parts + ([f"{tftp} TFTP transfer(s)"] if tftp else []))

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +73,9 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
         stop_process(proc, signal.SIGKILL)
 
 
-def _until(check: object, log: Path, proc: subprocess.Popen[bytes]) -> None:
+def _until(check: Callable[[], bool], log: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + WAIT
-    while not check():  # type: ignore[operator]
+    while not check():
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)

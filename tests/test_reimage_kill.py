@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -160,9 +160,10 @@ async def test_a_killed_or_stopped_appliance_resumes_its_rollout_at_the_wave(
     assert status.waves_done == 3 and "resumed" in process.log.read_text()
 
 
-async def _until(check: object, process: Process, timeout: float = WAIT) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], process: Process,
+                 timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
+    while not await check():
         assert process.proc is not None and process.proc.poll() is None, \
             process.log.read_text()
         assert time.monotonic() < deadline, process.log.read_text()[-4000:]

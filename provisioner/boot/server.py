@@ -57,7 +57,7 @@ class BootHttpServer:
         self._routes: list[tuple[str, Handler]] = []
         self._server: asyncio.Server | None = None
         #: connections open now (a graceful stop waits for them)
-        self.open = 0
+        self.open_connections = 0
         self._limit = asyncio.Semaphore(max_connections)
 
     def route(self, prefix: str, handler: Handler) -> None:
@@ -82,18 +82,18 @@ class BootHttpServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     def stop_listening(self) -> None:
-        """Refuse new connections (a graceful stop); those open go on (see `open`)."""
+        """Refuse new connections (a graceful stop); those open go on (see `open_connections`)."""
         if self._server is not None:
             self._server.close()
 
     async def _counted(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         # Python 3.11's Server.wait_closed does not wait for open connections: count them.
-        self.open += 1
+        self.open_connections += 1
         try:
             await self._connection(reader, writer)
         finally:
-            self.open -= 1
+            self.open_connections -= 1
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
