@@ -126,6 +126,9 @@ class ServiceSettings:
     #: CAP_NET_RAW (security/privileges.py); empty: keep running as the user who started it.
     #: contrib/systemd/provisioner.service runs as this user from the start instead.
     user: str = ""
+    #: seconds a SIGTERM leaves TFTP and HTTP transfers under way and the handoff outbox to
+    #: finish before the process exits (provisioner/shutdown.py); what is left stays queued.
+    stop_timeout: float = 20.0
 
 
 @dataclass(frozen=True)

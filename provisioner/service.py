@@ -34,11 +34,13 @@ from provisioner.images.format.catalog import ImageCatalog
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
+from provisioner.nodes.resume import resume_rollouts
 from provisioner.render.environment import Renderer
 from provisioner.runtime import supervisor
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
+from provisioner.shutdown import ApiServer, GracefulStop, cancel_all
 from provisioner.store import open_store
 from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
@@ -205,6 +207,10 @@ class Appliance:
                         "set [tftp] listen/port, or enabled = false")
             stack.push_async_callback(self.tftp.close)
         await self.lifecycle.start()
+        # Rolling reimages this appliance (or another on the store) left running.
+        resumer = self.supervisor.spawn("reimage resume", lambda: resume_rollouts(
+            s, self.inventory, self.lifecycle, clock=self.clock))
+        stack.push_async_callback(resumer.stop)
         await self._start_handoff(stack)
         s.images_dir.mkdir(parents=True, exist_ok=True)
         self.boot = BootHttpServer(s.images_dir, s.boot, holds_lease=self._holds_lease)
@@ -308,11 +314,17 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
         # api/routes/node.py): at 200 callbacks/s that stack was most of the appliance's CPU.
         app = CallbackFastPath(create_app(context), context)
         # loop="asyncio": we already run inside the loop (see the module docstring on uvloop).
-        server = uvicorn.Server(uvicorn.Config(app, host=listen, port=port, log_level="info",
-                                               access_log=False, http="httptools",
-                                               loop="asyncio"))
+        stop_timeout = settings.service.stop_timeout
+        server = ApiServer(uvicorn.Config(app, host=listen, port=port, log_level="info",
+                                          access_log=False, http="httptools", loop="asyncio",
+                                          timeout_graceful_shutdown=int(stop_timeout)))
+        # SIGTERM and Ctrl-C: refuse new work, let the work under way end (shutdown.py).
+        stopping = GracefulStop(appliance, server, stop_timeout)
+        stack.callback(stopping.install())
         log.info("serving the API on http://%s:%d (Ctrl-C to stop)", listen, port)
         await server.serve()
         if not server.started:
             raise ConfigError(f"could not listen on {listen}:{port}; is the port in use? "
                               "choose another with --port")
+        await stopping.finish()
+        await cancel_all(context.tasks)

@@ -12,6 +12,7 @@ import pytest
 from provisioner.errors import InvalidTransition
 from provisioner.handoff.base import NoHandoff
 from provisioner.handoff.outbox import HandoffQueue
+from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import (
     BOOTABLE,
@@ -269,7 +270,7 @@ async def test_a_callback_in_time_cancels_the_deadline_and_a_late_one_still_coun
         await life.boot_script_served(MAC, "compute", "1")
         await life.booted(MAC, FACTS, "1")
         clock.now += 10 * DEFAULT_CALLBACK_TIMEOUT
-        assert await life.sweep() == [] and life.pending() == {}
+        assert await life.sweep() == [] and await life.pending() == {}
         await life.boot_script_served(MAC, "compute", "1")
         clock.now += DEFAULT_CALLBACK_TIMEOUT + 1
         assert await life.sweep() == [MAC]
@@ -279,17 +280,21 @@ async def test_a_callback_in_time_cancels_the_deadline_and_a_late_one_still_coun
         await inventory.stop()
 
 
-async def test_deadlines_survive_a_restart_from_the_provisioning_event(
+async def test_a_node_left_provisioning_without_a_deadline_gets_one_from_its_event(
         store: KeyValueStore) -> None:
+    """A node left provisioning by a version that kept deadlines in memory only."""
     clock = Clock()
     inventory = await _inventory(store, Node(MAC, "node001"))
     try:
         await Lifecycle(inventory, None, clock).boot_script_served(MAC, "compute", "1")
+        await store.delete(keys.deadline(MAC.value))
         await asyncio.sleep(0.05)
+        clock.now += 100  # the deadline counts from the provisioning event, not from start
         restarted = Lifecycle(inventory, None, clock)
         await restarted.start()
-        assert restarted.pending() == {MAC.value: clock.now + DEFAULT_CALLBACK_TIMEOUT}
-        clock.now += DEFAULT_CALLBACK_TIMEOUT
+        assert await restarted.pending() == {
+            MAC.value: clock.now - 100 + DEFAULT_CALLBACK_TIMEOUT}
+        clock.now += DEFAULT_CALLBACK_TIMEOUT - 100
         assert await restarted.sweep() == [MAC]
     finally:
         await inventory.stop()

@@ -5,16 +5,28 @@ real /init does through the API). The QEMU proof is the lab's e2e reimage test."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from provisioner.errors import HandoffError, NotFound, PowerError
+from provisioner.inventory.locks import LockHeld, StoreLock
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress, Node, NodeState
-from provisioner.nodes.rollout import Progress, Rollout, RolloutRequest, Step, load_status, waves
+from provisioner.nodes.progress import unfinished
+from provisioner.nodes.rollout import (
+    LOCK,
+    LOCK_TTL,
+    Progress,
+    Rollout,
+    RolloutRequest,
+    Step,
+    load_status,
+    waves,
+)
 from provisioner.power.base import PowerDriver, PowerState
 from provisioner.store.memory import MemoryStore
 
@@ -46,8 +58,9 @@ class FakeNode:
     kind = "fake"
 
     def __init__(self, lifecycle: Lifecycle, node: Node, boots: str | None, *,
-                 error: bool = False) -> None:
+                 error: bool = False, delay: float = 0.02) -> None:
         self.lifecycle, self.node, self.boots, self.error = lifecycle, node, boots, error
+        self.delay = delay
         self.cycles = 0
         self.log: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -70,7 +83,7 @@ class FakeNode:
             self.tasks.append(asyncio.create_task(self._boot(self.boots)))
 
     async def _boot(self, version: str) -> None:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(self.delay)
         await self.lifecycle.boot_script_served(self.node.mac, "compute", version)
         await self.lifecycle.booted(self.node.mac, {"cpus": 2, "memory_mib": 512}, version,
                                     image="compute")
@@ -89,7 +102,8 @@ class Cluster:
         self.lifecycle = Lifecycle(inventory, handoff=None)  # booted -> ready at once
         self.scheduler = FakeScheduler()
         self.behaviour: dict[str, dict[str, object]] = {}
-        self.power: dict[str, FakeNode] = {}
+        self.power: dict[str, FakeNode] = {}  # the first driver opened for each node
+        self.cycles: dict[str, int] = {}  # drivers opened, by node: one per power-cycle
         self.progress: list[Progress] = []
 
     async def add(self, name: str, index: int, state: NodeState = S.READY) -> None:
@@ -100,14 +114,17 @@ class Cluster:
         options = self.behaviour.get(node.name, {})
         boots = options.get("boots", "2")
         kind = FakeBmc if options.get("bmc") else FakeNode
+        delay = options.get("delay", 0.02)
         driver = kind(self.lifecycle, node, boots if isinstance(boots, str) else None,
-                          error=bool(options.get("error")))
-        self.power[node.name] = driver
+                      error=bool(options.get("error")),
+                      delay=delay if isinstance(delay, float) else 0.02)
+        self.power.setdefault(node.name, driver)
+        self.cycles[node.name] = self.cycles.get(node.name, 0) + 1
         return driver
 
-    def rollout(self) -> Rollout:
+    def rollout(self, *, resumable: bool = False) -> Rollout:
         return Rollout(self.inventory, self.lifecycle, self.scheduler, self.power_for,
-                       on_progress=self.progress.append, poll=0.01)
+                       on_progress=self.progress.append, poll=0.01, resumable=resumable)
 
     async def state(self, name: str) -> Node:
         return (await self.inventory.get_node(name)).value
@@ -249,3 +266,61 @@ async def test_start_then_execute_and_interrupt(cluster: Cluster) -> None:
         await task
     saved = await load_status(cluster.inventory, started.id)
     assert saved.state == "interrupted" and saved.nodes["n1"].step is Step.WAITING_CALLBACK
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the rollout did not get there in 10 s")
+
+
+async def test_a_rollout_cut_short_resumes_at_its_wave_and_redoes_none(
+        cluster: Cluster) -> None:
+    await cluster.add("n4", 4)
+    cluster.behaviour["n3"] = {"delay": 0.5}  # a slow boot: the appliance stops meanwhile
+    first = cluster.rollout(resumable=True)
+    task = asyncio.create_task(first.run(request("n1", "n2", "n3", "n4", wave=1, timeout=30)))
+    await _until(lambda: first.status is not None
+                 and first.status.nodes["n3"].step is Step.WAITING_CALLBACK)
+    task.cancel()  # the appliance stops (or its runner task dies) in the middle of wave 3
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert first.status is not None
+    saved = await load_status(cluster.inventory, first.status.id)
+    assert (saved.state, saved.waves_done) == ("running", 2)  # left for the next start
+    assert [s.id for s in await unfinished(cluster.inventory)] == [saved.id]
+    assert await first.lock.holder() is None  # a stop lets the lock go at once
+
+    status = await cluster.rollout(resumable=True).resume(saved.id)
+    assert status.state == "succeeded"
+    for name in ("n1", "n2", "n3", "n4"):
+        node = await cluster.state(name)
+        assert (node.state, node.image) == (S.READY, "compute:2")
+        assert cluster.cycles[name] == 1, name  # no wave redone, n3 not cycled twice
+    drains = [name for call, name in cluster.scheduler.calls if call == "drain"]
+    assert drains == ["n1", "n2", "n3", "n4"]
+    assert await unfinished(cluster.inventory) == []
+    assert "resumed" in [p.step for p in cluster.progress]
+
+
+async def test_one_rollout_at_a_time_and_a_dead_runner_is_taken_over(
+        cluster: Cluster) -> None:
+    cluster.behaviour["n1"] = {"delay": 0.3}
+    first = cluster.rollout(resumable=True)
+    await first.start(request("n1", timeout=30))
+    with pytest.raises(LockHeld, match="reimage is held by"):
+        await cluster.rollout().start(request("n2"))
+    assert first.status is not None
+    with pytest.raises(LockHeld):  # a second appliance cannot run it either
+        await cluster.rollout(resumable=True).resume(first.status.id)
+    # The runner dies without a word: its lock stays until it expires.
+    dead = StoreLock(cluster.inventory.store, LOCK, first.lock.owner,
+                     clock=lambda: time.time() - LOCK_TTL - 1)
+    first.lock._revision = 0  # it is dead: it will neither renew nor release
+    await dead.acquire()  # as it would look once the expiry has passed
+    status = await cluster.rollout(resumable=True).resume(first.status.id)
+    assert status.state == "succeeded" and (await cluster.state("n1")).image == "compute:2"
+    again = await cluster.rollout().resume(first.status.id)  # over: nothing is done
+    assert again.state == "succeeded" and cluster.cycles["n1"] == 1

@@ -89,6 +89,11 @@ class BootHttpServer:
         self.admission = ConnectionAdmission(self.limits.max_connections,
                                              self.limits.reserved_connections,
                                              self.limits.max_per_source)
+        #: connections open now (a graceful stop waits for them)
+        self.open_connections = 0
+        #: kept-alive connections waiting for their next request: a graceful stop ends them
+        self._idle: set[asyncio.StreamWriter] = set()
+        self._stopping = False
 
     def route(self, prefix: str, handler: Handler) -> None:
         self._routes.append((prefix, handler))
@@ -101,7 +106,7 @@ class BootHttpServer:
 
     async def start(self, host: str, port: int) -> None:
         _raise_file_limit(self.limits.max_connections * 2 + 64)  # a socket and a file each
-        self._server = await asyncio.start_server(self._connection, host, port,
+        self._server = await asyncio.start_server(self._counted, host, port,
                                                   limit=MAX_HEAD, reuse_address=True)
         log.info("boot http: listening on http://%s:%d/boot/, images in %s", *self.address,
                  self.images)
@@ -111,6 +116,25 @@ class BootHttpServer:
             self._server.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    def stop_listening(self) -> None:
+        """Refuse new connections (a graceful stop). A request under way goes on (see
+        `open_connections`); a kept-alive connection waiting for its next request is ended, and
+        no connection is kept alive after its current request."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._idle):
+            writer.transport.abort()
+
+    async def _counted(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        # Python 3.11's Server.wait_closed does not wait for open connections: count them.
+        self.open_connections += 1
+        try:
+            await self._connection(reader, writer)
+        finally:
+            self.open_connections -= 1
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -166,6 +190,10 @@ class BootHttpServer:
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            client: str, first: bool) -> bool:
         """Serve one request; return whether to keep the connection open."""
+        if self._stopping:
+            return False
+        if not first:
+            self._idle.add(writer)
         try:
             head = await self._read_head(reader, first)
         except asyncio.LimitOverrunError:
@@ -173,6 +201,8 @@ class BootHttpServer:
             return False
         except asyncio.IncompleteReadError:
             return False
+        finally:
+            self._idle.discard(writer)
         if head is None:
             return False
         try:

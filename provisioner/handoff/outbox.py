@@ -10,8 +10,14 @@ delivers again rather than losing the node; register and on_confirmed must be id
 `on_confirmed(mac, done)` is handed the delete (`done`) and may commit it in one txn with its own
 writes (the ready transition): it returns True when it did, and then no separate delete is made.
 A newer submit for the same MAC replaces the entry; the CAS delete then fails (a TxnConflict in
-on_confirmed's txn, which then writes nothing) and the newer entry is delivered too. `start()`
-picks up the entries a previous run left behind.
+on_confirmed's txn, which then writes nothing) and the newer entry is delivered too.
+
+The outbox prefix is followed, not read once (inventory/follower.py, a supervised watch):
+`start()` picks up the entries a previous run left behind, and an entry written later by
+another process on the same store (a second appliance, the CLI) or written again is delivered
+without a restart. Two appliances may then both deliver one entry: delivery is at-least-once
+anyway, and the CAS delete lets one of them finish it. `flush(timeout)` lets the deliveries in
+progress finish before a stop; what is not delivered by then stays in the store.
 """
 
 from __future__ import annotations
@@ -30,8 +36,16 @@ from typing import Any
 from provisioner.errors import Conflict, HandoffError, NotFound, ProvisionerError, StoreUnavailable
 from provisioner.handoff.base import Handoff, HandoffNode, HandoffRejected
 from provisioner.inventory import keys
+from provisioner.inventory.follower import Follower
 from provisioner.nodes.model import MacAddress
-from provisioner.store.base import KeyValue, KeyValueStore, TxnConflict, TxnOp
+from provisioner.store.base import (
+    EventType,
+    KeyValue,
+    KeyValueStore,
+    TxnConflict,
+    TxnOp,
+    WatchEvent,
+)
 
 log = logging.getLogger("provisioner.handoff")
 
@@ -65,13 +79,24 @@ class HandoffQueue:
         self._wake: dict[str, asyncio.Event] = {}
         self.deliveries: dict[str, Delivery] = {}
         self._written: dict[str, tuple[HandoffNode, int]] = {}  # just submitted, by MAC
+        #: the newest entry revision handed to a worker, by MAC: our own writes come back
+        #: through the watch, and must not wake their worker a second time
+        self._seen: dict[str, int] = {}
+        self._follower = Follower(store, keys.OUTBOX, self._watched)
         self._running = False
 
     async def start(self) -> None:
-        """Deliver what is queued, including entries left by a previous run."""
+        """Deliver what is queued, including entries left by a previous run, and follow the
+        outbox for entries other processes write."""
         self._running = True
-        for kv in (await self.store.range(keys.OUTBOX)).items:
-            self._spawn(kv.key.removeprefix(keys.OUTBOX))
+        await self._follower.start()
+
+    def _watched(self, event: WatchEvent) -> None:
+        mac = event.key.removeprefix(keys.OUTBOX)
+        if event.type is EventType.DELETE:
+            self._seen.pop(mac, None)
+        elif self._fresh(mac, event.revision):
+            self._spawn(mac)
 
     async def submit(self, node: HandoffNode) -> None:
         """Queue the node's registration durably; delivery happens in the background."""
@@ -88,18 +113,41 @@ class HandoffQueue:
 
     def accepted(self, node: HandoffNode, revision: int) -> None:
         """The entry for `node` is in the store at `revision`: deliver it."""
+        if not self._fresh(str(node.mac), revision):
+            return  # the watch was quicker: a worker already has this entry
         self._written[str(node.mac)] = (node, revision)  # spares the worker a read
         if self._running:
             self._spawn(str(node.mac))
+
+    def _fresh(self, mac: str, revision: int) -> bool:
+        """True (and remembered) when `revision` is newer than any entry seen for `mac`."""
+        if revision <= self._seen.get(mac, 0):
+            return False
+        self._seen[mac] = revision
+        return True
 
     async def queued(self) -> list[HandoffNode]:
         """Every handoff not yet confirmed, from the store."""
         return [HandoffNode.from_dict(json.loads(kv.value)["node"])
                 for kv in (await self.store.range(keys.OUTBOX)).items]
 
+    async def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the deliveries under way to finish (a graceful
+        stop); return how many are left (they stay in the store)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self._follower.stop()  # deliver what is known now; take no new entries
+        while self._workers and loop.time() < deadline:
+            for wake in self._wake.values():
+                wake.set()  # skip the backoff: try each one last time now
+            await asyncio.wait(list(self._workers.values()), timeout=min(
+                1.0, max(0.0, deadline - loop.time())))
+        return len(self._workers)
+
     async def stop(self) -> None:
         """Stop delivering; queued entries stay in the store for the next start()."""
         self._running = False
+        await self._follower.stop()
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()

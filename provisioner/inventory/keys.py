@@ -28,6 +28,8 @@ API_TOKENS: Final = ROOT + "apitokens/"
 AUDIT: Final = ROOT + "audit/"
 REIMAGE: Final = ROOT + "reimage/"
 OUTBOX: Final = ROOT + "outbox/"
+DEADLINES: Final = ROOT + "deadlines/"
+LOCKS: Final = ROOT + "locks/"
 
 SCHED_ROOT: Final = "/scheduler/v1/"
 SCHED_NODES: Final = SCHED_ROOT + "nodes/"
@@ -86,6 +88,14 @@ def outbox(mac: str) -> str:
     return OUTBOX + mac
 
 
+def deadline(mac: str) -> str:
+    return DEADLINES + mac
+
+
+def lock(lock_name: str) -> str:
+    return LOCKS + lock_name
+
+
 def sched_node(node_name: str) -> str:
     return SCHED_NODES + node_name
 
@@ -132,6 +142,11 @@ LAYOUT: Final[tuple[Key, ...]] = (
         "a rolling reimage's status, rewritten at every step"),
     Key(OUTBOX, "<mac>", "outbox", "provisioner.handoff.outbox",
         "a handoff to the scheduler not yet confirmed"),
+    Key(DEADLINES, "<mac>", "deadline", "provisioner.nodes.lifecycle",
+        "when a provisioning node's boot callback is overdue; deleted when it leaves "
+        "provisioning, or by compare-and-swap by the one sweep that fails it"),
+    Key(LOCKS, "<name>", "lock", "provisioner.inventory.locks",
+        "a lock held by one process (owner and expiry), renewed while it works: a rollout"),
     Key(SCHED_NODES, "<name>", "sched_node", "provisioner.scheduler.records",
         "the built-in scheduler's view of a node, with the hash of its agent's credential"),
     Key(SCHED_JOBS, "<id>", "sched_job", "provisioner.scheduler.records",

@@ -9,6 +9,13 @@ state and whose detail says where it came from and by which event (and with what
 caller commits alongside: the boot token's redemption, the audit entry, the handoff outbox
 entry or its removal), so a transition is one store round trip.
 
+A provisioning node's callback deadline is a key of its own in the store (keys.deadline), put
+in the txn into provisioning and deleted in the one out of it, so it outlives a restart and
+every appliance on the store sees the same one. The sweep that fails an overdue node deletes
+that key by compare-and-swap in the same txn: with two appliances sweeping one store a node is
+failed once, with one timeline event, and a node served again meanwhile (a new deadline) is left
+alone.
+
     discovered ─┐
     registered ─┼─ boot script served ─> provisioning ─ callback ─> booted ─ handed off ─> ready
     failed ─────┘        ^                    │ no callback in time           │ drain
@@ -18,14 +25,17 @@ entry or its removal), so a transition is one store round trip.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
-from provisioner.errors import InvalidTransition, NotFound
+from provisioner.errors import Conflict, InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
+from provisioner.inventory import keys
 from provisioner.inventory.repository import Also, Inventory
 from provisioner.nodes.model import (
     BootEvent,
@@ -36,7 +46,7 @@ from provisioner.nodes.model import (
     SettingValue,
     effective_values,
 )
-from provisioner.store.base import TxnOp
+from provisioner.store.base import KeyValue, TxnConflict, TxnOp
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +130,8 @@ Clock = Callable[[], float]
 
 
 class Lifecycle:
-    """Moves nodes through TRANSITIONS and keeps the callback deadlines of provisioning nodes."""
+    """Moves nodes through TRANSITIONS and keeps the callback deadlines of provisioning nodes
+    (in the store: see the module docstring)."""
 
     def __init__(self, inventory: Inventory, handoff: Outbox | None = None,
                  clock: Clock = time.time,
@@ -129,8 +140,9 @@ class Lifecycle:
         self.handoff = handoff
         self.clock = clock
         self.defaults: Mapping[str, SettingValue] = dict(defaults or {})
-        #: mac -> (deadline, expected image version) for nodes waiting for their callback
-        self._deadlines: dict[str, tuple[float, str | None]] = {}
+        #: mac -> (version, deadline revision) of nodes this process served: a hint that
+        #: spares the callback a read; the deadline's CAS delete proves it still holds
+        self._served: dict[str, tuple[str | None, int]] = {}
 
     # -- the one way a state changes ------------------------------------------------------
 
@@ -169,13 +181,16 @@ class Lifecycle:
             record = BootEvent(node.mac, target.value, self.clock(),
                                {"from": current.value, "event": event.value, "reason": reason,
                                 **(detail or {})})
-            extra = also(node, attempt) if also is not None else ()
+            extra = list(also(node, attempt)) if also is not None else []
+            deadline = keys.deadline(node.mac.value)
+            if target is not S.PROVISIONING and deadline not in {op.key for op in extra}:
+                extra.append(TxnOp(deadline, None))  # no callback is awaited any more
             return [self.inventory.event_op(record, attempt), *extra]
 
         versioned, revisions = await self.inventory.update_node_txn(str(mac), apply,
                                                                     also=writes)
         if versioned.value.state is not S.PROVISIONING:
-            self._deadlines.pop(versioned.value.mac.value, None)
+            self._served.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]
 
     async def accept(self, mac: MacAddress | str, *, by: str) -> Node:
@@ -196,10 +211,24 @@ class Lifecycle:
     async def boot_script_served(self, mac: MacAddress | str, image: str,
                                  version: str) -> Node:
         """The node fetched its iPXE script: it is provisioning and its callback clock runs."""
-        node = await self.transition(mac, E.BOOT_SCRIPT_SERVED, reason="boot script served",
-                                     detail={"image": image, "version": version})
-        self._deadlines[node.mac.value] = (self.clock() + self.callback_timeout(node), version)
+        def deadline(node: Node, _attempt: int) -> list[TxnOp]:
+            return [self.deadline_op(node, self.clock() + self.callback_timeout(node), version)]
+
+        node, revisions = await self._transition(mac, E.BOOT_SCRIPT_SERVED,
+                                                 reason="boot script served",
+                                                 detail={"image": image, "version": version},
+                                                 also=deadline)
+        # The callback checks its version against this, and deletes the deadline at this
+        # revision, with no read of its own (see booted).
+        self._served[node.mac.value] = (version, revisions[-1])
         return node
+
+    @staticmethod
+    def deadline_op(node: Node, at: float, version: str | None, expect: int | None = None
+                    ) -> TxnOp:
+        """The write of `node`'s callback deadline (`version`: what it was served)."""
+        value = json.dumps({"deadline": at, "version": version}).encode()
+        return TxnOp(keys.deadline(node.mac.value), value, expect)
 
     async def booted(self, mac: MacAddress | str, facts: Mapping[str, Any], version: str,
                       image: str | None = None, *, also: Also | None = None,
@@ -209,7 +238,30 @@ class Lifecycle:
         with `also`'s writes (the node plane's token redemption and audit entry).
         `agent_hash` (handoff/agent.py) goes to the scheduler with the handoff only."""
         mac = MacAddress(str(mac))
-        expected = self._deadlines.get(mac.value, (0.0, None))[1]
+        hint = self._served.pop(mac.value, None)
+        try:
+            return await self._booted(mac, facts, version, image, also=also,
+                                      agent_hash=agent_hash,
+                                      served=hint or await self._served_from_store(mac))
+        except TxnConflict as exc:
+            if hint is None or keys.deadline(mac.value) not in exc.keys:
+                raise
+        # Served again (by another appliance) since this one served it: ask the store.
+        return await self._booted(mac, facts, version, image, also=also, agent_hash=agent_hash,
+                                  served=await self._served_from_store(mac))
+
+    async def _served_from_store(self, mac: MacAddress) -> tuple[str | None, int]:
+        """The version a node was served and the revision of its deadline (0: none)."""
+        kv = await self.inventory.store.get(keys.deadline(mac.value))
+        return (_deadline(kv)[1], kv.mod_revision) if kv is not None else (None, 0)
+
+    async def _booted(self, mac: MacAddress, facts: Mapping[str, Any], version: str,
+                      image: str | None, *, also: Also | None, agent_hash: str,
+                      served: tuple[str | None, int]) -> Node:
+        """`booted`, with what the node was served: its deadline is deleted at the revision
+        it was written at, so a callback is checked against the newest serving."""
+        expected, revision = served
+        done = TxnOp(keys.deadline(mac.value), None, revision)
         detail: dict[str, Any] = {"image": image, "version": version,
                                   "cpus": facts.get("cpus"), "memory_mib": facts.get("memory_mib"),
                                   "handoff": "queued" if self.handoff else "off"}
@@ -224,7 +276,7 @@ class Lifecycle:
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
             extra = list(also(node, attempt)) if also is not None else []
-            return extra + ([handoff.entry(queued[0])] if handoff is not None else [])
+            return [*extra, done] + ([handoff.entry(queued[0])] if handoff is not None else [])
 
         node, revisions = await self._transition(mac, E.CALLBACK, reason="callback received",
                                                  detail=detail, change=change, also=writes)
@@ -280,32 +332,67 @@ class Lifecycle:
             else float(DEFAULT_CALLBACK_TIMEOUT)
 
     async def start(self) -> None:
-        """Rebuild deadlines of nodes left provisioning by a previous run, from their events."""
+        """Give a deadline to nodes left provisioning without one (by a version that kept
+        deadlines in memory), from their last provisioning event."""
         for node in self.inventory.cached_nodes():
-            if node.state is S.PROVISIONING and node.mac.value not in self._deadlines:
-                events = await self.inventory.list_events(node.mac)
-                since = next((e.at for e in reversed(events) if e.kind == S.PROVISIONING.value),
-                             self.clock())
-                self._deadlines[node.mac.value] = (since + self.callback_timeout(node), None)
+            if node.state is not S.PROVISIONING:
+                continue
+            if await self.inventory.store.get(keys.deadline(node.mac.value)) is not None:
+                continue
+            events = await self.inventory.list_events(node.mac)
+            since = next((e.at for e in reversed(events) if e.kind == S.PROVISIONING.value),
+                         self.clock())
+            op = self.deadline_op(node, since + self.callback_timeout(node), None, expect=0)
+            with contextlib.suppress(Conflict):  # another appliance gave it one meanwhile
+                await self.inventory.store.txn([op])
 
     async def sweep(self, now: float | None = None) -> list[MacAddress]:
-        """Fail provisioning nodes whose callback is overdue; return them."""
+        """Fail provisioning nodes whose callback is overdue; return those this call failed."""
         now = self.clock() if now is None else now
         failed: list[MacAddress] = []
-        for mac, (deadline, _) in sorted(self._deadlines.items()):
-            if deadline > now:
-                continue
-            self._deadlines.pop(mac, None)
-            try:
-                await self.transition(mac, E.FAIL, reason="no boot callback in time",
-                                      detail={"deadline": deadline})
-                failed.append(MacAddress(mac))
-            except InvalidTransition:
-                pass  # it moved on (booted, deleted) while we looked: nothing is overdue
+        for kv in (await self.inventory.store.range(keys.DEADLINES)).items:
+            deadline, _ = _deadline(kv)
+            if deadline <= now and await self._expire(kv, deadline):
+                failed.append(MacAddress(kv.key.removeprefix(keys.DEADLINES)))
         return failed
 
-    def pending(self) -> dict[str, float]:
-        return {mac: deadline for mac, (deadline, _) in self._deadlines.items()}
+    async def _expire(self, kv: KeyValue, deadline: float) -> bool:
+        """Fail the node of an overdue deadline: with the deadline's deletion at the revision
+        read, so a node that booted again meanwhile (a new deadline), or that another
+        appliance's sweep failed first, is left alone."""
+        mac = kv.key.removeprefix(keys.DEADLINES)
+        claim = TxnOp(kv.key, None, kv.mod_revision)
+
+        def still_provisioning(node: Node) -> Node:
+            if node.state is not S.PROVISIONING:
+                raise InvalidTransition(node.name, node.state.value, S.FAILED.value,
+                                        (S.PROVISIONING.value + " nodes only",))
+            return node
+
+        try:
+            await self.transition(mac, E.FAIL, reason="no boot callback in time",
+                                  detail={"deadline": deadline}, change=still_provisioning,
+                                  also=lambda _n, _a: [claim])
+            return True
+        except TxnConflict:
+            return False  # rewritten or claimed meanwhile: not ours to fail
+        except (InvalidTransition, NotFound):
+            # It moved on, or was deleted, and left its deadline behind: drop it.
+            with contextlib.suppress(Conflict, NotFound):
+                await self.inventory.store.delete(kv.key, expect=kv.mod_revision)
+            return False
+
+    async def pending(self) -> dict[str, float]:
+        """The callback deadlines in the store, by MAC."""
+        return {kv.key.removeprefix(keys.DEADLINES): _deadline(kv)[0]
+                for kv in (await self.inventory.store.range(keys.DEADLINES)).items}
+
+
+def _deadline(kv: KeyValue) -> tuple[float, str | None]:
+    """A stored deadline: (when, the image version the node was served, if known)."""
+    data = json.loads(kv.value)
+    version = data.get("version")
+    return float(data["deadline"]), str(version) if version is not None else None
 
 
 def _int(value: object) -> int:

@@ -9,31 +9,65 @@ For each wave of N nodes, at the same time, for each node:
 A node that fails (power error, timeout, wrong version reported, boot failed) goes to `failed`
 and stays drained: a broken node must not get jobs. When K nodes have failed, no further node
 starts; nodes already past their power-cycle finish. The rollout's status is written to the
-store under keys.reimage(ID) at every step, so `node reimage --status` can show it
-while it runs and afterwards. Dependencies are injected, so tests drive it with a memory store.
+store under keys.reimage(ID) at every step (nodes/progress.py), so `node reimage --status` can
+show it while it runs and afterwards. Dependencies are injected, so tests drive it with a memory
+store.
+
+One rollout runs at a time on a store: it holds the store lock LOCK (inventory/locks.py), taken
+at start, renewed by a supervised task while it runs and checked before every wave, released at
+the end; a second rollout, from this appliance, another one or the CLI, is refused while it is
+held. A rollout the appliance runs (`resumable`) that is cut short by a stop or a crash stays
+"running" in the store; `resume(ID)` takes it up again once its lock is free (at once after a
+stop, after the lock's expiry after a crash), at the first wave not finished: nodes that ended
+(done, failed, skipped) are not touched again, a node that was waiting for its callback goes on
+waiting for it, the others start over (a node already set reimaging is power-cycled again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
+import os
 import secrets
+import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from provisioner.errors import HandoffError, NotFound, PowerError, ProvisionerError
 from provisioner.inventory import keys
+from provisioner.inventory.locks import LockLost, StoreLock
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, Node, NodeEvent, NodeState
+from provisioner.nodes.progress import (
+    FINISHED,
+    NodeProgress,
+    Progress,
+    RolloutRequest,
+    RolloutStatus,
+    Step,
+    load_status,
+    new_id,
+    waves,
+)
 from provisioner.power.base import OneTimeBoot, PowerDriver
+from provisioner.runtime import supervisor
+
+__all__ = ["LOCK", "LOCK_TTL", "NodeFailed", "Progress", "Rollout", "RolloutRequest",
+           "RolloutStatus", "Step", "check_event", "load_status", "owner_id", "waves"]
 
 log = logging.getLogger(__name__)
 S = NodeState
 E = NodeEvent
+LOCK = "reimage"  # one lock for every rollout: the waves of two would drain too many nodes
+LOCK_TTL = 30.0  # seconds a rollout's lock outlives its last renewal (a crashed holder)
+
+
+def owner_id() -> str:
+    """Who holds a lock, for the message of whoever is refused it: host, process, and a
+    random part (two rollouts in one process are two owners)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class DrainControl(Protocol):
@@ -55,106 +89,8 @@ class States(Protocol):
                          change: Callable[[Node], Node] | None = None) -> Node: ...
 
 
-class Step(enum.StrEnum):
-    PENDING = "pending"
-    DRAINING = "draining"
-    WAITING_IDLE = "waiting_idle"
-    POWER_CYCLE = "power_cycle"
-    WAITING_CALLBACK = "waiting_callback"
-    DONE = "done"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class RolloutRequest:
-    """What to reimage and how: the nodes, the image, the wave size and the limits."""
-
-    nodes: tuple[str, ...]
-    image: str  # NAME or NAME:VERSION, as the node's `image` will hold it
-    version: str | None = None  # the version the callback must report; None: any that boots
-    wave: int = 1
-    max_failures: int = 1
-    force: bool = False
-    timeout: float = 900.0  # seconds from power-cycle to ready
-    idle_timeout: float = 3600.0  # seconds to wait for running jobs to end
-
-
-@dataclass
-class NodeProgress:
-    name: str
-    step: Step = Step.PENDING
-    message: str = ""
-    wave: int = 0
-    started: float | None = None
-    finished: float | None = None
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One line of live output: `node` is None for rollout-level news."""
-
-    at: float
-    node: str | None
-    step: str
-    message: str
-
-
-@dataclass
-class RolloutStatus:
-    id: str
-    image: str
-    version: str | None
-    wave: int
-    max_failures: int
-    force: bool
-    started: float
-    state: str = "running"  # running | succeeded | failed | stopped | interrupted
-    finished: float | None = None
-    nodes: dict[str, NodeProgress] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for n in self.nodes.values() if n.step is Step.FAILED)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["nodes"] = {k: {**asdict(v), "step": v.step.value} for k, v in self.nodes.items()}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RolloutStatus:
-        nodes = {k: NodeProgress(**{**v, "step": Step(v["step"])})
-                 for k, v in data.get("nodes", {}).items()}
-        fields = {k: v for k, v in data.items() if k != "nodes"}
-        return cls(**fields, nodes=nodes)
-
-
 class NodeFailed(ProvisionerError):
     """One node of a rollout failed; the message says why and what to look at."""
-
-
-def waves(names: Sequence[str], size: int) -> list[list[str]]:
-    size = max(1, size)
-    return [list(names[i:i + size]) for i in range(0, len(names), size)]
-
-
-def new_id(now: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(2)
-
-
-async def load_status(inventory: Inventory, rollout_id: str | None = None) -> RolloutStatus:
-    """A rollout's status by id, or the latest one (ids sort by start time)."""
-    if rollout_id is not None:
-        kv = await inventory.store.get(keys.reimage(rollout_id))
-        if kv is None:
-            raise NotFound(f"no reimage rollout {rollout_id!r}")
-        return RolloutStatus.from_dict(json.loads(kv.value))
-    items = (await inventory.store.range(keys.REIMAGE)).items
-    if not items:
-        raise NotFound("no reimage has run yet; start one with `provisioner node reimage`")
-    latest = max(items, key=lambda kv: kv.key)
-    return RolloutStatus.from_dict(json.loads(latest.value))
 
 
 class Rollout:
@@ -163,12 +99,16 @@ class Rollout:
     def __init__(self, inventory: Inventory, states: States, drains: DrainControl,
                  power_for: Callable[[Node], Awaitable[PowerDriver]], *,
                  on_progress: Callable[[Progress], None] | None = None,
-                 clock: Callable[[], float] = time.time, poll: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.time, poll: float = 1.0,
+                 resumable: bool = False, lock_ttl: float = LOCK_TTL) -> None:
         self.inventory, self.states, self.drains = inventory, states, drains
         self.power_for, self.on_progress = power_for, on_progress
         self.clock, self.poll = clock, poll
+        self.resumable = resumable
+        self.lock = StoreLock(inventory.store, LOCK, owner_id(), ttl=lock_ttl, clock=clock)
         self.status: RolloutStatus | None = None
         self._plan: list[list[str]] = []
+        self._lost: LockLost | None = None
 
     async def run(self, request: RolloutRequest) -> RolloutStatus:
         """Start and execute: returns when every node is done, failed or skipped."""
@@ -176,40 +116,92 @@ class Rollout:
         return await self.execute(request)
 
     async def start(self, request: RolloutRequest) -> RolloutStatus:
-        """Check the nodes, plan the waves and save the status (state "running"). Nothing has
-        changed on any node yet; an API can return the id here and `execute` in a task."""
+        """Check the nodes, take the lock, plan the waves and save the status (state
+        "running"). Nothing has changed on any node yet; an API can return the id here and
+        `execute` in a task. LockHeld when another rollout runs."""
         if not request.nodes:
             raise NotFound("no nodes to reimage; name them, e.g. `node reimage n1 n2 --image X`")
         found = [(await self.inventory.get_node(ref)).value for ref in request.nodes]
         names = list(dict.fromkeys(n.name for n in found))
+        await self.lock.acquire()
         status = self.status = RolloutStatus(
             id=new_id(self.clock()), image=request.image, version=request.version,
             wave=request.wave, max_failures=request.max_failures, force=request.force,
-            started=self.clock())
+            started=self.clock(), timeout=request.timeout, idle_timeout=request.idle_timeout,
+            resumable=self.resumable)
         self._plan = waves(names, request.wave)
         for number, wave in enumerate(self._plan, 1):
             for name in wave:
                 status.nodes[name] = NodeProgress(name, wave=number)
-        await self._emit(None, "started", f"reimage {len(names)} node(s) to {request.image} in "
-                         f"{len(self._plan)} wave(s) of {max(1, request.wave)}; "
-                         f"rollout {status.id}")
+        try:
+            await self._emit(None, "started", f"reimage {len(names)} node(s) to {request.image} "
+                             f"in {len(self._plan)} wave(s) of {max(1, request.wave)}; "
+                             f"rollout {status.id}")
+        except BaseException:
+            await asyncio.shield(self.lock.release())
+            raise
         return status
+
+    async def resume(self, rollout_id: str) -> RolloutStatus:
+        """Take up a rollout left running (see the module docstring); LockHeld while its
+        previous runner's lock has not expired, or another rollout runs."""
+        await self.lock.acquire()
+        try:
+            status = self.status = await load_status(self.inventory, rollout_id)
+        except BaseException:
+            await asyncio.shield(self.lock.release())
+            raise
+        if status.state in FINISHED:  # its runner finished it before letting the lock go
+            await self.lock.release()
+            return status
+        self._plan = status.plan()
+        await self._emit(None, "resumed", f"rollout {status.id} resumed at wave "
+                         f"{status.waves_done + 1}/{len(self._plan)}")
+        return await self.execute(status.request())
 
     async def execute(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
+        renewer = supervisor.ambient().spawn(f"reimage {status.id} lock", self._renew)
         try:
             for number, wave in enumerate(self._plan, 1):
+                if number <= status.waves_done:
+                    continue  # finished before a restart
                 if status.failures >= request.max_failures:
                     break
+                if self._lost is not None:
+                    raise self._lost
                 await self._emit(None, "wave", f"wave {number}/{len(self._plan)}: "
                                  f"{', '.join(wave)}")
                 await asyncio.gather(*(self._one(name, request) for name in wave))
+                status.waves_done = number
+                await self._save()
+            return await self._finish(request)
         except asyncio.CancelledError:
-            # Ctrl-C or a stopped service: say so in the store, where --status reads it.
-            status.state, status.finished = "interrupted", self.clock()
-            await asyncio.shield(self._save())
+            # Ctrl-C or a stopped service: say so in the store, where --status reads it. The
+            # appliance's own rollouts stay "running": the next start resumes them.
+            if not self.resumable:
+                status.state, status.finished = "interrupted", self.clock()
+                await asyncio.shield(self._save())
             raise
-        return await self._finish(request)
+        finally:
+            await asyncio.shield(self._let_go(renewer))
+
+    async def _let_go(self, renewer: supervisor.Supervised) -> None:
+        await renewer.stop()
+        await self.lock.release()
+
+    async def _renew(self) -> None:
+        """The lock's renewal, while the rollout runs (a supervised task)."""
+        while True:
+            await asyncio.sleep(self.lock.ttl / 3)
+            try:
+                await self.lock.renew()
+            except LockLost as exc:
+                log.error("reimage %s: %s", self._status().id, exc)
+                self._lost = exc
+                return
+            except ProvisionerError as exc:  # the store is away: the lock lasts its ttl
+                log.warning("reimage %s: could not renew its lock: %s", self._status().id, exc)
 
     async def _finish(self, request: RolloutRequest) -> RolloutStatus:
         status = self._status()
@@ -228,9 +220,16 @@ class Rollout:
 
     async def _one(self, name: str, request: RolloutRequest) -> None:
         progress = self._status().nodes[name]
-        progress.started = self.clock()
+        if progress.step in (Step.DONE, Step.FAILED, Step.SKIPPED):
+            return  # it ended before a restart
+        waiting = progress.step is Step.WAITING_CALLBACK and progress.started is not None
+        progress.started = progress.started if waiting else self.clock()
         try:
-            finished = await self._reimage(name, request)
+            if waiting:  # power-cycled before a restart: its callback may still come
+                node = (await self.inventory.get_node(name)).value
+                finished = await self._settle(node, progress.started or 0.0, request)
+            else:
+                finished = await self._reimage(name, request)
         except ProvisionerError as exc:
             progress.finished = self.clock()
             await self._emit(name, Step.FAILED, str(exc))
@@ -269,10 +268,12 @@ class Rollout:
 
     async def _cycle_and_wait(self, node: Node, request: RolloutRequest) -> bool:
         since = self.clock()
-        node = await self.states.transition(
-            node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
-            detail={"image": request.image, "version": request.version},
-            change=lambda n: n.with_changes(image=request.image))
+        if node.state not in (S.REIMAGING, S.PROVISIONING) or node.image != request.image:
+            # (else it was set reimaging before a restart: power-cycle it again)
+            node = await self.states.transition(
+                node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
+                detail={"image": request.image, "version": request.version},
+                change=lambda n: n.with_changes(image=request.image))
         await self._emit(node.name, Step.POWER_CYCLE, "power-cycling")
         try:
             driver = await self.power_for(node)
@@ -283,6 +284,10 @@ class Rollout:
             await self._fail(node, f"power-cycle failed: {exc}")
         await self._emit(node.name, Step.WAITING_CALLBACK,
                          f"waiting for the callback from {request.image}")
+        return await self._settle(node, since, request)
+
+    async def _settle(self, node: Node, since: float, request: RolloutRequest) -> bool:
+        """Wait for the node's callback (after `since`) and ready, then resume it."""
         try:
             await self._wait_ready(node, since, request)
         except NodeFailed as exc:

@@ -122,6 +122,16 @@ class TftpServer:
             assert isinstance(protocol, _Listener)
             await protocol.closed
 
+    async def stop_listening(self) -> None:
+        """Refuse new transfers (a graceful stop): port 69 is closed, those under way go on
+        on their own sockets (see `active`); close() ends them."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            protocol = listener.get_protocol()
+            listener.close()
+            assert isinstance(protocol, _Listener)
+            await protocol.closed
+
     def active(self) -> int:
         return len(self._transfers)
 

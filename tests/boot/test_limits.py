@@ -154,3 +154,17 @@ async def test_a_client_that_stops_reading_is_dropped_on_the_write_deadline(
     await until(lambda: server.admission.open == 0, "the slot given back")
     assert server.counters["bytes"] == 0  # the file was not counted as sent
     writer.transport.abort()
+
+
+async def test_a_graceful_stop_ends_an_idle_keepalive_at_once(boot: Start) -> None:
+    # idle_timeout is long: only the stop can end this connection within WAIT
+    server = await boot(idle_timeout=300)
+    reader, writer = await connect(server, LEASED)
+    writer.write(b"HEAD /boot/images/rocky/9.4/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert b"keep-alive" in head
+    await until(lambda: server.open_connections == 1, "the connection counted")
+    server.stop_listening()
+    assert await closed_by_server(reader)
+    await until(lambda: server.open_connections == 0, "no connection left for the stop to wait on")
+    assert server.counters["timeout:idle"] == 0

@@ -26,7 +26,6 @@ from provisioner.security.tokens import Role
 from provisioner.web.errors import responses
 
 log = logging.getLogger(__name__)
-START_WAIT = 5.0  # seconds to wait for the rollout to write its id
 
 
 def router(ctx: ApiContext, auth: Authority) -> APIRouter:
@@ -65,11 +64,19 @@ async def _start(ctx: ApiContext, request: RolloutRequest) -> str:
         return open_power(setting_values(effective), node=node.name)
 
     handoff = open_handoff(ctx.settings)
-    rollout = Rollout(ctx.inventory, ctx.lifecycle, handoff, power_for, clock=ctx.clock)
+    # resumable: the appliance takes it up again after a stop or a crash (nodes/resume.py)
+    rollout = Rollout(ctx.inventory, ctx.lifecycle, handoff, power_for, clock=ctx.clock,
+                      resumable=True)
+
+    try:
+        status = await rollout.start(request)  # LockHeld (409) while another rollout runs
+    except BaseException:
+        await handoff.close()
+        raise
 
     async def run() -> None:
         try:
-            await rollout.run(request)
+            await rollout.execute(request)
         except ProvisionerError as exc:
             log.warning("reimage: %s", exc)
         finally:
@@ -78,9 +85,4 @@ async def _start(ctx: ApiContext, request: RolloutRequest) -> str:
     task = asyncio.get_running_loop().create_task(run(), name="reimage")
     ctx.tasks.add(task)
     task.add_done_callback(ctx.tasks.discard)
-    for _ in range(int(START_WAIT * 100)):
-        if rollout.status is not None or task.done():
-            break
-        await asyncio.sleep(0.01)
-    return rollout.status.id if rollout.status is not None else "unknown"
-
+    return status.id
