@@ -95,7 +95,8 @@ async def test_the_appliance_supervises_its_background_tasks(
         appliance.supervisor.first_delay = 0.5
         await appliance.start(stack)
         names = {state.name for state in appliance.supervisor.states()}
-        assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper"}
+        assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper",
+                         "boot retries"}
         sweep = appliance.lifecycle.sweep
         failed = asyncio.Event()
 
