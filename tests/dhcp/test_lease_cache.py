@@ -266,3 +266,19 @@ async def test_real_etcd_stopped(tmp_path: Path) -> None:
     finally:
         await store.close()
         etcd.stop()
+
+
+async def test_the_probe_task_follows_the_store(
+        store_and_harness: tuple[FlakyStore, Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's probe loop marks the store down within a probe, and up again."""
+    monkeypatch.setattr("provisioner.dhcp.server.PROBE_EVERY", 0.01)
+    store, h = store_and_harness
+    probe = asyncio.create_task(h.server._probe_store())
+    try:
+        store.down = True
+        await eventually(lambda: not h.server.leases.store_up, "the store is seen down")
+        store.down = False
+        await eventually(lambda: h.server.leases.store_up, "the store is seen up")
+    finally:
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
