@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from provisioner.errors import StoreUnavailable
+from provisioner.config import load_settings
+from provisioner.errors import ConfigError, StoreUnavailable
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
@@ -225,3 +227,19 @@ async def test_run_finds_boots_at_start_and_follows_new_ones(world: World) -> No
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_retries_section_and_the_cache_threshold_are_read_and_checked(
+        tmp_path: Path) -> None:
+    base = {"PROVISIONER_DATA_DIR": str(tmp_path)}
+    settings = load_settings(env={**base, "PROVISIONER_RETRIES_MAX_RETRIES": "5",
+                                  "PROVISIONER_RETRIES_DHCP_DEADLINE": "30",
+                                  "PROVISIONER_DHCP_LEASE_CACHE_THRESHOLD": "0.5"})
+    assert settings.retries.max_retries == 5 and settings.retries.dhcp_deadline == 30.0
+    assert settings.dhcp.lease_cache_threshold == 0.5
+    assert load_settings(env=base).retries == RetrySettings()
+    for key, value in (("RETRIES_BACKOFF", "0.5"), ("RETRIES_SCRIPT_DEADLINE", "0"),
+                       ("RETRIES_MAX_RETRIES", "-1"), ("DHCP_LEASE_CACHE_THRESHOLD", "1")):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(env={**base, f"PROVISIONER_{key}": value})
+        assert "\n" not in str(refused.value)
