@@ -27,6 +27,7 @@ from typing import Any
 from provisioner.errors import ConfigError, ValidationError
 from provisioner.limits import BootLimits, DhcpLimits, TftpLimits, check_limits
 from provisioner.nodes.model import SettingValue, check_settings
+from provisioner.retrysettings import RetrySettings, check_retries
 
 SYSTEM_CONFIG = Path("/etc/provisioner/provisioner.toml")
 STORE_BACKENDS = ("sqlite", "memory", "etcd")
@@ -173,6 +174,9 @@ class DhcpSettings(DhcpLimits):
     subnets: tuple[SubnetSettings, ...] = ()
     lease_time: int = 3600
     offer_hold: int = 30  # seconds an offered address is held for the client's REQUEST
+    #: a lease with more than this fraction of lease_time left is ACKed again with no store
+    #: write (as Kea's cache-threshold); 0: every REQUEST is written
+    lease_cache_threshold: float = 0.25
     decline_time: int = 600  # seconds a DECLINEd address is quarantined
     discovery: bool = False  # unknown MACs become `discovered` nodes
     discovery_dry_run: bool = False  # log what discovery would do; do not answer unknown MACs
@@ -231,6 +235,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     handoff: HandoffSettings = field(default_factory=HandoffSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -256,7 +261,8 @@ class Settings:
 SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
                              "boot": BootSettings, "dhcp": DhcpSettings,
                              "images": ImagesSettings, "scheduler": SchedulerSettings,
-                             "handoff": HandoffSettings, "service": ServiceSettings}
+                             "handoff": HandoffSettings, "service": ServiceSettings,
+                             "retries": RetrySettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -375,6 +381,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("store.timeout: must be more than 0 seconds")
     _check_dhcp(settings.dhcp)
     check_limits(settings.boot, settings.tftp, settings.dhcp)
+    check_retries(settings.retries)
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
     _check_store_security(store)
@@ -402,6 +409,8 @@ def _check_store_security(store: StoreSettings) -> None:
 def _check_dhcp(dhcp: DhcpSettings) -> None:
     if dhcp.mode not in ("full", "proxy", "off"):
         raise ConfigError(f"dhcp.mode: {dhcp.mode!r} is not one of full, proxy, off")
+    if not 0 <= dhcp.lease_cache_threshold < 1:
+        raise ConfigError("dhcp.lease_cache_threshold: a fraction from 0 (off) to below 1")
     if dhcp.mode == "full" and not dhcp.subnets:
         raise ConfigError("dhcp.subnets: full mode needs at least one [[dhcp.subnets]] "
                           "with a network (e.g. network = \"10.10.0.0/24\")")

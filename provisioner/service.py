@@ -35,6 +35,7 @@ from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.nodes.resume import resume_rollouts
+from provisioner.nodes.retries import BootRetries
 from provisioner.render.environment import Renderer
 from provisioner.runtime import supervisor
 from provisioner.security.audit import AuditLog
@@ -221,6 +222,9 @@ class Appliance:
         stack.push_async_callback(self.boot.close)
         sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
         stack.push_async_callback(sweeper.stop)
+        if s.retries.enabled:
+            retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock)
+            stack.push_async_callback(self.supervisor.spawn("boot retries", retries.run).stop)
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings

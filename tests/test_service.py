@@ -96,7 +96,7 @@ async def test_the_appliance_supervises_its_background_tasks(
         await appliance.start(stack)
         names = {state.name for state in appliance.supervisor.states()}
         assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper",
-                         "reimage resume"}
+                         "reimage resume", "boot retries"}
         sweep = appliance.lifecycle.sweep
         failed = asyncio.Event()
 

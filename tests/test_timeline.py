@@ -22,3 +22,12 @@ def test_timeline_orders_events_and_only_state_changes_have_durations() -> None:
     assert [e.state for e in entries] == [None, None, "provisioning", "booted"]
     assert [e.offset for e in entries] == [0.0, 0.5, 1.0, 30.0]
     assert timeline([], 1.0) == []
+
+
+def test_a_timeline_without_state_changes() -> None:
+    """A node power-cycled before it ever changed state: its events, none with a duration."""
+    events = [BootEvent(MAC, "power_cycled", 10.0, {"by": "admin"}),
+              BootEvent(MAC, "dhcp_acked", 12.0, {})]
+    entries = timeline(events, now=20.0)
+    assert [(e.event.kind, e.duration, e.state) for e in entries] == [
+        ("power_cycled", None, None), ("dhcp_acked", None, None)]

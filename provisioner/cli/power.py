@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 
-from provisioner.cli.audit import AdminChange, audited
+from provisioner.cli.audit import AdminChange, audited, local_who
 from provisioner.cli.common import JSON_OPTION, print_json, state, with_inventory
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import setting_values
+from provisioner.nodes.retries import power_cycled
 from provisioner.power.base import PowerAction, PowerState, power_action, wait_for_state
 from provisioner.power.registry import open_power
 
@@ -38,6 +41,8 @@ def power(
         driver = open_power(setting_values(effective), node=node.name, timeout=timeout,
                             notify=lambda text: typer.echo(text, err=True))
         result = await power_action(driver, action)
+        if action is PowerAction.CYCLE:  # its boot is watched from now on (nodes/retries.py)
+            await inv.add_event(power_cycled(node.mac, time.time(), by=local_who()))
         want = WANTED.get(action)
         if wait > 0 and want is not None and result is not PowerState.UNKNOWN:
             result = await wait_for_state(driver, want, timeout=wait)

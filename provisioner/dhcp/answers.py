@@ -36,6 +36,7 @@ from provisioner.dhcp.replies import (
 )
 from provisioner.dhcp.send import ReplySender
 from provisioner.dhcp.subnets import Subnet, subnet_for
+from provisioner.errors import StoreUnavailable
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import (
     BootEvent,
@@ -96,6 +97,8 @@ class Answers:
             self.discovery.discover(decision, subnet, transport)
             return
         self._seen(node)
+        if not self._may_offer(mac, node):
+            return
         ip = self.leases.offer(mac, subnet.pool, self._clock(), requested=decision.requested_ip,
                                reserved=node.ip if node else None)
         if ip is None:
@@ -105,7 +108,7 @@ class Answers:
         grant = self._grant(subnet, ip, node)
         boot = self._boot_info(packet, mac, node)
         self._sender.send(packet, offer_reply(packet, self.server_ip, grant, boot), transport)
-        if node is not None:
+        if node is not None and self.leases.store_up:
             self.record(mac, "dhcp_offered", {"ip": str(ip), "firmware": str(
                 classify_firmware(packet))})
 
@@ -122,17 +125,50 @@ class Answers:
         if verdict is not None or subnet is None:
             self._nak(packet, verdict or "no subnet", transport)
             return
+        if self._from_cache(decision, subnet, node, transport):
+            return
+        if not self.leases.store_up:
+            self._counters["ack_withheld:store_down"] += 1  # nothing may be bound unrecorded
+            return
         # The ACK goes out only once the binding is durable (leases.py).
-        lease = await self.leases.bind(mac, address, self._clock(), self.settings.lease_time,
-                                       hostname=node.name if node else None)
+        try:
+            lease = await self.leases.bind(mac, address, self._clock(),
+                                           self.settings.lease_time,
+                                           hostname=node.name if node else None)
+        except (StoreUnavailable, TimeoutError) as exc:
+            if not self._from_cache(decision, subnet, node, transport):
+                self._counters["ack_withheld:store_down"] += 1
+                log.warning("dhcp: no ACK for %s (%s): %s", mac, address, exc)
+            return
         if lease is None:
             self._nak(packet, "address taken", transport)
             return
-        grant = self._grant(subnet, address, node)
-        boot = self._boot_info(packet, mac, node)
+        self._ack(decision, subnet, node, self.settings.lease_time, transport)
+
+    def _from_cache(self, decision: policy.DhcpRequest, subnet: Subnet, node: Node | None,
+                    transport: asyncio.DatagramTransport) -> bool:
+        """ACK the lease the client already holds, unchanged and with no store write, when
+        policy.cached_lease_time allows it (see leases.py on the store being down)."""
+        s, up = self.settings, self.leases.store_up
+        left = policy.cached_lease_time(
+            self.leases.lease_of(decision.mac), decision.address, node, self._clock(),
+            policy.cache_floor(s.lease_time, s.lease_cache_threshold, store_up=up))
+        if left is None:
+            return False
+        self._counters["lease_cached" if up else "lease_cached:store_down"] += 1
+        self._ack(decision, subnet, node, left, transport, cached=True)
+        return True
+
+    def _ack(self, decision: policy.DhcpRequest, subnet: Subnet, node: Node | None,
+             lease_time: int, transport: asyncio.DatagramTransport, *,
+             cached: bool = False) -> None:
+        packet, address = decision.packet, decision.address
+        grant = self._grant(subnet, address, node, lease_time)
+        boot = self._boot_info(packet, decision.mac, node)
         self._sender.send(packet, ack_reply(packet, self.server_ip, grant, boot), transport)
-        if node is not None:
-            self.record(mac, "dhcp_acked", {"ip": str(address), "state": decision.state.value})
+        if node is not None and self.leases.store_up:  # else the event could not be written
+            self.record(decision.mac, "dhcp_acked", {"ip": str(address), "cached": cached,
+                                                     "state": decision.state.value})
 
     async def end(self, decision: policy.Decline | policy.Release) -> None:
         quarantine = self.settings.decline_time if isinstance(decision, policy.Decline) else 0
@@ -155,6 +191,19 @@ class Answers:
         reply = inform_reply(decision.packet, self.server_ip, options, boot)
         self._sender.send(decision.packet, reply, transport)
 
+    def _may_offer(self, mac: MacAddress, node: Node | None) -> bool:
+        """While the store is down only a client whose recorded lease can be ACKed again as it
+        stands gets an offer (of that address, the one choose() gives back): no other offer
+        could be followed by an ACK."""
+        if self.leases.store_up:
+            return True
+        known = self.leases.lease_of(mac)
+        if known is not None and policy.cached_lease_time(
+                known, known.ip, node, self._clock(), float(policy.MIN_CACHED_LEASE)):
+            return True
+        self._counters["offer_withheld:store_down"] += 1
+        return False
+
     def _seen(self, node: Node | None) -> None:
         if node is not None and node.state is NodeState.DISCOVERED:
             self.discovery.seen(node.mac)  # its discovery_ttl starts again
@@ -163,11 +212,13 @@ class Answers:
              transport: asyncio.DatagramTransport) -> None:
         self._sender.send(packet, nak_reply(packet, self.server_ip, message), transport)
 
-    def _grant(self, subnet: Subnet, ip: IPv4Address, node: Node | None) -> Grant:
+    def _grant(self, subnet: Subnet, ip: IPv4Address, node: Node | None,
+               lease_time: int | None = None) -> Grant:
         options = subnet.options
         if node is not None:  # RFC 2132 3.14: the node's name, so its OS knows who it is
             options = {**options, Opt.HOST_NAME.value: encode_text(node.name)}
-        return Grant(ip, self.settings.lease_time, options)
+        return Grant(ip, self.settings.lease_time if lease_time is None else lease_time,
+                     options)
 
     # -- boot files: proxy mode and port 4011 ----------------------------------------------
 

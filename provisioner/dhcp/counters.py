@@ -17,6 +17,12 @@ them the same way.
 - discovery_expired     discovered nodes deleted: not accepted, not seen for discovery_ttl
 - proxy_sightings       addresses recorded from PXE exchanges in proxy mode
 - rate_limited          requests dropped: their chaddr sent faster than [dhcp] mac_burst/mac_rate
+- lease_cached          REQUESTs ACKed from the lease already recorded, with no store write
+                        ([dhcp] lease_cache_threshold); lease_cached:store_down, the same
+                        while the store did not answer
+- offer_withheld:store_down, ack_withheld:store_down
+                        DISCOVERs and REQUESTs not answered while the store did not answer:
+                        the client has no recorded lease that could be given again
 """
 
 from __future__ import annotations

@@ -10,17 +10,22 @@
   waits on the store; another head node's bindings arrive through the same watch.
 - A node keeps its address across PXE ROM, iPXE and the booted OS: leases are keyed by MAC,
   not by client identifier (option 61 differs between those three).
+- The book knows whether the store answers (`store_up`): a write that finds it unreachable
+  marks it down, `probe()` (run every few seconds by the server) marks it up again. While it is
+  down nothing is offered that could not be recorded; leases already recorded are given again
+  as they stand (policy.cached_lease_time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator, Set
 from ipaddress import IPv4Address
 
 from provisioner.dhcp.subnets import Pool, pick_address
-from provisioner.errors import Conflict, ProvisionerError
+from provisioner.errors import Conflict, ProvisionerError, StoreUnavailable
 from provisioner.inventory import codec, keys
 from provisioner.inventory.follower import Follower
 from provisioner.inventory.repository import Inventory
@@ -83,6 +88,8 @@ class LeaseBook:
         # Writes in flight, by key: the watch can deliver one before its put() returns (the
         # store's reader sees a commit as soon as the writer thread makes it).
         self._inflight: dict[str, tuple[Lease, bytes]] = {}
+        #: False from a write that found the store unreachable until a probe() answers
+        self.store_up = True
 
     # -- the in-memory view --------------------------------------------------------------
 
@@ -193,6 +200,9 @@ class LeaseBook:
         pending = self._inflight[key] = (lease, data)
         try:
             revision = await self.inventory.store.put(key, data, expect=expect)
+        except (StoreUnavailable, TimeoutError):
+            self._store_lost()
+            raise
         finally:
             if self._inflight.get(key) is pending:
                 del self._inflight[key]
@@ -204,6 +214,24 @@ class LeaseBook:
             own.add(revision)
             if len(own) > OWN_LIMIT:  # bounded, should a watch ever skip revisions
                 self._own = {r for r in own if r > self._seen}
+
+    def _store_lost(self) -> None:
+        if self.store_up:
+            log.warning("dhcp: the store is unreachable: only leases already recorded are "
+                        "given, no new address is offered until it answers again")
+        self.store_up = False
+
+    async def probe(self, timeout: float) -> bool:
+        """Ask the store for its status (bounded by `timeout`); `store_up` follows the answer."""
+        try:
+            await asyncio.wait_for(self.inventory.store.status(), timeout)
+        except (StoreUnavailable, TimeoutError, OSError):
+            self._store_lost()
+            return False
+        if not self.store_up:
+            log.warning("dhcp: the store answers again: new addresses are offered")
+        self.store_up = True
+        return True
 
     async def _reload(self, ip: IPv4Address) -> None:
         fresh = await self.inventory.get_lease(ip)

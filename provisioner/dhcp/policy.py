@@ -269,3 +269,35 @@ def check_request(
     if known is not None and known.ip != address and (node is None or node.ip is None):
         return f"your address is {known.ip}"
     return None
+
+
+# -- lease caching --------------------------------------------------------------------------
+
+#: seconds a lease must still have to be given again while the store is down: a client told
+#: "a few seconds" would only come back at once
+MIN_CACHED_LEASE: Final = 60
+
+
+def cache_floor(lease_time: int, threshold: float, *, store_up: bool) -> float | None:
+    """How many seconds a lease must still have to be given again with no store write (as
+    Kea's cache-threshold): more than `threshold` of `lease_time` while the store answers, so a
+    boot's PXE ROM, iPXE and OS requests cost one write, not three; while it is down, any
+    recorded lease with MIN_CACHED_LEASE left, since nothing new can be recorded. None: the
+    cache is off (threshold 0) and the store answers."""
+    if not store_up:
+        return float(MIN_CACHED_LEASE)
+    return threshold * lease_time if threshold > 0 else None
+
+
+def cached_lease_time(known: Lease | None, address: IPv4Address, node: Node | None,
+                      now: float, floor: float | None) -> int | None:
+    """The seconds left on `known` when it may be ACKed as it stands: bound to `address`, more
+    than `floor` seconds left, and not against the node's reservation. The ACK carries what is
+    left of the recorded lease, never more (RFC 2131 section 4.3.2 lets a server answer
+    from its record of the binding): nothing is promised that the store has not recorded."""
+    if floor is None or known is None or known.state != "bound" or known.ip != address:
+        return None
+    if node is not None and node.ip is not None and node.ip != address:
+        return None
+    left = int(known.expires - now)
+    return left if left > floor else None

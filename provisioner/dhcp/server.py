@@ -54,6 +54,7 @@ _ZERO = IPv4Address(0)
 RELAY_INFO_LOG_EVERY = 60.0  # s: an untrusted option 82 is logged once a minute per source
 RATE_LOG_EVERY = 60.0  # s: a rate-limited MAC is logged once a minute
 EXPIRE_EVERY = 60.0  # s: discovered nodes past their discovery_ttl are looked for this often
+PROBE_EVERY = 2.0  # s: how often the store is asked whether it answers (leases.py)
 _ANY = "0.0.0.0"
 
 
@@ -100,6 +101,7 @@ class DhcpServer:
         self._in_flight = InFlight(self.counters)
         self._sender = ReplySender(self.counters)
         self._sweeper: supervisor.Supervised | None = None
+        self._prober: supervisor.Supervised | None = None
         self.answers = Answers(settings, inventory, self.leases, self.subnets, files,
                                sender=self._sender, in_flight=self._in_flight,
                                counters=self.counters, defaults=defaults or {}, clock=clock)
@@ -131,6 +133,7 @@ class DhcpServer:
         await self.leases.start()
         # Its own supervised task, not in flight: those are exchanges, this runs until close.
         self._sweeper = supervisor.ambient().spawn("dhcp hold sweeper", self._sweep_holds)
+        self._prober = supervisor.ambient().spawn("dhcp store probe", self._probe_store)
         await self._listen(s.port, pxe_port=False, unicast=s.listen != _ANY)
         if s.listen == _ANY and self._segment.mode is policy.DhcpMode.FULL:
             await self._listen_unicast(s.port)
@@ -182,11 +185,20 @@ class DhcpServer:
                 except ProvisionerError as exc:
                     log.warning("dhcp: expiring discovered nodes: %s", exc)
 
+    async def _probe_store(self) -> None:
+        """Keep LeaseBook.store_up true to the store, so an outage stops new offers within
+        seconds, before any REQUEST has to find it out, and its end starts them again."""
+        while True:
+            await self.leases.probe(PROBE_EVERY)
+            await asyncio.sleep(PROBE_EVERY)
+
     async def close(self) -> None:
         """Stop reading, cancel the exchanges in flight and wait for them, stop the lease
         watch, close every socket."""
         if self._sweeper is not None:
             await self._sweeper.stop()
+        if self._prober is not None:
+            await self._prober.stop()
         for transport in self._transports:
             transport.close()
         await self._in_flight.cancel()

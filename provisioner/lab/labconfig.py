@@ -41,6 +41,8 @@ class LabOptions:
     discovery_limit: int = 1024
     #: more [dhcp] lines, verbatim (tests: circuit_names, trusted_relays)
     dhcp_extra: str = ""
+    #: more sections, verbatim, at the end of the settings (tests: [retries] deadlines)
+    extra: str = ""
     api_port: int = 8080
     boot_port: int = 80
     scheduler_port: int = 8090
@@ -137,4 +139,4 @@ kind = "builtin"
 image = {_q(options.image)}
 power_driver = "qemu"
 console = "ttyS0,115200"
-"""
+{options.extra}"""

@@ -30,8 +30,11 @@ def timeline(events: Sequence[BootEvent], now: float) -> list[TimelineEntry]:
         return []
     states = {s.value for s in NodeState}
     changes = [i for i, e in enumerate(ordered) if e.kind in states and "from" in e.detail]
+    # changes[1:] + [None] pairs each change with the next; no change, no pairs (a timeline
+    # may hold only other events, such as a power cycle).
+    nexts: list[int | None] = [*changes[1:], None] if changes else []
     ends = {i: (ordered[j].at if j is not None else now)
-            for i, j in zip(changes, [*changes[1:], None], strict=True)}
+            for i, j in zip(changes, nexts, strict=True)}
     start = ordered[0].at
     return [TimelineEntry(e, round(e.at - start, 6),
                           round(ends[i] - e.at, 6) if i in ends else None,

@@ -151,6 +151,9 @@ async def test_power_through_the_manual_driver(api: Api) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["node"] == "node001" and response.json()["action"] == "cycle"
     assert (await api.ctx.audit.entries())[0].action == "power.cycle"
+    [event] = await api.ctx.inventory.list_events(MacAddress(MAC))
+    assert (event.kind, event.at) == ("power_cycled", api.clock.now)  # nodes/retries.py
+    assert event.detail["by"] == (await api.ctx.audit.entries())[0].who  # who cycled it
 
 
 async def test_reimage_checks_nodes_and_image_then_runs_in_the_background(api: Api) -> None:

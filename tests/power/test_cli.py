@@ -55,6 +55,8 @@ def test_power_a_qemu_node(cli: Cli, qemu: Qemu) -> None:
     asyncio_wait(qemu, 1)
     out, _ = cli("node", "power", "vm1", "cycle", "--json")
     assert json.loads(out) == {"node": "vm1", "driver": "qemu", "action": "cycle", "power": "on"}
+    events = json.loads(cli("node", "events", "vm1", "--json")[0])
+    assert [e["kind"] for e in events] == ["power_cycled"]  # its boot is watched (retries.py)
     asyncio_wait(qemu, 2)
     assert "power is now off" in cli("node", "power", "vm1", "off")[0]
     cli("node", "power", "vm1", "bogus", code=2)

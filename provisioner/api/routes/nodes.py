@@ -29,6 +29,7 @@ from provisioner.nodes.model import (
     check_ipv4,
     setting_values,
 )
+from provisioner.nodes.retries import power_cycled
 from provisioner.nodes.timeline import timeline
 from provisioner.power.base import power_action
 from provisioner.power.registry import open_power
@@ -151,6 +152,8 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         driver = open_power(setting_values(effective), node=node.name)
         try:
             state = await power_action(driver, body.action)
+            if body.action == "cycle":  # its boot is watched from now on (nodes/retries.py)
+                await inv.add_event(power_cycled(node.mac, ctx.clock(), by=who.who))
         finally:
             if body.action != "status":
                 await ctx.audit.record(who.who, f"power.{body.action}", node.mac.value, "ok",
