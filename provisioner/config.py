@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner.config_retention import RetentionSettings, check_retention
 from provisioner.errors import ConfigError, ValidationError
 from provisioner.limits import BootLimits, DhcpLimits, TftpLimits, check_limits
 from provisioner.nodes.model import SettingValue, check_settings
@@ -231,6 +232,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     handoff: HandoffSettings = field(default_factory=HandoffSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -256,7 +258,8 @@ class Settings:
 SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp": TftpSettings,
                              "boot": BootSettings, "dhcp": DhcpSettings,
                              "images": ImagesSettings, "scheduler": SchedulerSettings,
-                             "handoff": HandoffSettings, "service": ServiceSettings}
+                             "handoff": HandoffSettings, "service": ServiceSettings,
+                             "retention": RetentionSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -375,6 +378,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("store.timeout: must be more than 0 seconds")
     _check_dhcp(settings.dhcp)
     check_limits(settings.boot, settings.tftp, settings.dhcp)
+    check_retention(settings.retention)
     if store.backend == "etcd" and not store.endpoints:
         raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
     _check_store_security(store)
