@@ -37,6 +37,7 @@ from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.nodes.resume import resume_rollouts
 from provisioner.render.environment import Renderer
 from provisioner.runtime import supervisor
+from provisioner.runtime.retention import Retention
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
@@ -221,6 +222,11 @@ class Appliance:
         stack.push_async_callback(self.boot.close)
         sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
         stack.push_async_callback(sweeper.stop)
+        retention = Retention(self.store, s.retention, clock=self.clock)
+        stack.push_async_callback(self.supervisor.spawn("retention", retention.run).stop)
+        if self.store.backend == "etcd" and s.retention.compact_interval:
+            compaction = self.supervisor.spawn("etcd compaction", retention.compact_forever)
+            stack.push_async_callback(compaction.stop)
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
