@@ -39,6 +39,12 @@ class EventLog:
         result = await self.store.range(keys.events(mac.value))
         return [codec.decode_event(kv.value) for kv in result.items]
 
+    async def latest_events(self, mac: MacAddress, limit: int) -> tuple[list[BootEvent], bool]:
+        """A node's newest `limit` events in time order, and whether there are older ones."""
+        page = await self.store.page(keys.events(mac.value), limit=limit + 1, reverse=True)
+        items = page.items[:limit]
+        return [codec.decode_event(kv.value) for kv in reversed(items)], len(page.items) > limit
+
     async def events_page(self, mac: MacAddress, *, after: str = "",
                           limit: int) -> tuple[list[BootEvent], str]:
         """Up to `limit` of a node's events in time order after the sequence `after` (the

@@ -31,8 +31,9 @@ def timeline(events: Sequence[BootEvent], now: float | None) -> list[TimelineEnt
         return []
     states = {s.value for s in NodeState}
     changes = [i for i, e in enumerate(ordered) if e.kind in states and "from" in e.detail]
+    nexts: list[int | None] = [*changes[1:], None] if changes else []
     ends = {i: (ordered[j].at if j is not None else now)
-            for i, j in zip(changes, [*changes[1:], None], strict=True)}
+            for i, j in zip(changes, nexts, strict=True)}
     start = ordered[0].at
     return [TimelineEntry(e, round(e.at - start, 6),
                           _duration(ends.get(i), e.at),
