@@ -316,6 +316,7 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
         if settings.service.user:  # every privileged port is bound: root is no longer needed
             drop_to(settings.service.user, written_files(settings), written_trees(settings))
         context = appliance.api_context()
+        stack.push_async_callback(context.refused.close)  # counted refusals into the audit log
         # The boot callback skips the FastAPI stack (same handler, same answers; see
         # api/routes/node.py): at 200 callbacks/s that stack was most of the appliance's CPU.
         app = CallbackFastPath(create_app(context), context)
