@@ -4,16 +4,22 @@ followers have applied: the history goes, the followers carry on without a relis
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
+from provisioner.config import load_settings
 from provisioner.config_retention import RetentionSettings
 from provisioner.inventory.follower import Follower
 from provisioner.runtime import supervisor
 from provisioner.runtime.retention import Retention
 from provisioner.runtime.supervisor import Supervisor
+from provisioner.service import Appliance
 from provisioner.store.base import Compacted, EventType, KeyValueStore, TxnOp, WatchEvent
+from tests.support.etcd_server import EtcdServer
 
 KEEP = 10
 
@@ -72,7 +78,8 @@ async def test_compaction_keeps_the_newest_revisions_and_followers_carry_on(
         assert compacted == head - KEEP
         assert quiet.applied + 1 >= compacted
         with pytest.raises(Compacted):
-            await anext(aiter(store.watch("/busy/", compacted - 1)))
+            async with contextlib.aclosing(store.watch("/busy/", compacted - 1)) as old:
+                await anext(old)
         assert await retention.compact() is None  # nothing new: nothing to do
         later = await store.put("/quiet/c", b"3")
         await _until(lambda: quiet.applied >= later and busy.applied >= head)
@@ -96,8 +103,36 @@ async def test_a_follower_that_is_behind_holds_the_compaction_back(
         assert stuck.applied < head - KEEP
         compacted = await Retention(store, RetentionSettings(compact_keep=KEEP)).compact()
         assert compacted is None or compacted <= stuck.applied + 1
-        resumed = aiter(store.watch("/busy/", stuck.applied + 1))
-        first = await anext(resumed)  # not Compacted: the follower can carry on from here
+        async with contextlib.aclosing(store.watch("/busy/", stuck.applied + 1)) as resumed:
+            first = await anext(resumed)  # not Compacted: the follower can carry on from here
         assert first.key == "/busy/k3"
     finally:
         await stuck.stop()
+
+
+@pytest.mark.etcd
+async def test_the_appliance_over_etcd_compacts_on_its_schedule(
+        etcd_server: EtcdServer, tmp_path: Path) -> None:
+    settings = load_settings(env={
+        "PROVISIONER_DATA_DIR": str(tmp_path), "PROVISIONER_STORE_BACKEND": "etcd",
+        "PROVISIONER_STORE_ENDPOINTS": etcd_server.endpoint,
+        "PROVISIONER_STORE_NAMESPACE": f"/test-{uuid.uuid4().hex[:8]}",
+        "PROVISIONER_TFTP_ENABLED": "false", "PROVISIONER_BOOT_LISTEN": "127.0.0.1",
+        "PROVISIONER_BOOT_PORT": "0", "PROVISIONER_HANDOFF_KIND": "none",
+        "PROVISIONER_RETENTION_COMPACT_INTERVAL": "0.2",
+        "PROVISIONER_RETENTION_COMPACT_KEEP": "5"})
+    async with contextlib.AsyncExitStack() as stack:
+        appliance = Appliance(settings)
+        await appliance.start(stack)
+        names = {state.name for state in appliance.supervisor.states()}
+        assert {"retention", "etcd compaction"} <= names
+        head = await _busy(appliance.store, 30)
+        async with asyncio.timeout(10):
+            while True:  # the compaction's own revision is not known here: watch for it
+                try:
+                    async with contextlib.aclosing(appliance.store.watch("/", head - 10)) as w:
+                        await anext(w)
+                except Compacted:
+                    break
+                await asyncio.sleep(0.1)
+        assert appliance.inventory.node_by_name("nobody") is None  # the cache still answers
