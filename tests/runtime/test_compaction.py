@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,16 @@ async def _busy(store: KeyValueStore, count: int) -> int:
     return revisions[-1]
 
 
+async def _first(store: KeyValueStore, prefix: str, start: int) -> WatchEvent:
+    """The first event of a watch, which is then closed."""
+    watch = store.watch(prefix, start)
+    try:
+        return await anext(watch)
+    finally:
+        if isinstance(watch, AsyncGenerator):
+            await watch.aclose()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not condition():
@@ -78,8 +88,7 @@ async def test_compaction_keeps_the_newest_revisions_and_followers_carry_on(
         assert compacted == head - KEEP
         assert quiet.applied + 1 >= compacted
         with pytest.raises(Compacted):
-            async with contextlib.aclosing(store.watch("/busy/", compacted - 1)) as old:
-                await anext(old)
+            await _first(store, "/busy/", compacted - 1)
         assert await retention.compact() is None  # nothing new: nothing to do
         later = await store.put("/quiet/c", b"3")
         await _until(lambda: quiet.applied >= later and busy.applied >= head)
@@ -103,8 +112,7 @@ async def test_a_follower_that_is_behind_holds_the_compaction_back(
         assert stuck.applied < head - KEEP
         compacted = await Retention(store, RetentionSettings(compact_keep=KEEP)).compact()
         assert compacted is None or compacted <= stuck.applied + 1
-        async with contextlib.aclosing(store.watch("/busy/", stuck.applied + 1)) as resumed:
-            first = await anext(resumed)  # not Compacted: the follower can carry on from here
+        first = await _first(store, "/busy/", stuck.applied + 1)  # not Compacted: it carries on
         assert first.key == "/busy/k3"
     finally:
         await stuck.stop()
@@ -130,8 +138,7 @@ async def test_the_appliance_over_etcd_compacts_on_its_schedule(
         async with asyncio.timeout(10):
             while True:  # the compaction's own revision is not known here: watch for it
                 try:
-                    async with contextlib.aclosing(appliance.store.watch("/", head - 10)) as w:
-                        await anext(w)
+                    await _first(appliance.store, "/", head - 10)
                 except Compacted:
                     break
                 await asyncio.sleep(0.1)
