@@ -87,8 +87,11 @@ class AuditLog:
         previous page returned); the entries and the next cursor ("" once there is no more)."""
         found: list[AuditEntry] = []
         after = keys.audit(after) if after else ""
+        # A filter may skip most entries: read bigger pages then (the cursor is still the
+        # last entry looked at, so nothing is skipped or repeated).
+        size = max(limit, PAGE) if action is not None else limit
         while True:
-            page = await self.store.page(keys.AUDIT, after=after, limit=limit, reverse=True)
+            page = await self.store.page(keys.AUDIT, after=after, limit=size, reverse=True)
             for kv in page.items:
                 after = kv.key
                 data = json.loads(kv.value)
@@ -98,7 +101,7 @@ class AuditLog:
                                             data.get("detail", {})))
                 if len(found) >= limit:
                     return found, keys.seq_of(after)
-            if len(page.items) < limit:
+            if len(page.items) < size:
                 return found, ""
 
 

@@ -37,6 +37,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
 PUT_KV = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)"
 PUT_LOG = "INSERT INTO log VALUES (?, ?, ?, 0)"
+IDLE_READERS = 4  # range connections kept open between reads; more concurrent ones are closed
 
 
 def connect(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
@@ -153,7 +154,7 @@ class Reader:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store {self._path} read failed: {exc}") from exc
         finally:
-            if self._closed:
+            if self._closed or self._idle.qsize() >= IDLE_READERS:
                 db.close()
             else:
                 self._idle.put(db)
