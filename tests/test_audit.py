@@ -37,3 +37,13 @@ async def test_entries_filter_by_action(store: KeyValueStore) -> None:
     await log.record("b", "node.delete", "y", "ok", 2.0)
     found, _ = await log.page(action="auth")
     assert [e.who for e in found] == ["a"]
+
+
+async def test_a_page_that_reaches_the_end_has_no_cursor(store: KeyValueStore) -> None:
+    log = AuditLog(store)
+    for i in range(6):
+        await log.record("local:root", "node.update", f"n{i}", "ok", 10.0 + i)
+    first, cursor = await log.page(limit=3)
+    second, end = await log.page(limit=3, after=cursor)
+    assert [e.target for e in first + second] == [f"n{i}" for i in range(5, -1, -1)]
+    assert cursor and end == ""

@@ -50,8 +50,11 @@ class EventLog:
         """Up to `limit` of a node's events in time order after the sequence `after` (the
         cursor the previous page returned); the events and the next cursor ("" once done)."""
         start = keys.event(mac.value, after) if after else ""
-        items = (await self.store.page(keys.events(mac.value), after=start, limit=limit)).items
-        cursor = keys.seq_of(items[-1].key) if len(items) == limit else ""
+        # One more than asked: a page that ends the timeline says so (no cursor), and its last
+        # state runs until now rather than past the page.
+        read = await self.store.page(keys.events(mac.value), after=start, limit=limit + 1)
+        items = read.items[:limit]
+        cursor = keys.seq_of(items[-1].key) if len(read.items) > limit else ""
         return [codec.decode_event(kv.value) for kv in items], cursor
 
 

@@ -87,22 +87,27 @@ class AuditLog:
         previous page returned); the entries and the next cursor ("" once there is no more)."""
         found: list[AuditEntry] = []
         after = keys.audit(after) if after else ""
-        # A filter may skip most entries: read bigger pages then (the cursor is still the
-        # last entry looked at, so nothing is skipped or repeated).
-        size = max(limit, PAGE) if action is not None else limit
+        # One more than asked, so a page that reaches the end says so (no cursor). A filter may
+        # skip most entries: read bigger pages then; the cursor is still the last entry looked
+        # at, so nothing is skipped or repeated (and a last empty page may follow a full one).
+        size = max(limit, PAGE) if action is not None else limit + 1
         while True:
             page = await self.store.page(keys.AUDIT, after=after, limit=size, reverse=True)
-            for kv in page.items:
-                after = kv.key
+            for index, kv in enumerate(page.items):
                 data = json.loads(kv.value)
                 if action is None or data["action"] == action:
-                    found.append(AuditEntry(data["seq"], data["who"], data["action"],
-                                            data["target"], data["outcome"], data["at"],
-                                            data.get("detail", {})))
+                    found.append(_entry(data))
                 if len(found) >= limit:
-                    return found, keys.seq_of(after)
+                    more = index + 1 < len(page.items) or len(page.items) == size
+                    return found, keys.seq_of(kv.key) if more else ""
+                after = kv.key
             if len(page.items) < size:
                 return found, ""
+
+
+def _entry(data: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(data["seq"], data["who"], data["action"], data["target"],
+                      data["outcome"], data["at"], data.get("detail", {}))
 
 
 async def stale_entries(store: KeyValueStore, *, keep: int,

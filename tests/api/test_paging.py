@@ -45,6 +45,9 @@ async def test_events_page_oldest_first_and_every_event_once(store_api: Api) -> 
     assert [e["detail"]["i"] for p in pages for e in p["events"]] == list(range(250))
     whole = (await api.client.get("/api/v1/nodes/node100/events", headers=api.viewer)).json()
     assert len(whole["events"]) == 200 and whole["next_cursor"]  # the default page
+    exact = (await api.client.get("/api/v1/nodes/node100/events", headers=api.viewer,
+                                  params={"limit": 50, "cursor": pages[1]["next_cursor"]}))
+    assert exact.json()["next_cursor"] is None  # the last 50 in a page of 50: the end
 
 
 async def test_audit_pages_newest_first(store_api: Api) -> None:
