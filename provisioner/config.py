@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner.config_retention import RetentionSettings, check_retention
+from provisioner.config_retries import RetrySettings, check_retries
+from provisioner.config_store import StoreSettings, check_store
 from provisioner.errors import ConfigError, ValidationError
 from provisioner.limits import BootLimits, DhcpLimits, TftpLimits, check_limits
 from provisioner.nodes.model import SettingValue, check_settings
-from provisioner.retrysettings import RetrySettings, check_retries
 
 SYSTEM_CONFIG = Path("/etc/provisioner/provisioner.toml")
-STORE_BACKENDS = ("sqlite", "memory", "etcd")
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -38,28 +39,6 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
     base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "provisioner"
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    backend: str = "sqlite"
-    #: sqlite file; empty means DATA_DIR/store.db
-    path: str = ""
-    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
-    namespace: str = ""
-    timeout: float = 2.0
-    #: etcd TLS: the CA that signed etcd's certificate (empty with https:// endpoints: the
-    #: system's CAs), and our client certificate and key when etcd runs --client-cert-auth.
-    #: Setting ca or cert turns TLS on. The key must be readable by its owner only.
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    #: etcd auth (`etcdctl user add`, `etcdctl auth enable`): the user and its password, from a
-    #: file readable by its owner only (password_file) or PROVISIONER_STORE_PASSWORD; a password
-    #: written in this file is allowed but shown by nothing.
-    user: str = ""
-    password: str = ""
-    password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +215,7 @@ class Settings:
     handoff: HandoffSettings = field(default_factory=HandoffSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -262,7 +242,8 @@ SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp":
                              "boot": BootSettings, "dhcp": DhcpSettings,
                              "images": ImagesSettings, "scheduler": SchedulerSettings,
                              "handoff": HandoffSettings, "service": ServiceSettings,
-                             "retries": RetrySettings}
+                             "retries": RetrySettings,
+                             "retention": RetentionSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -373,37 +354,16 @@ def _tables(where: str, kind: Any, value: object) -> tuple[Any, ...]:
 
 
 def _check(settings: Settings) -> None:
-    store = settings.store
-    if store.backend not in STORE_BACKENDS:
-        raise ConfigError(f"store.backend: {store.backend!r} is not one of "
-                          f"{', '.join(STORE_BACKENDS)}")
-    if store.timeout <= 0:
-        raise ConfigError("store.timeout: must be more than 0 seconds")
+    check_store(settings.store)
     _check_dhcp(settings.dhcp)
     check_limits(settings.boot, settings.tftp, settings.dhcp)
     check_retries(settings.retries)
-    if store.backend == "etcd" and not store.endpoints:
-        raise ConfigError("store.endpoints: the etcd backend needs at least one HOST:PORT")
-    _check_store_security(store)
+    check_retention(settings.retention)
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
              ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:
         if not 0 <= port < 65536:
             raise ConfigError(f"{name}: {port} is not a port (0-65535; 0 picks a free one)")
-
-
-def _check_store_security(store: StoreSettings) -> None:
-    """The shape of the etcd TLS and auth settings (the files are read when the store opens)."""
-    if bool(store.cert) != bool(store.key):
-        raise ConfigError("store.cert and store.key go together: the client certificate and "
-                          "its private key, or neither")
-    if store.password and store.password_file:
-        raise ConfigError("store.password and store.password_file: give one, not both")
-    if (store.password or store.password_file) and not store.user:
-        raise ConfigError("store.password needs store.user (the etcd user name)")
-    if store.user and not (store.password or store.password_file):
-        raise ConfigError(f"store.user {store.user!r} needs store.password_file (or "
-                          "PROVISIONER_STORE_PASSWORD)")
 
 
 def _check_dhcp(dhcp: DhcpSettings) -> None:

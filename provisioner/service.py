@@ -38,6 +38,7 @@ from provisioner.nodes.resume import resume_rollouts
 from provisioner.nodes.retries import BootRetries
 from provisioner.render.environment import Renderer
 from provisioner.runtime import supervisor
+from provisioner.runtime.retention import Retention
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
@@ -222,6 +223,11 @@ class Appliance:
         stack.push_async_callback(self.boot.close)
         sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
         stack.push_async_callback(sweeper.stop)
+        retention = Retention(self.store, s.retention, clock=self.clock)
+        stack.push_async_callback(self.supervisor.spawn("retention", retention.run).stop)
+        if self.store.backend == "etcd" and s.retention.compact_interval:
+            compaction = self.supervisor.spawn("etcd compaction", retention.compact_forever)
+            stack.push_async_callback(compaction.stop)
         if s.retries.enabled:
             retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock)
             stack.push_async_callback(self.supervisor.spawn("boot retries", retries.run).stop)
@@ -314,6 +320,7 @@ async def _serve(settings: Settings, listen: str, port: int) -> None:
         if settings.service.user:  # every privileged port is bound: root is no longer needed
             drop_to(settings.service.user, written_files(settings), written_trees(settings))
         context = appliance.api_context()
+        stack.push_async_callback(context.refused.close)  # counted refusals into the audit log
         # The boot callback skips the FastAPI stack (same handler, same answers; see
         # api/routes/node.py): at 200 callbacks/s that stack was most of the appliance's CPU.
         app = CallbackFastPath(create_app(context), context)

@@ -14,10 +14,10 @@ async def test_entries_are_appended_and_listed_newest_first(store: KeyValueStore
     for i in range(5):
         await log.record("token:ci(abc)", "node.create", f"node{i}", "ok", 100.0 + i,
                          detail={"i": i})
-    entries = await log.entries(limit=3)
+    entries, cursor = await log.page(limit=3)
     assert [e.target for e in entries] == ["node4", "node3", "node2"]
-    older = await log.entries(limit=3, before=entries[-1].seq)
-    assert [e.target for e in older] == ["node1", "node0"]
+    older, end = await log.page(limit=3, after=cursor)
+    assert [e.target for e in older] == ["node1", "node0"] and end == ""
     assert older[0].detail == {"i": 1} and older[0].who == "token:ci(abc)"
 
 
@@ -35,4 +35,15 @@ async def test_entries_filter_by_action(store: KeyValueStore) -> None:
     log = AuditLog(store)
     await log.record("a", "auth", "x", "denied", 1.0)
     await log.record("b", "node.delete", "y", "ok", 2.0)
-    assert [e.who for e in await log.entries(action="auth")] == ["a"]
+    found, _ = await log.page(action="auth")
+    assert [e.who for e in found] == ["a"]
+
+
+async def test_a_page_that_reaches_the_end_has_no_cursor(store: KeyValueStore) -> None:
+    log = AuditLog(store)
+    for i in range(6):
+        await log.record("local:root", "node.update", f"n{i}", "ok", 10.0 + i)
+    first, cursor = await log.page(limit=3)
+    second, end = await log.page(limit=3, after=cursor)
+    assert [e.target for e in first + second] == [f"n{i}" for i in range(5, -1, -1)]
+    assert cursor and end == ""

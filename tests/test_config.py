@@ -56,6 +56,10 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"PROVISIONER_STORE_TIMEOUT": "0"}, r"store\.timeout"),
         ("[defaults]\nnope = 1\n", {}, r"defaults\.settings\.nope: unknown setting"),
         ("[store\n", {}, "not valid TOML"),
+        ("[retention]\nevents_per_node = 0\n", {}, r"\[retention\] counts must be 1"),
+        ("", {"PROVISIONER_RETENTION_AUDIT_DAYS": "0"}, r"ages \(days\) more than 0"),
+        ("[retention]\nbatch = 500\n", {}, r"retention\.batch must be 1 to 128"),
+        ("[retention]\ninterval = 0\n", {}, r"retention\.interval"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, env: dict[str, str],
@@ -69,3 +73,14 @@ def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, env: dict[s
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml", env={})
+
+
+def test_retention_defaults_and_a_file(tmp_path: Path) -> None:
+    defaults = load_settings(env={}).retention
+    assert (defaults.events_per_node, defaults.events_days) == (200, 30.0)
+    assert (defaults.audit_records, defaults.audit_days) == (100_000, 365.0)
+    assert (defaults.compact_interval, defaults.compact_keep) == (600.0, 10_000)
+    file = tmp_path / "p.toml"
+    file.write_text("[retention]\nevents_per_node = 50\ncompact_interval = 0\n")
+    chosen = load_settings(file, env={}).retention
+    assert (chosen.events_per_node, chosen.compact_interval) == (50, 0.0)

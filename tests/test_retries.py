@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.config import load_settings
+from provisioner.config_retries import RetrySettings
 from provisioner.errors import ConfigError, StoreUnavailable
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
@@ -27,7 +28,6 @@ from provisioner.nodes.retries import (
     waiting,
 )
 from provisioner.power.base import PowerDriver
-from provisioner.retrysettings import RetrySettings
 from provisioner.store.memory import MemoryStore
 from tests.support.waiting import eventually
 

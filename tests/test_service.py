@@ -83,8 +83,9 @@ def test_auth_may_be_off_only_on_loopback() -> None:
 
 async def test_the_appliance_supervises_its_background_tasks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The followers and the lifecycle sweeper run under the appliance's supervisor: a sweep
-    that raises something unexpected is restarted, and /healthz says so until it is back."""
+    """The followers, the lifecycle sweeper and retention run under the appliance's
+    supervisor: a sweep that raises something unexpected is restarted, and /healthz says so
+    until it is back."""
     monkeypatch.setattr("provisioner.service.SWEEP_INTERVAL", 0.05)
     settings = load_settings(env={
         "PROVISIONER_DATA_DIR": str(tmp_path), "PROVISIONER_STORE_BACKEND": "memory",
@@ -95,8 +96,9 @@ async def test_the_appliance_supervises_its_background_tasks(
         appliance.supervisor.first_delay = 0.5
         await appliance.start(stack)
         names = {state.name for state in appliance.supervisor.states()}
+        # ("etcd compaction" too, over etcd)
         assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper",
-                         "reimage resume", "boot retries"}
+                         "reimage resume", "boot retries", "retention"}
         sweep = appliance.lifecycle.sweep
         failed = asyncio.Event()
 

@@ -31,3 +31,15 @@ def test_a_timeline_without_state_changes() -> None:
     entries = timeline(events, now=20.0)
     assert [(e.event.kind, e.duration, e.state) for e in entries] == [
         ("power_cycled", None, None), ("dhcp_acked", None, None)]
+
+
+def test_a_timeline_without_state_changes_has_no_durations() -> None:
+    events = [BootEvent(MAC, "dhcp_offered", 100.0, {}), BootEvent(MAC, "served", 101.0, {})]
+    assert [e.duration for e in timeline(events, now=150.0)] == [None, None]
+
+
+def test_a_page_of_a_longer_timeline_leaves_its_last_state_open() -> None:
+    """A page with more after it passes now=None: its last state goes on past the page."""
+    events = [BootEvent(MAC, "provisioning", 101.0, {"from": "registered"}),
+              BootEvent(MAC, "booted", 130.0, {"from": "provisioning"})]
+    assert [e.duration for e in timeline(events, now=None)] == [29.0, None]

@@ -31,7 +31,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_middleware(BodyLimit, max_body=ctx.settings.api.max_body, setting="[api] max_body",
                        max_depth=MAX_DEPTH)
     errors.install(app)
-    auth = Authority(ctx.api_tokens, ctx.audit, ctx.clock, enabled=ctx.settings.api.auth)
+    auth = Authority(ctx.api_tokens, ctx.refused, enabled=ctx.settings.api.auth)
     app.include_router(config.health_router(ctx))
     app.include_router(nodes.router(ctx, auth))
     app.include_router(reimage.router(ctx, auth))

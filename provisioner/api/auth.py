@@ -2,20 +2,20 @@
 reimage, admin manages groups, images, tokens, settings and the audit log.
 
 `Authority.need(role)` is a FastAPI dependency returning the caller (a Principal); it is also
-what puts the bearer security scheme into the OpenAPI schema. Every refusal is audited. With
+what puts the bearer security scheme into the OpenAPI schema. Every refusal is audited, a flood
+of them from one address as one summary entry a minute (security/refusals.py). With
 `[api] auth = false` (allowed on loopback only, service.py checks) every caller is an admin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
 
 from provisioner.errors import Forbidden, Unauthorized
-from provisioner.security.audit import AuditLog
+from provisioner.security.refusals import RefusalRecorder
 from provisioner.security.tokens import API_TOKEN_REFUSED, ApiTokens, Role
 from provisioner.web.auth import Credentials, bearer
 
@@ -31,9 +31,8 @@ class Principal:
 
 
 class Authority:
-    def __init__(self, tokens: ApiTokens, audit: AuditLog, clock: Callable[[], float], *,
-                 enabled: bool) -> None:
-        self.tokens, self.audit, self.clock, self.enabled = tokens, audit, clock, enabled
+    def __init__(self, tokens: ApiTokens, refused: RefusalRecorder, *, enabled: bool) -> None:
+        self.tokens, self.refused, self.enabled = tokens, refused, enabled
 
     def need(self, role: Role) -> Any:
         async def check(request: Request, credentials: Credentials | None = _CREDENTIALS
@@ -50,20 +49,19 @@ class Authority:
         target = f"{request.method} {request.url.path}"
         client = request.client.host if request.client else "?"
         if credentials is None:
-            await self._denied(f"client:{client}", target, "no bearer token")
+            await self.refused.refuse(client, f"client:{client}", "auth", target,
+                                      "no bearer token")
             raise Unauthorized(NO_TOKEN)
         try:
             token = await self.tokens.authenticate(credentials.credentials)
         except Unauthorized:
-            await self._denied(f"client:{client}", target, "bad bearer token")
+            await self.refused.refuse(client, f"client:{client}", "auth", target,
+                                      "bad bearer token")
             raise Unauthorized(API_TOKEN_REFUSED) from None
         principal = Principal(f"token:{token.name}({token.id})", token.role)
         if token.role < role:
-            await self._denied(principal.who, target, f"role {token.role.label} < {role.label}")
+            await self.refused.refuse(client, principal.who, "auth", target,
+                                      f"role {token.role.label} < {role.label}")
             raise Forbidden(f"this needs the {role.label} role and token {token.name!r} is "
                             f"{token.role.label}; use a token created with --role {role.label}")
         return principal
-
-    async def _denied(self, who: str, target: str, reason: str) -> None:
-        await self.audit.record(who, "auth", target, "denied", self.clock(),
-                                detail={"reason": reason})

@@ -14,6 +14,7 @@ from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.runtime.supervisor import Supervisor
 from provisioner.security.audit import AuditLog
+from provisioner.security.refusals import RefusalRecorder
 from provisioner.security.tokens import ApiTokens, BootTokens
 
 Counters = Callable[[], Mapping[str, Mapping[str, int]]]
@@ -37,11 +38,14 @@ class ApiContext:
     supervisor: Supervisor | None = None
     #: refused callbacks, counted and logged once per source per minute (no store write)
     refusals: Refusals = field(init=False)
+    #: refused tokens (API and boot callback) in the audit log, as a summary per source
+    refused: RefusalRecorder = field(init=False)
     #: background work started by requests (rollouts), kept so it is not garbage-collected
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.refusals = Refusals(self.clock)
+        self.refused = RefusalRecorder(self.audit, self.clock)
 
     @classmethod
     def build(cls, settings: Settings, inventory: Inventory, *,

@@ -88,6 +88,8 @@ class Timeline(BaseModel):
     name: str
     state: NodeState
     events: list[EventOut]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the "
+                                    "next page of events; null on the last page")
 
 
 class GroupOut(BaseModel):
@@ -194,6 +196,12 @@ class AuditOut(BaseModel):
     outcome: str
     at: float
     detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) "
+                                    "page; null on the last page")
 
 
 class TokenCreate(StrictBody):

@@ -20,11 +20,12 @@ import typer
 from provisioner.cli.common import JSON_OPTION, print_json, print_table, with_store
 from provisioner.errors import ProvisionerError
 from provisioner.inventory.repository import Inventory
-from provisioner.security.audit import AuditLog
+from provisioner.security.audit import AuditEntry, AuditLog
 from provisioner.store.base import KeyValueStore
 
 T = TypeVar("T")
 _ERROR_CHARS = 300  # an error's text in the entry's detail, cut to this
+PAGE = 1000  # entries read per request by `provisioner audit`
 
 
 def local_who() -> str:
@@ -113,15 +114,26 @@ def _detail(detail: Mapping[str, Any]) -> str:
 
 def audit(
     ctx: typer.Context,
-    limit: int = typer.Option(50, "--limit", "-n", min=1, max=10000,
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=100_000,
                               help="How many entries, newest first."),
+    every: bool = typer.Option(False, "--all", help="Every entry kept (see [retention])."),
     action: str | None = typer.Option(None, "--action", help="Only this action, e.g. "
                                       "node.update, image.prune, auth."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The audit log, newest first: API and CLI changes, refused requests, boot tokens."""
-    found = with_store(ctx, lambda store: AuditLog(store).entries(limit=limit, action=action),
-                       read=True)
+
+    async def read(store: KeyValueStore) -> list[AuditEntry]:
+        log, cursor = AuditLog(store), ""
+        found: list[AuditEntry] = []
+        while True:  # a page at a time, so a long log is never one read
+            want = PAGE if every else min(PAGE, limit - len(found))
+            page, cursor = await log.page(limit=want, after=cursor, action=action)
+            found.extend(page)
+            if not cursor or (not every and len(found) >= limit):
+                return found
+
+    found = with_store(ctx, read, read=True)
     if as_json:
         print_json([e.to_dict() for e in found])
         return

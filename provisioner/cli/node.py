@@ -331,15 +331,21 @@ def accept(ctx: typer.Context, refs: list[str] = typer.Argument(..., help="Names
 
 
 @app.command("events")
-def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION) -> None:
-    """The node's timeline: every event, and how long it stayed in each state."""
+def events(ctx: typer.Context, ref: str = NODE_ARG,
+           limit: int = typer.Option(200, "--limit", "-n", min=1, max=100_000,
+                                     help="Show the newest N events."),
+           every: bool = typer.Option(False, "--all", help="Show every event kept."),
+           as_json: bool = JSON_OPTION) -> None:
+    """The node's timeline: its newest events, and how long it stayed in each state."""
     from provisioner.nodes.timeline import timeline
 
-    async def act(inv: Inventory) -> tuple[Node, list[BootEvent]]:
+    async def act(inv: Inventory) -> tuple[Node, list[BootEvent], bool]:
         node = (await inv.get_node(ref)).value
-        return node, await inv.list_events(node.mac)
+        if every:
+            return node, await inv.list_events(node.mac), False
+        return node, *await inv.latest_events(node.mac, limit)
 
-    node, found = with_inventory(ctx, act, read=True)
+    node, found, older = with_inventory(ctx, act, read=True)
     entries = timeline(found, time.time())
     if as_json:
         print_json([{"kind": e.event.kind, "at": e.event.at, "offset": e.offset,
@@ -350,6 +356,8 @@ def events(ctx: typer.Context, ref: str = NODE_ARG, as_json: bool = JSON_OPTION)
     print_table(["time", "offset", "event", "in state", "detail"],
                 [[_clock(e.event.at), f"+{e.offset:.3f}s", e.event.kind,
                   _span(e.duration), _detail(e.event.detail)] for e in entries])
+    if older:
+        typer.echo(f"(the newest {limit} events; older ones: --limit N or --all)")
 
 
 def _clock(at: float) -> str:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 
 from provisioner.runtime import supervisor
 from provisioner.store.base import Compacted, EventType, KeyValueStore, WatchEvent
 
 log = logging.getLogger(__name__)
+
+#: the followers of this process that are running, for the etcd compaction (runtime/retention.py)
+_RUNNING: weakref.WeakSet[Follower] = weakref.WeakSet()
+
+
+def running_on(store: KeyValueStore) -> list[Follower]:
+    """This process's running followers of `store`."""
+    return [f for f in list(_RUNNING) if f.store is store and f.running]
 
 
 class Follower:
@@ -41,10 +50,21 @@ class Follower:
         await self._relist()
         self.relists = 0
         self._task = supervisor.ambient().spawn(f"follower {self.prefix}", self._follow)
+        _RUNNING.add(self)
 
     async def stop(self) -> None:
+        _RUNNING.discard(self)
         if self._task is not None:
             await self._task.stop()
+
+    async def catch_up(self) -> None:
+        """Move `applied` up to the store's revision when the view already holds what the store
+        holds under the prefix. A quiet prefix (groups) gets no events, so `applied` would stay
+        where it was and hold the compaction back; a view equal to a range at revision R is
+        the prefix as of R (mod revisions only grow), so a watch may resume from R + 1."""
+        result = await self.store.range(self.prefix)
+        if {kv.key: kv.mod_revision for kv in result.items} == self._keys:
+            self.applied = max(self.applied, result.revision)
 
     async def _follow(self) -> None:
         if not self._listed:  # restarted after a fault: the view may have missed changes

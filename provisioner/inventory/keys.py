@@ -42,6 +42,23 @@ def seq(at: float, bump: int = 0) -> str:
     return f"{int(at * 1e9) + bump:020d}"
 
 
+def is_seq(text: str) -> bool:
+    """Whether `text` is a sequence as `seq` spells it (a page cursor of events or audit)."""
+    return len(text) == 20 and text.isascii() and text.isdigit()
+
+
+def seq_of(key: str) -> str:
+    """The sequence an append-only key (events, audit) ends in."""
+    return key.rsplit("/", 1)[-1]
+
+
+def seq_time(key: str) -> float | None:
+    """The time (seconds) of an append-only key ending in a sequence (events, audit); None if
+    `key` does not end in one."""
+    tail = seq_of(key)
+    return int(tail) / 1e9 if is_seq(tail) else None
+
+
 def node(mac: str) -> str:
     """`mac` in canonical form (MacAddress.value)."""
     return NODES + mac
@@ -66,6 +83,17 @@ def events(mac: str) -> str:
 
 def event(mac: str, sequence: str) -> str:
     return events(mac) + sequence
+
+
+def events_past(mac: str) -> str:
+    """A key past every event of `mac` and before the next node's: a page cursor that skips
+    the rest of this timeline (sequences are digits, which sort below "~")."""
+    return events(mac) + "~"
+
+
+def event_mac(key: str) -> str:
+    """The MAC of an event key."""
+    return key[len(EVENTS):].split("/", 1)[0]
 
 
 def boot_token(mac: str) -> str:

@@ -1,17 +1,21 @@
 """DHCP leases in the store, one record per address (keys.lease(IP)).
 
 The DHCP lease book (dhcp/leases.py) binds with the same key and bytes from its own
-watch-fed view; these are the plain reads and the compare-and-swap write.
+watch-fed view; these are the plain reads and the compare-and-swap write, and
+`stale_leases`, the records retention deletes.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import AsyncIterator
 
 from provisioner.inventory import codec, keys
 from provisioner.inventory.versioned import Versioned
 from provisioner.nodes.model import Lease, check_ipv4
-from provisioner.store.base import KeyValueStore
+from provisioner.store.base import KeyValueStore, TxnOp
+
+PAGE = 500  # records read per request while looking for stale ones
 
 
 class LeaseRecords:
@@ -32,3 +36,17 @@ class LeaseRecords:
     async def list_leases(self) -> list[Lease]:
         result = await self.store.range(keys.LEASES)
         return [codec.decode_lease(kv.value) for kv in result.items]
+
+
+async def stale_leases(store: KeyValueStore, *, before: float) -> AsyncIterator[TxnOp]:
+    """Deletes of the lease records that expired before `before` (seconds), each expecting
+    the record's revision: a lease renewed or rebound meanwhile is not deleted."""
+    after = ""
+    while True:
+        page = await store.page(keys.LEASES, after=after, limit=PAGE)
+        for kv in page.items:
+            if codec.decode_lease(kv.value).expires < before:
+                yield TxnOp(kv.key, None, expect=kv.mod_revision)
+        if len(page.items) < PAGE:
+            return
+        after = page.items[-1].key

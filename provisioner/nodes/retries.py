@@ -2,7 +2,7 @@
 
 A node power-cycled through its power driver (the API's or the CLI's `power cycle`, or a retry
 here) records a `power_cycled` event. From then on its boot must pass three stages, each
-within its deadline ([retries] in the config, retrysettings.py), read off its timeline:
+within its deadline ([retries] in the config, config_retries.py), read off its timeline:
 
     power_cycled ─ dhcp ─> dhcp_acked ─ script ─> provisioning ─ callback ─> booted
 
@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from provisioner.config_retries import RetrySettings
 from provisioner.errors import InvalidTransition, NotFound, PowerError, ProvisionerError
 from provisioner.inventory import codec, keys
 from provisioner.inventory.repository import Inventory
@@ -37,7 +38,6 @@ from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress, NodeState, SettingValue
 from provisioner.power.base import PowerDriver
 from provisioner.power.registry import open_power
-from provisioner.retrysettings import RetrySettings
 from provisioner.store.base import EventType
 
 log = logging.getLogger(__name__)

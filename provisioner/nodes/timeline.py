@@ -22,9 +22,10 @@ class TimelineEntry:
     state: str | None  # the state entered, for state events
 
 
-def timeline(events: Sequence[BootEvent], now: float) -> list[TimelineEntry]:
+def timeline(events: Sequence[BootEvent], now: float | None) -> list[TimelineEntry]:
     """Events in time order; state events carry the time spent in that state (the current
-    state runs until `now`)."""
+    state runs until `now`). A page of a longer timeline passes `now=None`: its last state
+    goes on past the page, so its duration is not known here (None)."""
     ordered = sorted(events, key=lambda e: e.at)
     if not ordered:
         return []
@@ -37,6 +38,10 @@ def timeline(events: Sequence[BootEvent], now: float) -> list[TimelineEntry]:
             for i, j in zip(changes, nexts, strict=True)}
     start = ordered[0].at
     return [TimelineEntry(e, round(e.at - start, 6),
-                          round(ends[i] - e.at, 6) if i in ends else None,
+                          _duration(ends.get(i), e.at),
                           e.kind if i in ends else None)
             for i, e in enumerate(ordered)]
+
+
+def _duration(end: float | None, start: float) -> float | None:
+    return None if end is None else round(end - start, 6)

@@ -42,6 +42,7 @@ from provisioner.scheduler.state import SchedulerState
 from provisioner.web import errors
 from provisioner.web.auth import Credentials, bearer, shared_secret
 from provisioner.web.limits import BodyLimit
+from provisioner.web.refusals import RefusalLog
 
 log = logging.getLogger("provisioner.scheduler")
 REFUSED = ("no or wrong token: send Authorization: Bearer <[scheduler] token> (the CLI sends "
@@ -188,12 +189,12 @@ def _job_id(text: str) -> str:
     return text
 
 
-def _refuse_agent(request: Request, why: str) -> Unauthorized:
-    """The one 401 of the agent routes, logged with who asked (never with what they sent)."""
+def _refuse_agent(refusals: RefusalLog, request: Request, why: str) -> Unauthorized:
+    """The one 401 of the agent routes, logged with who asked (never with what they sent), a
+    line per source a minute at most (web/refusals.py)."""
     client = request.client.host if request.client else "unknown"
-    # %r: the path is the requester's text; a newline in it must not forge a log line.
-    log.warning("agent request refused: %s %r from %s (%s)", request.method, request.url.path,
-                client, why)
+    # !r: the path is the requester's text; a newline in it must not forge a log line.
+    refusals.refused(client, f"agent request {request.method} {request.url.path!r} ({why})")
     return Unauthorized(AGENT_REFUSED)
 
 
@@ -202,6 +203,8 @@ def _given(credentials: Credentials | None) -> str:
 
 
 def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
+    refusals = RefusalLog(log)
+
     @app.post("/sched/v1/nodes/{name}/poll", responses={
         204: {"description": "No work"}, **errors.responses(401)})
     async def poll(name: str, request: Request, format: str = "json",
@@ -210,7 +213,7 @@ def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
         (state `cancelled`; in text, `KILL <id>`); 204 when there is nothing. Needs the
         node's agent credential."""
         if not state.agent_for_node(name, _given(credentials)):
-            raise _refuse_agent(request, "no credential" if credentials is None
+            raise _refuse_agent(refusals, request, "no credential" if credentials is None
                                 else f"not the credential of node {name[:64]!r}")
         job = await state.poll(name)
         if job is None:
@@ -231,7 +234,7 @@ def _agent_routes(app: FastAPI, state: SchedulerState) -> None:
         of the node the job runs on; an unknown job is refused the same way, so the answer
         tells nothing about which ids exist."""
         if not state.agent_for_job(job_id, _given(credentials)):
-            raise _refuse_agent(request, "no credential" if credentials is None
+            raise _refuse_agent(refusals, request, "no credential" if credentials is None
                                 else "not the credential of the job's node")
         raw = await request.body()
         if exit_code is not None:

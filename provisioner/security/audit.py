@@ -3,15 +3,17 @@
     keys.audit(SEQ)   {"seq", "who", "action", "target", "outcome", "at", "detail"}
 
 `seq` is the entry's time as keys.seq spells it, so that keys sort in time order; entries
-are created with `expect=0` (never overwritten) and this module has no delete. Every admin
-change, every authentication failure and every one-boot token use is recorded.
+are created with `expect=0` (never overwritten). Only retention deletes them: `stale_entries`
+names the entries past `[retention]` audit_records and audit_days (runtime/retention.py). Every
+admin change and every one-boot token use is recorded; a flood of refused requests is counted
+and recorded as one summary per source and interval, not one entry each.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -22,6 +24,7 @@ from provisioner.store.base import KeyValueStore, TxnOp
 log = logging.getLogger(__name__)
 
 _BUMPS: Final = 64
+PAGE: Final = 500  # keys read per request while looking for stale entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +77,51 @@ class AuditLog:
         log.error("audit: no free sequence number for %s %s", action, target)
         return None
 
-    async def entries(self, *, limit: int = 100, before: str | None = None,
-                      action: str | None = None) -> list[AuditEntry]:
-        """Newest first; `before` is a seq from an earlier page."""
-        result = await self.store.range(keys.AUDIT)
+    async def entries(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        """The newest `limit` entries (of `action`), newest first."""
+        return (await self.page(limit=limit, action=action))[0]
+
+    async def page(self, *, limit: int = 100, after: str = "",
+                   action: str | None = None) -> tuple[list[AuditEntry], str]:
+        """Up to `limit` entries, newest first, older than the sequence `after` (the cursor the
+        previous page returned); the entries and the next cursor ("" once there is no more)."""
         found: list[AuditEntry] = []
-        for kv in reversed(result.items):
-            data = json.loads(kv.value)
-            if before is not None and data["seq"] >= before:
-                continue
-            if action is not None and data["action"] != action:
-                continue
-            found.append(AuditEntry(data["seq"], data["who"], data["action"], data["target"],
-                                    data["outcome"], data["at"], data.get("detail", {})))
-            if len(found) >= limit:
-                break
-        return found
+        after = keys.audit(after) if after else ""
+        # One more than asked, so a page that reaches the end says so (no cursor). A filter may
+        # skip most entries: read bigger pages then; the cursor is still the last entry looked
+        # at, so nothing is skipped or repeated (and a last empty page may follow a full one).
+        size = max(limit, PAGE) if action is not None else limit + 1
+        while True:
+            page = await self.store.page(keys.AUDIT, after=after, limit=size, reverse=True)
+            for index, kv in enumerate(page.items):
+                data = json.loads(kv.value)
+                if action is None or data["action"] == action:
+                    found.append(_entry(data))
+                if len(found) >= limit:
+                    more = index + 1 < len(page.items) or len(page.items) == size
+                    return found, keys.seq_of(kv.key) if more else ""
+                after = kv.key
+            if len(page.items) < size:
+                return found, ""
+
+
+def _entry(data: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(data["seq"], data["who"], data["action"], data["target"],
+                      data["outcome"], data["at"], data.get("detail", {}))
+
+
+async def stale_entries(store: KeyValueStore, *, keep: int,
+                        before: float) -> AsyncIterator[str]:
+    """The keys of entries past retention: all but the newest `keep`, and any older than
+    `before` (seconds). Read newest first, a page at a time."""
+    seen, after = 0, ""
+    while True:
+        page = await store.page(keys.AUDIT, after=after, limit=PAGE, reverse=True)
+        for kv in page.items:
+            seen += 1
+            at = keys.seq_time(kv.key)
+            if seen > keep or (at is not None and at < before):
+                yield kv.key
+        if len(page.items) < PAGE:
+            return
+        after = page.items[-1].key

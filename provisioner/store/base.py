@@ -20,6 +20,10 @@ in tests/store/test_contract.py. The rules:
   revision: etcd stamps every key of a txn with one revision, sqlite and memory give each op
   its own. A delete of an absent key with `expect=None` is a no-op inside a txn. One txn is one
   round trip (etcd Txn, one sqlite transaction): the boot callback writes its five keys in one.
+- `page(prefix, after=, limit=, reverse=)` reads at most `limit` keys under the prefix in key
+  order (descending with `reverse`), past `after` (the last key of the previous page; "" starts
+  at the first key, or the last when reversed). A full page may have more after it; a short one
+  is the end. Retention walks the store with it and the API pages events and audit entries.
 - A backend that cannot answer within its timeout raises `StoreUnavailable`.
 - `close()` ends every open watch: its iteration stops without an error. Closing twice is fine.
 
@@ -108,6 +112,12 @@ class KeyValueStore(Protocol):
     async def get(self, key: str) -> KeyValue | None: ...
 
     async def range(self, prefix: str) -> RangeResult: ...
+
+    async def page(self, prefix: str, *, after: str = "", limit: int,
+                   reverse: bool = False) -> RangeResult:
+        """At most `limit` keys under `prefix` past `after`, in key order (descending when
+        `reverse`). Raises ValidationError when `after` is not under `prefix`."""
+        ...
 
     async def put(
         self, key: str, value: bytes, *, expect: int | None = None, lease: int = 0

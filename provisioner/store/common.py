@@ -49,6 +49,15 @@ def check_txn(ops: Sequence[TxnOp]) -> None:
         seen.add(op.key)
 
 
+def check_page(prefix: str, after: str, limit: int) -> None:
+    """A page's arguments: a positive limit, and a cursor that is a key under the prefix."""
+    if limit < 1:
+        raise ValidationError("limit", "must be 1 or more")
+    if after and (not after.startswith(prefix) or not after.isprintable()):
+        raise ValidationError("after", f"{after[:80]!r} is not a key under {prefix}; start "
+                              "again without a cursor")
+
+
 def prefix_end(prefix: str) -> str:
     """The smallest key above every key that starts with `prefix`: [prefix, end) is the prefix's
     range. Keys are printable (check_key) and U+10FFFF is not, so no key reaches `end`; UTF-8

@@ -14,6 +14,7 @@ from provisioner.store.common import (
     Changes,
     check_expect,
     check_key,
+    check_page,
     check_txn,
     delete_refusal,
     first_revision,
@@ -46,6 +47,14 @@ class MemoryStore:
     async def range(self, prefix: str) -> RangeResult:
         items = [kv for k, kv in sorted(self._data.items()) if k.startswith(prefix)]
         return RangeResult(items, self._revision)
+
+    async def page(self, prefix: str, *, after: str = "", limit: int,
+                   reverse: bool = False) -> RangeResult:
+        check_page(prefix, after, limit)
+        found = sorted((k for k in self._data if k.startswith(prefix)
+                        and (not after or (k < after if reverse else k > after))),
+                       reverse=reverse)
+        return RangeResult([self._data[k] for k in found[:limit]], self._revision)
 
     async def put(
         self, key: str, value: bytes, *, expect: int | None = None, lease: int = 0

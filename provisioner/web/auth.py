@@ -5,19 +5,24 @@ credentials, or None when there is no `Authorization: Bearer ...` (the scheme is
 regard to case, RFC 9110 section 11.1). It never refuses by itself: the caller raises
 Unauthorized with advice of its own, which errors.py answers as 401 with `WWW-Authenticate`.
 It also declares the bearer scheme in the OpenAPI schema. `shared_secret()` is the whole check
-for a service guarded by one configured token.
+for a service guarded by one configured token; its refusals are logged with the requester's
+address, a line per source a minute (refusals.py), and write nothing.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from provisioner.errors import Unauthorized
+from provisioner.web.refusals import RefusalLog
+
+log = logging.getLogger(__name__)
 
 Credentials = HTTPAuthorizationCredentials
 
@@ -32,10 +37,15 @@ def shared_secret(token: str, refusal: str, description: str
     time; any other request gets Unauthorized(refusal)."""
     expected = token.encode()
     credentials_parameter = bearer(description)
+    refusals = RefusalLog(log)
 
-    async def check(credentials: Credentials | None = credentials_parameter) -> None:
+    async def check(request: Request,
+                    credentials: Credentials | None = credentials_parameter) -> None:
         given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, expected):
+            client = request.client.host if request.client else "unknown"
+            refusals.refused(client, f"{request.method} {request.url.path!r}: no or wrong "
+                             "token")
             raise Unauthorized(refusal)
 
     return check

@@ -111,3 +111,16 @@ async def test_with_auth_off_every_caller_is_an_admin(tmp_path: Path) -> None:
         assert (await client.get("/api/v1/audit")).status_code == 200
         assert (await client.post("/api/v1/groups", json={"name": "g"})).status_code == 201
     await inventory.stop()
+
+
+async def test_a_flood_of_bad_tokens_writes_one_entry_not_one_each(api: Api) -> None:
+    store = api.ctx.inventory.store
+    before = (await store.status()).revision
+    for _ in range(300):
+        response = await api.client.get("/api/v1/nodes",
+                                        headers={"Authorization": "Bearer nope.nope"})
+        assert response.status_code == 401
+    assert (await store.status()).revision - before == 1
+    await api.ctx.refused.close()
+    [summary, first] = [e for e in await api.ctx.audit.entries() if e.action == "auth"]
+    assert (first.detail.get("refused", 1), summary.detail["refused"]) == (1, 299)

@@ -100,9 +100,9 @@ async def test_counters_and_audit(api: Api) -> None:
     await api.client.post("/api/v1/groups", headers=api.admin, json={"name": "b"})
     page = (await api.client.get("/api/v1/audit", headers=api.admin,
                                  params={"limit": 1})).json()
-    assert [(e["action"], e["target"]) for e in page] == [("group.create", "b")]
+    assert [(e["action"], e["target"]) for e in page["items"]] == [("group.create", "b")]
     older = (await api.client.get("/api/v1/audit", headers=api.admin,
-                                  params={"before": page[0]["seq"],
+                                  params={"cursor": page["next_cursor"],
                                           "action": "group.create"})).json()
-    assert [e["target"] for e in older] == ["a"]
-    assert older[0]["who"].startswith("token:admin-token(")
+    assert [e["target"] for e in older["items"]] == ["a"] and older["next_cursor"] is None
+    assert older["items"][0]["who"].startswith("token:admin-token(")

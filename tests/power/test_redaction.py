@@ -75,7 +75,7 @@ async def test_no_api_answer_holds_a_stored_password(tmp_path: Path) -> None:
     assert "power_password" in answers[2].text  # the refusal names the setting, not the value
     events = answers[7].json()["events"]
     assert events and {"node.update", "node.create", "power.on"} <= {
-        entry["action"] for entry in answers[10].json()}
+        entry["action"] for entry in answers[10].json()["items"]}
 
 
 def test_no_cli_output_holds_a_stored_password(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.store.sqlite import SqliteStore
@@ -151,7 +152,8 @@ async def test_answers_are_not_held_by_nagle(sched: SchedulerServer) -> None:
     assert listening and all(s.proto == socket.IPPROTO_TCP for s in listening)
 
 
-async def test_with_a_token_the_agent_routes_take_the_agent_credential(tmp_path: Path) -> None:
+async def test_with_a_token_the_agent_routes_take_the_agent_credential(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = SqliteStore(tmp_path / "store.db")
     server = SchedulerServer(store, "127.0.0.1", 0, token="s3cret")
     await server.start()
@@ -163,6 +165,8 @@ async def test_with_a_token_the_agent_routes_take_the_agent_credential(tmp_path:
                 assert refused.status_code == 401
                 assert refused.json()["error"] == "unauthorized"
                 assert refused.headers["www-authenticate"] == "Bearer"  # RFC 9110 15.5.2
+            # Logged with the address, once for the three (web/refusals.py).
+            assert caplog.text.count("refused from 127.0.0.1: PUT '/sched/v1/nodes/n1'") == 1
             # RFC 9110 section 11.1: the scheme name is case-insensitive.
             assert (await client.get("/sched/v1/jobs", headers={
                 "Authorization": "bearer s3cret"})).status_code == 200

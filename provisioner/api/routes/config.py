@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
+from provisioner.api.paging import CURSOR, checked_cursor
 from provisioner.api.schemas import (
     AuditOut,
+    AuditPage,
     GroupCreate,
     GroupOut,
     GroupPatch,
@@ -174,15 +176,17 @@ def _admin(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
         found = ctx.counters() if ctx.counters is not None else {}
         return {name: dict(values) for name, values in found.items()}
 
-    @api.get("/audit", response_model=list[AuditOut], tags=["audit"],
-             responses=responses(401, 403, 422))
-    async def audit(limit: int = Query(100, ge=1, le=1000),
-                    before: str | None = Query(None, max_length=20, pattern=r"^[0-9]+$"),
+    @api.get("/audit", response_model=AuditPage, tags=["audit"],
+             responses=responses(400, 401, 403, 422))
+    async def audit(limit: int = Query(100, ge=1, le=1000, description="entries per page"),
+                    cursor: str | None = CURSOR,
                     action: str | None = Query(None, max_length=64),
-                    _: Principal = admin) -> list[AuditOut]:
-        """The audit log, newest first; `before` is the seq of the last entry of a page."""
-        entries = await ctx.audit.entries(limit=limit, before=before, action=action)
-        return [AuditOut.model_validate(e.to_dict()) for e in entries]
+                    _: Principal = admin) -> AuditPage:
+        """The audit log, newest first, a page at a time."""
+        entries, after = await ctx.audit.page(limit=limit, after=checked_cursor(cursor),
+                                              action=action)
+        return AuditPage(items=[AuditOut.model_validate(e.to_dict()) for e in entries],
+                         next_cursor=after or None)
 
     _tokens(api, ctx, admin)
 

@@ -4,7 +4,9 @@ No bearer token here: the node proves who it is with the one-boot token that was
 its overlay, and by calling from its own address (boot/binding.py): a token copied off a node
 is refused from anywhere else with 403, logged once per source per minute, and nothing is
 written. Every token refusal answers the same 401 body, whatever the reason (wrong, expired,
-replayed, another node's, none issued), and changes nothing but the audit log.
+replayed, another node's, none issued), and changes nothing but the audit log: the first
+refusal from an address at once, the rest of that minute's as one summary entry
+(security/refusals.py), so a flood of bad callbacks does not grow the store.
 
 An accepted callback is one read (the token) and one txn: the token's redemption (a CAS delete,
 so of two callbacks with one token exactly one commits), the audit entry, the node's move to
@@ -69,16 +71,15 @@ async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> Boote
     try:
         mac = MacAddress(body.mac)
     except ValidationError:
-        await ctx.audit.record(f"node:{body.mac[:32]}", "boot_token.redeem", body.mac[:32],
-                               "denied", ctx.clock(), detail={"reason": "not a MAC"})
+        await ctx.refused.refuse(client, f"node:{body.mac[:32]}", "boot_token.redeem",
+                                 body.mac[:32], "not a MAC")
         raise BootTokenRefused("not a MAC") from None
     await _check_address(ctx, mac, client)
     who = f"node:{mac.value}"
     try:
         redeem = await ctx.boot_tokens.check(mac, body.token, ctx.clock())
     except BootTokenRefused as exc:
-        await ctx.audit.record(who, "boot_token.redeem", mac.value, "denied", ctx.clock(),
-                               detail={"reason": exc.reason})
+        await ctx.refused.refuse(client, who, "boot_token.redeem", mac.value, exc.reason)
         raise
 
     def writes(node: Node, attempt: int) -> list[TxnOp]:
@@ -96,12 +97,12 @@ async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> Boote
     except TxnConflict as exc:
         if redeem.key not in exc.keys:
             raise
-        await _refuse(ctx, who, mac)
+        await _refuse(ctx, who, mac, client)
     except (InvalidTransition, NotFound) as exc:
         # Nothing was written. A retry that found the node booted by a concurrent callback
         # with this same token is a replay (401), not a state conflict (409).
         if not await ctx.boot_tokens.unused(redeem):
-            await _refuse(ctx, who, mac)
+            await _refuse(ctx, who, mac, client)
         await ctx.audit.record(who, "boot_token.redeem", mac.value, "failed", ctx.clock(),
                                detail={"reason": str(exc)})
         raise
@@ -125,10 +126,9 @@ async def _check_address(ctx: ApiContext, mac: MacAddress, client: str) -> None:
                     f"address; {client} is not it")
 
 
-async def _refuse(ctx: ApiContext, who: str, mac: MacAddress) -> NoReturn:
+async def _refuse(ctx: ApiContext, who: str, mac: MacAddress, client: str) -> NoReturn:
     refused = ctx.boot_tokens.refused_concurrently()
-    await ctx.audit.record(who, "boot_token.redeem", mac.value, "denied", ctx.clock(),
-                           detail={"reason": refused.reason})
+    await ctx.refused.refuse(client, who, "boot_token.redeem", mac.value, refused.reason)
     raise refused from None
 
 

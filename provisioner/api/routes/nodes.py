@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 
 from provisioner.api.auth import Authority, Principal
 from provisioner.api.context import ApiContext
+from provisioner.api.paging import CURSOR, checked_cursor
 from provisioner.api.routes.guard import admin_for_power, safe_power
 from provisioner.api.schemas import (
     EventOut,
@@ -123,15 +124,22 @@ def _actions(api: APIRouter, ctx: ApiContext, auth: Authority) -> None:
     admin = auth.need(Role.ADMIN)
     inv = ctx.inventory
 
-    @api.get("/nodes/{ref}/events", response_model=Timeline, responses=READ)
-    async def node_events(ref: str, _: Principal = viewer) -> Timeline:
-        """The node's timeline: every event, and the time spent in each state."""
+    @api.get("/nodes/{ref}/events", response_model=Timeline,
+             responses=responses(400, 401, 403, 404, 422))
+    async def node_events(ref: str, limit: int = Query(200, ge=1, le=1000,
+                                                       description="events per page"),
+                          cursor: str | None = CURSOR, _: Principal = viewer) -> Timeline:
+        """The node's timeline, oldest first, a page at a time: its events and the time spent
+        in each state (on a page with a next one, the last state's duration is null)."""
+        after = checked_cursor(cursor)
         node = (await inv.get_node(ref)).value
-        entries = timeline(await inv.list_events(node.mac), ctx.clock())
+        found, after = await inv.events_page(node.mac, after=after, limit=limit)
+        entries = timeline(found, None if after else ctx.clock())
         events = [EventOut(kind=e.event.kind, at=e.event.at, offset=e.offset,
                            state=NodeState(e.state) if e.state else None, duration=e.duration,
                            detail=dict(e.event.detail)) for e in entries]
-        return Timeline(mac=node.mac.value, name=node.name, state=node.state, events=events)
+        return Timeline(mac=node.mac.value, name=node.name, state=node.state, events=events,
+                        next_cursor=after or None)
 
     @api.post("/nodes/{ref}/accept", response_model=NodeOut, responses=WRITE)
     async def accept(ref: str, who: Principal = admin) -> NodeOut:

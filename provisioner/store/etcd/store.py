@@ -18,6 +18,7 @@ from provisioner.errors import Conflict, NotFound, StoreError, StoreUnavailable,
 from provisioner.store.base import Compacted, KeyValue, RangeResult, StoreStatus, TxnOp, WatchEvent
 from provisioner.store.common import (
     check_expect,
+    check_page,
     check_txn,
     conflict_message,
     lease_gone,
@@ -104,6 +105,22 @@ class EtcdStore:
             if not response.more or not response.kvs:
                 return RangeResult(items, int(revision))
             start = response.kvs[-1].key + b"\0"
+
+    async def page(self, prefix: str, *, after: str = "", limit: int,
+                   reverse: bool = False) -> RangeResult:
+        check_page(prefix, after, limit)
+        start, end = self._etcd.prefix(prefix)
+        if after and reverse:
+            end = self._etcd.key(after)  # range_end is exclusive
+        elif after:
+            start = self._etcd.key(after) + b"\0"  # the smallest key past `after`
+        request = rpc.RangeRequest(
+            key=start, range_end=end, limit=limit, sort_target=rpc.RangeRequest.KEY,
+            sort_order=rpc.RangeRequest.DESCEND if reverse else rpc.RangeRequest.ASCEND)
+        async with self._etcd.call("range") as conn:
+            response = await conn.kv.Range(request, **self._etcd.options)
+        return RangeResult([self._etcd.kv(kv) for kv in response.kvs],
+                           int(response.header.revision))
 
     async def put(
         self, key: str, value: bytes, *, expect: int | None = None, lease: int = 0
@@ -239,11 +256,13 @@ class EtcdStore:
             f"{len(self._etcd.endpoints)} endpoint(s)",
         )
 
-    async def compact(self, revision: int, *, physical: bool = True) -> None:
+    async def compact(self, revision: int, *, physical: bool = False) -> None:
         """Drop history before `revision` (store-wide, not just this namespace).
 
-        `physical` waits until etcd has removed it from its database. Compacting to a revision
-        that is already compacted is a no-op.
+        etcd refuses watches and reads before `revision` as soon as it answers; `physical`
+        also waits until it has removed the history from its database (on a large database,
+        longer than the call's timeout). Compacting to a revision that is already compacted
+        is a no-op.
         """
         request = rpc.CompactionRequest(revision=revision, physical=physical)
         try:

@@ -3,13 +3,16 @@
 `kv` holds the keys, `log` every change by revision (what `watch` reads forward), `leases` the
 leases and their deadlines, `meta` the revision counter and how far the log was compacted. The
 write statements run in the writer thread inside its open transaction (writer.py); the reads
-run on the caller's thread on a second connection (`Reader`).
+on connections of their own (`Reader`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
 PUT_KV = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)"
 PUT_LOG = "INSERT INTO log VALUES (?, ?, ?, 0)"
+IDLE_READERS = 4  # range connections kept open between reads; more concurrent ones are closed
 
 
 def connect(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
@@ -99,16 +103,23 @@ def prune(db: sqlite3.Connection, upto: int) -> None:
     db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (upto,))
 
 
-# -- reads: inline, on the caller's thread ---------------------------------------------------
+# -- reads ---------------------------------------------------------------------------------
 
 
 class Reader:
-    """The read connection. A point read costs tens of microseconds, less than a hop to a
-    thread pool would, so reads run inline on the caller's thread."""
+    """The read connections. A point read costs tens of microseconds, less than a hop to a
+    thread pool would, so `read` and `get` run inline on the caller's thread; a range may be
+    100k rows (a second or more), so `range` and `page` run in a worker thread on a connection
+    of their own, and the event loop (DHCP, TFTP) keeps running meanwhile. WAL lets them read
+    while the writer thread commits."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection,
+                 opener: Callable[[], sqlite3.Connection]) -> None:
         self._path = path
         self._db = db
+        self._opener = opener
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
 
     def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
@@ -120,20 +131,33 @@ class Reader:
         rows = self.read("SELECT * FROM kv WHERE key = ?", (key,))
         return KeyValue(*rows[0]) if rows else None
 
-    def range(self, prefix: str) -> RangeResult:
-        # One read transaction so the revision matches the rows (watch from revision + 1).
+    async def range(self, prefix: str) -> RangeResult:
+        sql = "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key"
+        return await self._off_loop(sql, (prefix, prefix_end(prefix)))
+
+    async def page(self, prefix: str, after: str, limit: int, reverse: bool) -> RangeResult:
+        end = prefix_end(prefix)
+        if reverse:  # keys under the prefix below the cursor, newest first
+            sql = "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT ?"
+            return await self._off_loop(sql, (prefix, min(after or end, end), limit))
+        sql = "SELECT * FROM kv WHERE key >= ? AND key > ? AND key < ? ORDER BY key LIMIT ?"
+        return await self._off_loop(sql, (prefix, after, end, limit))
+
+    async def _off_loop(self, sql: str, args: tuple[Any, ...]) -> RangeResult:
+        """`sql`'s rows and the revision they were read at, in a worker thread."""
         try:
-            self._db.execute("BEGIN")
-            rows = self._db.execute(
-                "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key",
-                (prefix, prefix_end(prefix)),
-            ).fetchall()
-            revision = self._db.execute(
-                "SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
-            self._db.execute("COMMIT")
+            db = self._idle.get_nowait()
+        except queue.Empty:
+            db = self._opener()
+        try:
+            return await asyncio.to_thread(_snapshot, db, sql, args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store {self._path} read failed: {exc}") from exc
-        return RangeResult([KeyValue(*row) for row in rows], revision)
+        finally:
+            if self._closed or self._idle.qsize() >= IDLE_READERS:
+                db.close()
+            else:
+                self._idle.put(db)
 
     def meta(self) -> tuple[int, int]:
         """(the revision the log was compacted to, the store's revision)."""
@@ -141,4 +165,18 @@ class Reader:
         return rows["compacted"], rows["revision"]
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
+
+
+def _snapshot(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> RangeResult:
+    """One read transaction, so the revision matches the rows (watch from revision + 1)."""
+    db.execute("BEGIN")
+    try:
+        rows = db.execute(sql, args).fetchall()
+        revision = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+    finally:
+        db.execute("COMMIT")
+    return RangeResult([KeyValue(*row) for row in rows], revision)

@@ -2,8 +2,9 @@
 
 Each write is a function (`apply`) the writer thread runs inside its next group commit
 (writer.py); it returns its error rather than raising, so one refused write does not undo the
-others committed with it. Reads and the watch go straight to the read connection (schema.py,
-watch.py). Leases expire in whichever process has the store open (`_sweep_leases`).
+others committed with it. Point reads and the watch go straight to the read connection, ranges
+and pages to a worker thread (schema.py, watch.py). Leases expire in whichever process has the
+store open (`_sweep_leases`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from provisioner.store.common import (
     Changes,
     check_expect,
     check_key,
+    check_page,
     check_txn,
     delete_refusal,
     lease_gone,
@@ -48,7 +50,8 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer_db = schema.connect(self.path, timeout, synchronous)
         writer_db.executescript(schema.SCHEMA)
-        self._reader = schema.Reader(self.path, schema.connect(self.path, timeout, synchronous))
+        self._reader = schema.Reader(self.path, schema.connect(self.path, timeout, synchronous),
+                                     lambda: schema.connect(self.path, timeout, synchronous))
         self._changes = Changes()
         self._writer = Writer(self.path, writer_db, timeout=timeout, history=history,
                               notify=self._changes.notify)
@@ -63,7 +66,13 @@ class SqliteStore:
 
     async def range(self, prefix: str) -> RangeResult:
         self._start()
-        return self._reader.range(prefix)
+        return await self._reader.range(prefix)
+
+    async def page(self, prefix: str, *, after: str = "", limit: int,
+                   reverse: bool = False) -> RangeResult:
+        check_page(prefix, after, limit)
+        self._start()
+        return await self._reader.page(prefix, after, limit, reverse)
 
     def watch(self, prefix: str, start: int | None = None) -> AsyncIterator[WatchEvent]:
         self._start()
