@@ -19,8 +19,9 @@ from the address it was leased, as the boot plane requires. Each node, in a loop
 Every `--interval` seconds one line: the appliance's RSS and open FDs (/proc/PID), the store's
 size on disk (store.db and its -wal), its keys and boot events (a read-only sqlite count), and
 the supervised task restarts /healthz reports. At the end: RSS and FD growth from the end of
-the warm-up to the last sample, PASS when both are under 5 %. The namespace and the process are
-removed by name and PID at the end, also on Ctrl-C or SIGTERM.
+the warm-up to the end of the run (medians of a quarter of the samples each), PASS when both
+are under 5 % and no task restarted. The namespace and the process are removed by name and PID
+at the end, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ import os
 import re
 import secrets
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ itself is sys.path[0], and bench/http.py would shadow the standard
@@ -251,15 +253,41 @@ def _token(overlay: bytes) -> str:
     return next(e.data for e in entries if e.path == TOKEN_PATH).decode()
 
 
-async def node_loop(relay: Relay, i: int, admin: str, until: float, tally: Tally) -> None:
+@dataclass
+class Pause:
+    """Stops the nodes between two boots while a sample is taken, so that the FDs counted are
+    the appliance's own, not the connections of the requests under way at that instant."""
+
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    busy: int = 0
+    QUIET: ClassVar[float] = 0.5  # seconds for the server to close the last connections
+
+    async def sampled(self, take: Callable[[], Awaitable[Sample]]) -> Sample:
+        self.go.clear()
+        deadline = time.monotonic() + 3 * WAIT
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(self.QUIET)
+        try:
+            return await take()
+        finally:
+            self.go.set()
+
+
+async def node_loop(relay: Relay, i: int, admin: str, until: float, tally: Tally, *,
+                    pause: Pause) -> None:
     while time.monotonic() < until:
+        await pause.go.wait()
         started = time.monotonic()
+        pause.busy += 1
         try:
             await boot_once(relay, i, admin)
         except (RuntimeError, httpx.HTTPError, TimeoutError, OSError) as exc:
             tally.failed(f"node {i}: {exc!r}")
             await asyncio.sleep(1)
             continue
+        finally:
+            pause.busy -= 1
         tally.boots += 1
         tally.reimages += 1
         tally.seconds.append(time.monotonic() - started)
@@ -297,20 +325,27 @@ def line(s: Sample, tally: Tally) -> str:
             f"restarts {s.restarts}")
 
 
-def growth(before: int, after: int) -> float:
+def growth(before: float, after: float) -> float:
     return (after - before) / before * 100 if before else 0.0
 
 
 def verdict(samples: list[Sample], warmup: float) -> tuple[str, bool]:
-    """RSS and FD growth from the first sample after the warm-up to the last one."""
-    base = next((s for s in samples if s.at >= warmup), samples[0])
-    last = samples[-1]
-    rss, fds = growth(base.rss_kib, last.rss_kib), growth(base.fds, last.fds)
-    ok = rss < LIMIT and fds < LIMIT and last.restarts == 0
-    return (f"after warm-up ({base.at / 60:.1f} to {last.at / 60:.1f} min): "
-            f"RSS {base.rss_kib / 1024:.1f} -> {last.rss_kib / 1024:.1f} MiB ({rss:+.1f} %), "
-            f"FDs {base.fds} -> {last.fds} ({fds:+.1f} %), restarts {last.restarts}; "
-            f"{'PASS' if ok else 'FAIL'} (< {LIMIT:g} % each, no restart)"), ok
+    """RSS and FD growth after the warm-up: the median of the last quarter of the samples
+    taken after it against the median of its first quarter. Medians, because the FDs include
+    the connections open at that instant, which come and go with the nodes' requests."""
+    after = [s for s in samples if s.at >= warmup] or samples[-1:]
+    window = max(1, len(after) // 4)
+    first, last = after[:window], after[-window:]
+    rss = [statistics.median(s.rss_kib for s in part) for part in (first, last)]
+    fds = [statistics.median(s.fds for s in part) for part in (first, last)]
+    rss_growth, fd_growth = growth(rss[0], rss[1]), growth(fds[0], fds[1])
+    restarts = samples[-1].restarts
+    ok = rss_growth < LIMIT and fd_growth < LIMIT and restarts == 0
+    return (f"after warm-up ({after[0].at / 60:.1f} to {after[-1].at / 60:.1f} min, medians "
+            f"of {window} sample(s)): RSS {rss[0] / 1024:.1f} -> {rss[1] / 1024:.1f} MiB "
+            f"({rss_growth:+.1f} %), FDs {fds[0]:g} -> {fds[1]:g} ({fd_growth:+.1f} %), "
+            f"restarts {restarts}; {'PASS' if ok else 'FAIL'} (< {LIMIT:g} % each, no restart)"
+            ), ok
 
 
 async def drive(args: argparse.Namespace, probe: Probe, admin: str,
@@ -322,12 +357,14 @@ async def drive(args: argparse.Namespace, probe: Probe, admin: str,
     tally, samples = Tally(), []
     start = time.monotonic()
     until = start + args.duration
-    nodes = [asyncio.create_task(node_loop(relay, i, admin, until, tally))
+    pause = Pause()
+    pause.go.set()
+    nodes = [asyncio.create_task(node_loop(relay, i, admin, until, tally, pause=pause))
              for i in range(args.nodes)]
     try:
         while (now := time.monotonic()) < until:
             await asyncio.sleep(min(args.interval, until - now))
-            samples.append(await sample(probe, time.monotonic() - start))
+            samples.append(await pause.sampled(lambda: sample(probe, time.monotonic() - start)))
             print(line(samples[-1], tally), flush=True)
             if process.poll() is not None:
                 raise RuntimeError(f"the appliance ended: {log.read_text()[-2000:]}")
