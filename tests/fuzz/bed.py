@@ -221,7 +221,7 @@ class FuzzBed:
         assert answer.status_code == 200, answer.text
         restarts = self.restarts()
         assert restarts == {}, restarts
-        assert self.errors.records == [], [r.getMessage() for r in self.errors.records]
+        assert self.errors.records == [], self.errors.records
 
 
 @contextlib.contextmanager
