@@ -135,7 +135,11 @@ class _TransferRecorder:
     async def _record(self, record: TransferRecord) -> None:
         with contextlib.suppress(ValueError):
             ip = ipaddress.IPv4Address(record.client[0])
-            mac = await self._mac_of(ip)
+            try:
+                mac = await self._mac_of(ip)
+            except ProvisionerError as exc:  # the store is away: the transfer itself went on
+                log.warning("could not record a TFTP transfer to %s: %s", ip, exc)
+                return
             if mac is None:
                 return
             event = record.event
