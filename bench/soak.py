@@ -95,6 +95,13 @@ listen = "{SERVER}"
 port = 80
 [handoff]
 kind = "none"
+# bounds small enough for a run of minutes to reach them: the store's size then levels off
+# where retention holds it (the defaults, 200 events a node and 100,000 audit entries, take
+# hours of this loop to reach)
+[retention]
+events_per_node = 100
+audit_records = 2000
+interval = 30.0
 """
 SCRIPT_URL = re.compile(r"^set prov-(kernel|image|overlay) (\S+)$", re.M)
 
