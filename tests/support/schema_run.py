@@ -35,7 +35,7 @@ def schema_failures(schema: schemathesis.BaseSchema, base_url: str, mode: Genera
     for operation in schema_operations(schema):
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case: schemathesis.Case[Any]) -> None:
             case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS, timeout=10)
