@@ -72,3 +72,24 @@ def check_limits(boot: BootLimits, tftp: TftpLimits, dhcp: DhcpLimits) -> None:
     if dhcp.mac_burst < 1 or dhcp.mac_rate <= 0 or dhcp.mac_table < 1:
         raise ConfigError("dhcp.mac_burst and dhcp.mac_table must be 1 or more and "
                           "dhcp.mac_rate more than 0 per second")
+
+
+class OncePer:
+    """At most one log line per key every `every` seconds, for log lines a sender can provoke
+    at will (the refusals a flood causes, on every plane). Bounded: past `limit` keys the
+    oldest is forgotten. Pure: the time is passed in."""
+
+    def __init__(self, every: float, *, limit: int = 4096) -> None:
+        self.every = every
+        self.limit = limit
+        self._last: dict[object, float] = {}
+
+    def due(self, key: object, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return False
+        self._last.pop(key, None)
+        if len(self._last) >= self.limit:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = now
+        return True

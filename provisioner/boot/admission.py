@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from provisioner.limits import OncePer
+
 LOG_EVERY: Final = 60.0  # seconds between two log lines about the same source
 MAX_LOGGED: Final = 4096  # sources remembered for log rate-limiting; the oldest are forgotten
 
@@ -40,7 +42,7 @@ class ConnectionAdmission:
     max_per_source: int
     open: int = 0
     _by_source: dict[str, int] = field(default_factory=dict)
-    _last_logged: dict[str, float] = field(default_factory=dict)
+    _log: OncePer = field(default_factory=lambda: OncePer(LOG_EVERY, limit=MAX_LOGGED))
 
     def admit(self, source: str, holds_lease: Callable[[str], bool]) -> str | None:
         """None when `source` may open one more connection (it is then counted until
@@ -69,11 +71,4 @@ class ConnectionAdmission:
 
     def log_due(self, source: str, now: float) -> bool:
         """Whether a refusal of `source` is worth a log line now (once per LOG_EVERY)."""
-        last = self._last_logged.get(source)
-        if last is not None and now - last < LOG_EVERY:
-            return False
-        self._last_logged.pop(source, None)
-        if len(self._last_logged) >= MAX_LOGGED:
-            self._last_logged.pop(next(iter(self._last_logged)))
-        self._last_logged[source] = now
-        return True
+        return self._log.due(source, now)

@@ -56,23 +56,3 @@ def received_key(decision: policy.Decision) -> str:
 
 def sent_key(message_type: MessageType | None) -> str:
     return _SENT_KEY[message_type]
-
-
-class OncePer:
-    """At most one log line per key every `every` seconds, for log lines a sender can provoke
-    at will. Bounded: past `limit` keys the oldest is forgotten. Pure: the time is passed in."""
-
-    def __init__(self, every: float, *, limit: int = 4096) -> None:
-        self.every = every
-        self.limit = limit
-        self._last: dict[object, float] = {}
-
-    def due(self, key: object, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.every:
-            return False
-        self._last.pop(key, None)
-        if len(self._last) >= self.limit:
-            self._last.pop(next(iter(self._last)))
-        self._last[key] = now
-        return True

@@ -21,13 +21,14 @@ from ipaddress import IPv4Address
 from provisioner.config import DhcpSettings
 from provisioner.dhcp import policy
 from provisioner.dhcp.bootfile import classify_firmware
-from provisioner.dhcp.counters import Counters, OncePer
+from provisioner.dhcp.counters import Counters
 from provisioner.dhcp.inflight import InFlight
 from provisioner.dhcp.leases import LeaseBook
 from provisioner.dhcp.packet import DhcpPacket
 from provisioner.dhcp.subnets import Subnet, relay_agent_circuit
 from provisioner.errors import Conflict, NotFound
 from provisioner.inventory.repository import Inventory
+from provisioner.limits import OncePer
 from provisioner.nodes.model import MacAddress, Node, NodeState
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from provisioner.config import DhcpSettings, SubnetSettings
 from provisioner.dhcp import policy
 from provisioner.dhcp.answers import Answers
 from provisioner.dhcp.bootfile import FirstStageFiles
-from provisioner.dhcp.counters import Counters, OncePer, received_key
+from provisioner.dhcp.counters import Counters, received_key
 from provisioner.dhcp.inflight import InFlight
 from provisioner.dhcp.leases import LeaseBook
 from provisioner.dhcp.packet import BOOTREQUEST, DhcpPacket, decode
@@ -46,6 +46,7 @@ from provisioner.dhcp.subnets import (
 from provisioner.dhcp.transport import BurstTransport
 from provisioner.errors import ConfigError, MalformedPacket, ProvisionerError
 from provisioner.inventory.repository import Inventory
+from provisioner.limits import OncePer
 from provisioner.nodes.model import MacAddress, SettingValue
 from provisioner.runtime import supervisor
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.errors import NotFound, ProvisionerError
-from provisioner.limits import TftpLimits
+from provisioner.limits import OncePer, TftpLimits
 from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.packet import ErrorCode
 from provisioner.tftp.paths import ForbiddenPath
@@ -90,7 +90,7 @@ class TftpServer:
         self._transfers: set[Transfer] = set()
         self._per_client: collections.Counter[str] = collections.Counter()
         self._poller = TransferPoller()
-        self._busy_logged: dict[str, float] = {}
+        self._busy_log = OncePer(BUSY_LOG_EVERY, limit=BUSY_LOG_SOURCES)
 
     @property
     def address(self) -> Address:
@@ -172,7 +172,8 @@ class TftpServer:
 
     def _refuse(self, client: Address, reason: str, message: str, reply: bytes | None) -> None:
         self.counters[f"rejected:{reason}"] += 1
-        if reason.startswith("busy") and self._busy_log_due(client[0]):
+        now = asyncio.get_running_loop().time()
+        if reason.startswith("busy") and self._busy_log.due(client[0], now):
             log.warning("tftp: refused %s:%d (%s): %s (%d busy refusals so far; next line about "
                         "this source in a minute at the earliest)", *client, reason, message,
                         self.counters["rejected:busy"] + self.counters["rejected:busy_client"])
@@ -180,17 +181,6 @@ class TftpServer:
             log.debug("tftp: %s:%d refused (%s): %s", *client, reason, message)
         if reply is not None and self._listener is not None:
             self._listener.sendto(reply, client)
-
-    def _busy_log_due(self, source: str) -> bool:
-        now = asyncio.get_running_loop().time()
-        last = self._busy_logged.pop(source, None)
-        if last is not None and now - last < BUSY_LOG_EVERY:
-            self._busy_logged[source] = last
-            return False
-        if len(self._busy_logged) >= BUSY_LOG_SOURCES:
-            self._busy_logged.pop(next(iter(self._busy_logged)))
-        self._busy_logged[source] = now
-        return True
 
     # -- the end of a transfer -------------------------------------------------------------
 

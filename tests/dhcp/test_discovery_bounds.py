@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from provisioner.config import DhcpSettings, SubnetSettings, load_settings
-from provisioner.dhcp.counters import OncePer
 from provisioner.dhcp.packet import DhcpPacket
 from provisioner.dhcp.server import DhcpServer
 from provisioner.dhcp.sightings import Sightings, sighted_address
 from provisioner.dhcp.subnets import relay_info_trusted, without_relay_info
 from provisioner.errors import ConfigError
 from provisioner.inventory.repository import Inventory
+from provisioner.limits import OncePer
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.store.memory import MemoryStore
 
