@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from provisioner.config import load_settings
@@ -26,6 +27,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextlib.asynccontextmanager
+async def one_node(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[KeyValueStore,
+                                                                         Inventory, Lifecycle]]:
+    """node031 on a fresh sqlite store, its inventory started, and a lifecycle on `clock`."""
+    store = SqliteStore(tmp_path / "store.db")
+    inventory = Inventory(store)
+    await inventory.add_node(Node(MAC, "node031"))
+    await inventory.start()
+    try:
+        yield store, inventory, Lifecycle(inventory, None, clock)
+    finally:
+        await inventory.stop()
+        await store.close()
 
 
 async def test_a_deadline_set_before_a_restart_fails_the_node_after_it(tmp_path: Path) -> None:
@@ -82,12 +98,7 @@ async def test_a_node_served_again_keeps_its_new_deadline(tmp_path: Path) -> Non
     """A sweep that read the old deadline must not fail a node that fetched its boot script
     again meanwhile: its deadline key changed, so the compare-and-swap refuses."""
     clock = Clock()
-    store = SqliteStore(tmp_path / "store.db")
-    inventory = Inventory(store)
-    await inventory.add_node(Node(MAC, "node031"))
-    await inventory.start()
-    try:
-        life = Lifecycle(inventory, None, clock)
+    async with one_node(tmp_path, clock) as (store, inventory, life):
         await life.boot_script_served(MAC, "compute", "1")
         stale = await store.get(keys.deadline(MAC.value))
         assert stale is not None
@@ -96,27 +107,16 @@ async def test_a_node_served_again_keeps_its_new_deadline(tmp_path: Path) -> Non
         assert not await life._expire(stale, clock.now - 1)
         assert (await inventory.get_node("node031")).value.state is NodeState.PROVISIONING
         assert await life.pending() == {MAC.value: clock.now + DEFAULT_CALLBACK_TIMEOUT}
-    finally:
-        await inventory.stop()
-        await store.close()
 
 
 async def test_a_deleted_node_leaves_no_deadline_behind(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqliteStore(tmp_path / "store.db")
-    inventory = Inventory(store)
-    await inventory.add_node(Node(MAC, "node031"))
-    await inventory.start()
-    try:
-        life = Lifecycle(inventory, None, clock)
+    async with one_node(tmp_path, clock) as (_, inventory, life):
         await life.boot_script_served(MAC, "compute", "1")
         await inventory.delete_node("node031")
         clock.now += DEFAULT_CALLBACK_TIMEOUT + 1
         assert await life.sweep() == []
         assert await life.pending() == {}
-    finally:
-        await inventory.stop()
-        await store.close()
 
 
 async def test_a_callback_is_checked_against_the_newest_serving_on_any_appliance(

@@ -246,6 +246,18 @@ SIZES = [
 ]
 
 
+@st.composite
+def mutated(draw: st.DrawFn, seeds: list[bytes], changes: int, tail: int) -> bytes:
+    """One of `seeds` (valid datagrams) with up to `changes` bytes replaced, then cut short
+    or extended by up to `tail` random bytes."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for index, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1),
+                                                st.integers(0, 255)), max_size=changes)):
+        data[index] = value
+    cut = draw(st.just(len(data)) | st.integers(0, len(data)))
+    return bytes(data[:cut]) + draw(st.binary(max_size=tail))
+
+
 def run_examples(bed: FuzzBed, strategy: st.SearchStrategy[T], check: Callable[[T], None],
                  count: int) -> None:
     """`check` on `count` inputs drawn from `strategy`, in the namespace, PER_EXAMPLE of them

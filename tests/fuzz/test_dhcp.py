@@ -28,6 +28,7 @@ from tests.fuzz.bed import (
     SERVER,
     SIZES,
     FuzzBed,
+    mutated,
     run_examples,
 )
 
@@ -61,17 +62,6 @@ SEEDS = [
 ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A valid packet with some bytes replaced, then cut short or extended."""
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for index, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1),
-                                                st.integers(0, 255)), max_size=8)):
-        data[index] = value
-    cut = draw(st.just(len(data)) | st.integers(0, len(data)))
-    return bytes(data[:cut]) + draw(st.binary(max_size=64))
-
-
 OPTIONS = st.lists(st.one_of(
     st.tuples(st.just("hostname"), st.binary(max_size=40)),
     st.tuples(st.just("client_id"), st.binary(max_size=40)),
@@ -97,7 +87,8 @@ def built(draw: st.DrawFn) -> bytes:
     return raw(header / DHCP(options=options) / Raw(draw(st.binary(max_size=32))))
 
 
-DATAGRAMS = st.one_of(st.binary(max_size=1500), mutated(), built())
+DATAGRAMS = st.one_of(st.binary(max_size=1500), mutated(SEEDS, changes=8, tail=64),
+                      built())
 
 
 def _processed(counters: dict[str, int]) -> tuple[int, int]:

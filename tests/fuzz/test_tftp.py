@@ -15,7 +15,16 @@ import pytest
 from hypothesis import strategies as st
 
 from provisioner.tftp.screening import Accepted, screen_request
-from tests.fuzz.bed import FUZZER, SERVER, SIZES, TFTP_FILE, TFTP_PORT, FuzzBed, run_examples
+from tests.fuzz.bed import (
+    FUZZER,
+    SERVER,
+    SIZES,
+    TFTP_FILE,
+    TFTP_PORT,
+    FuzzBed,
+    mutated,
+    run_examples,
+)
 
 pytestmark = pytest.mark.netns
 WAIT = 10.0
@@ -54,17 +63,8 @@ def built(draw: st.DrawFn) -> bytes:
                     options)
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for index, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1),
-                                                st.integers(0, 255)), max_size=4)):
-        data[index] = value
-    cut = draw(st.just(len(data)) | st.integers(0, len(data)))
-    return bytes(data[:cut]) + draw(st.binary(max_size=16))
-
-
-DATAGRAMS = st.one_of(st.binary(max_size=1500), mutated(), built())
+DATAGRAMS = st.one_of(st.binary(max_size=1500), mutated(SEEDS, changes=4, tail=16),
+                      built())
 
 
 def _rejected(counters: dict[str, int]) -> Counter[str]:

@@ -16,13 +16,13 @@ KEYS = 100_000
 TICK = 0.005
 
 
-async def _ticker(lags: list[float], stop: asyncio.Event) -> None:
-    """How late each tick of TICK seconds wakes: the loop's lag."""
+async def _ticker(ticks: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """(when, how late) each tick of TICK seconds woke: the loop's lag."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         due = loop.time() + TICK
         await asyncio.sleep(TICK)
-        lags.append(loop.time() - due)
+        ticks.append((loop.time(), loop.time() - due))
 
 
 async def test_a_large_range_leaves_the_loop_responsive(tmp_path: Path) -> None:
@@ -31,23 +31,22 @@ async def test_a_large_range_leaves_the_loop_responsive(tmp_path: Path) -> None:
         value = b"x" * 100
         for at in range(0, KEYS, 10_000):
             await store.txn([TxnOp(f"/big/k{i:06d}", value) for i in range(at, at + 10_000)])
-        lags: list[float] = []
+        ticks: list[tuple[float, float]] = []
         stop = asyncio.Event()
-        ticker = asyncio.create_task(_ticker(lags, stop))
+        ticker = asyncio.create_task(_ticker(ticks, stop))
         await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
         started = loop.time()
         result = await store.range("/big/")
-        took = loop.time() - started
+        ended = loop.time()
         stop.set()
         await ticker
         assert len(result.items) == KEYS
-        worst = max(lags)
-        log.info("range of %d keys took %.3f s; worst loop lag %.1f ms over %d ticks",
-                 KEYS, took, worst * 1000, len(lags))
-        # Read inline, the loop would be stalled for the whole read (`took`); a generous bound
-        # for a shared machine, far below that.
-        assert worst < max(0.5, took / 2), (worst, took)
-        assert len(lags) >= 3  # the ticker ran during the read
+        during = [lag for at, lag in ticks if started < at < ended]
+        log.info("range of %d keys took %.3f s; %d ticks during it, worst loop lag %.1f ms",
+                 KEYS, ended - started, len(during), max(during, default=0.0) * 1000)
+        # Read inline, the loop could not tick at all until the read was over: ticks while
+        # the read is under way show it ran elsewhere (no bound on time: the lag is a figure).
+        assert len(during) >= 3, (len(during), ended - started)
     finally:
         await store.close()
