@@ -6,8 +6,10 @@ sends a stream of TFTP read requests, each from a new port. The victim must stil
 ready: the intruder gets `[boot] max_per_source` connections and `[tftp] max_per_client`
 transfers, the rest is refused at once, counted and logged with its address.
 
-The victim's power cycle is timed unloaded and then under the flood; the ratio is printed and
-only a generous bound is asserted (the machine running the tests is shared).
+The victim's power cycle is timed unloaded and then under the flood; the ratio is a figure,
+printed, not asserted (the machine running the tests is shared). What is asserted is that the
+victim reached ready while the flood went on, and that none of its connections or transfers
+was refused: the caps fell on the intruder alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from tests.security.conftest import AttackLab
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONNECTIONS = 2048
-BOUND = 3.0  # the loaded boot may take at most this many times the unloaded one
 
 # Run by the intruder's Python inside its namespace: argv = boot host, boot port, connections.
 FLOOD = r"""
@@ -119,9 +120,12 @@ def test_the_victim_boots_while_a_neighbour_floods_http_and_tftp(attack_lab: Att
     print(f"victim power cycle to ready: {unloaded:.1f} s unloaded, {loaded:.1f} s under the "
           f"flood ({ratio:.2f}x); boot {seen['boot']}; tftp {seen['tftp']}; "
           f"intruder: {log.read_text().strip().splitlines()[-1:]}")
-    assert ratio < BOUND
     assert seen["boot"]["refused:per_source"] > CONNECTIONS
     assert seen["tftp"]["rejected:busy_client"] > 0
     logged = attack_lab.appliance_log()
     assert f"refused a connection from {address}" in logged
     assert f"tftp: refused {address}:" in logged
+    victim = attack_lab.view().ip
+    assert victim is not None and victim != str(address)
+    assert f"refused a connection from {victim}" not in logged
+    assert f"tftp: refused {victim}:" not in logged
