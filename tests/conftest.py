@@ -7,6 +7,7 @@ tests fail, and CI installs it (scripts/setup.sh).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,17 @@ from provisioner.store.sqlite import SqliteStore
 from tests.support.etcd_server import EtcdServer
 
 pytest_plugins = ["tests.support.kernel", "tests.support.labs"]
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `full` are the full-size runs (thousands of simulated nodes, long
+    failovers): they run only with PROVISIONER_FULL=1, so CI keeps to its budget."""
+    if os.environ.get("PROVISIONER_FULL"):
+        return
+    skip = pytest.mark.skip(reason="the full-size run: set PROVISIONER_FULL=1")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
 
 BACKENDS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 
