@@ -38,6 +38,7 @@ from provisioner.dhcp.send import ReplySender
 from provisioner.dhcp.subnets import Subnet, subnet_for
 from provisioner.errors import StoreUnavailable
 from provisioner.inventory.repository import Inventory
+from provisioner.limits import OncePer
 from provisioner.nodes.model import (
     BootEvent,
     MacAddress,
@@ -49,6 +50,7 @@ from provisioner.nodes.model import (
 
 log = logging.getLogger(__name__)
 FOREIGN_LOG_EVERY = 60.0  # s: another server is logged and recorded once a minute at most
+DECLINE_LOG_EVERY = 60.0  # s: a MAC's DECLINEs are logged once a minute (anyone can forge one)
 
 
 class Answers:
@@ -67,7 +69,8 @@ class Answers:
         self._in_flight = in_flight
         self._counters = counters
         self._clock = clock
-        self._foreign_seen: dict[IPv4Address, float] = {}
+        self._foreign_log = OncePer(FOREIGN_LOG_EVERY)
+        self._decline_log = OncePer(DECLINE_LOG_EVERY)
         self.discovery = Discovery(settings, inventory, leases, in_flight, counters, clock=clock,
                                    answer=self.discover, record=self.record)
 
@@ -176,12 +179,16 @@ class Answers:
                                      quarantine=quarantine)
         kind = "declined" if quarantine else "released"
         self._counters[f"lease_{kind}"] += int(done)
-        if quarantine and done:
+        if quarantine and not done:
+            self._counters["decline_ignored"] += 1
+        if not quarantine or not self._decline_log.due(decision.mac, self._clock()):
+            return
+        if done:
             log.warning("dhcp: %s declined %s (in use?); quarantined for %ds", decision.mac,
                         decision.address, quarantine)
-        elif quarantine:
-            log.warning("dhcp: %s declined %s, which is not its lease; ignored", decision.mac,
-                        decision.address)
+        else:
+            log.warning("dhcp: %s declined %s, which is not its lease; ignored (%d ignored so "
+                        "far)", decision.mac, decision.address, self._counters["decline_ignored"])
 
     def inform(self, decision: policy.Inform, transport: asyncio.DatagramTransport) -> None:
         subnet = subnet_for(self.subnets, decision.packet)
@@ -256,10 +263,8 @@ class Answers:
         if decision.server == self.server_ip:
             return  # our own broadcast, heard on port 68
         self._counters["foreign_server"] += 1
-        now = self._clock()
-        if now - self._foreign_seen.get(decision.server, 0.0) < FOREIGN_LOG_EVERY:
+        if not self._foreign_log.due(decision.server, self._clock()):
             return
-        self._foreign_seen[decision.server] = now
         mac = decision.packet.mac
         log.warning("dhcp: another DHCP server %s sent %s to %s on this segment", decision.server,
                     decision.message_type.name, mac)

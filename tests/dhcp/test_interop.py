@@ -664,7 +664,8 @@ async def _idle(lab: Loopback) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_decline_quarantines_only_the_decliners_address(loopback: Factory) -> None:
+async def test_decline_quarantines_only_the_decliners_address(
+        loopback: Factory, caplog: pytest.LogCaptureFixture) -> None:
     lab = await loopback()
 
     async def dora(mac: str) -> IPv4Address:
@@ -677,11 +678,17 @@ async def test_decline_quarantines_only_the_decliners_address(loopback: Factory)
 
     owner, other = "02:00:00:00:07:01", "02:00:00:00:07:02"
     ip = await dora(owner)
-    # Another host DECLINEs the owner's address: ignored, the owner keeps it.
-    lab.send(lab.request(4, other, o50=ip.packed, o54=lab.server_ip.packed))
-    await lab.counted("received:decline")
-    await _idle(lab)
+    # Another host DECLINEs the owner's address, again and again: ignored, the owner keeps
+    # it, and the forger gets one log line, not one per packet.
+    with caplog.at_level(logging.WARNING, logger="provisioner.dhcp"):
+        for xid in range(5):
+            lab.send(lab.request(4, other, xid=0x70 + xid, o50=ip.packed,
+                                 o54=lab.server_ip.packed))
+        await lab.counted("received:decline", 5)
+        await _idle(lab)
     assert lab.server.counters["lease_declined"] == 0
+    assert lab.server.counters["decline_ignored"] == 5
+    assert sum("not its lease" in r.getMessage() for r in caplog.records) == 1
     stored = await lab.inventory.get_lease(ip)
     assert stored is not None and (stored.value.mac, stored.value.state) == (
         MacAddress(owner), "bound")
