@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from provisioner.metrics import hooks
 from provisioner.nodes.model import MacAddress, Node
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ class Refusals:
     by_reason: dict[str, int] = field(default_factory=dict)
     _last_logged: dict[str, float] = field(default_factory=dict)
 
-    def refuse(self, client: str, path: str, reason: str) -> None:
+    def refuse(self, client: str, path: str, reason: str, kind: str = "binding") -> None:
+        """`kind`: the reason as a fixed word, for the refusals metric (`reason` names MACs)."""
         self.total += 1
+        hooks.refused("boot", kind)
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         now = self.clock()
         last = self._last_logged.get(client)
