@@ -21,6 +21,7 @@ from provisioner.metrics.collectors import (
     NodesCollector,
     TasksCollector,
 )
+from provisioner.metrics.registry import APPLIANCE
 from provisioner.security.tokens import Role
 from provisioner.web import errors
 from provisioner.web.limits import MAX_DEPTH, BodyLimit
@@ -63,6 +64,6 @@ def exposition(ctx: ApiContext) -> Exposition:
 
     supervisor = ctx.supervisor
     return Exposition(
-        DhcpCollector(dhcp),
+        APPLIANCE, DhcpCollector(dhcp),
         NodesCollector(lambda: (n.state.value for n in ctx.inventory.cached_nodes())),
         TasksCollector(supervisor.states if supervisor is not None else list))

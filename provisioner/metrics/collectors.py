@@ -14,9 +14,8 @@ from typing import Final, Protocol
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from provisioner.metrics.registry import SHARED
 from provisioner.nodes.model import NodeState
 
 #: the text format 0.0.4, which every Prometheus 2 reads
@@ -140,13 +139,13 @@ def _gauge(name: str, documentation: str, counts: Mapping[str, int]) -> GaugeMet
 
 
 class Exposition:
-    """One process's metrics: the shared ones (registry.py) and its scrape-time collectors."""
+    """One process's metrics: its registry's (registry.py) and its scrape-time collectors."""
 
-    def __init__(self, *collectors: Collector) -> None:
-        self._collectors = collectors
+    def __init__(self, registry: CollectorRegistry, *collectors: Collector) -> None:
+        self._registry, self._collectors = registry, collectors
 
     def collect(self) -> Iterator[Metric]:
-        yield from SHARED.collect()
+        yield from self._registry.collect()
         for collector in self._collectors:
             yield from collector.collect()
 

@@ -30,6 +30,7 @@ from provisioner import __version__
 from provisioner.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from provisioner.metrics import hooks
 from provisioner.metrics.collectors import Exposition, SchedulerCollector
+from provisioner.metrics.registry import SCHEDULER
 from provisioner.scheduler.models import (
     JOB_ID,
     OUTPUT_TAIL,
@@ -115,9 +116,9 @@ def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "
 
 
 def exposition(state: SchedulerState) -> Exposition:
-    """The scheduler's metrics: the shared ones (the handoff latency) and its queue, read at
-    scrape time."""
-    return Exposition(SchedulerCollector(
+    """The scheduler's metrics: the handoff latency, refusals, and its queue read at scrape
+    time."""
+    return Exposition(SCHEDULER, SchedulerCollector(
         lambda: (j.state.value for j in state.job_list() if not j.state.finished),
         lambda: (str(shown_state(n, [])) for n in state.node_list())))
 

@@ -15,7 +15,7 @@ import pytest
 
 from provisioner.api.app import create_app
 from provisioner.lab.netns import Namespace
-from provisioner.metrics.registry import SHARED
+from provisioner.metrics.registry import APPLIANCE
 from provisioner.scheduler.app import create_app as scheduler_app
 from provisioner.scheduler.service import SchedulerServer
 from provisioner.scheduler.state import SchedulerState
@@ -33,7 +33,7 @@ def client(app: object, address: tuple[str, int]) -> httpx.AsyncClient:
 
 
 def refused(plane: str, reason: str) -> float:
-    return SHARED.get_sample_value("provisioner_refused_total",
+    return APPLIANCE.get_sample_value("provisioner_refused_total",
                                    {"plane": plane, "reason": reason}) or 0.0
 
 
