@@ -56,6 +56,8 @@ class Refusals:
     """Counts refused boot-plane requests and logs each source at most once per LOG_EVERY."""
 
     clock: Callable[[], float]
+    #: the plane they are counted under in provisioner_refused_total (the callback: "node")
+    plane: str = "boot"
     total: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     _last_logged: dict[str, float] = field(default_factory=dict)
@@ -63,7 +65,7 @@ class Refusals:
     def refuse(self, client: str, path: str, reason: str, kind: str = "binding") -> None:
         """`kind`: the reason as a fixed word, for the refusals metric (`reason` names MACs)."""
         self.total += 1
-        hooks.refused("boot", kind)
+        hooks.refused(self.plane, kind)
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         now = self.clock()
         last = self._last_logged.get(client)

@@ -120,7 +120,15 @@ def exposition(state: SchedulerState) -> Exposition:
     time."""
     return Exposition(SCHEDULER, SchedulerCollector(
         lambda: (j.state.value for j in state.job_list() if not j.state.finished),
-        lambda: (str(shown_state(n, [])) for n in state.node_list())))
+        lambda: _node_states(state)))
+
+
+def _node_states(state: SchedulerState) -> list[str]:
+    """Each node's state as `nodes` shows it (idle nodes running jobs: mixed, allocated)."""
+    by_node: dict[str, list[Job]] = {}
+    for job in state.running():
+        by_node.setdefault(job.node, []).append(job)
+    return [str(shown_state(n, by_node.get(n.name, []))) for n in state.node_list()]
 
 
 async def _no_token(request: Request, credentials: Credentials | None) -> None:

@@ -26,7 +26,18 @@ from provisioner.boot.overlay import TOKEN_PATH
 from provisioner.dhcp.packet import BROADCAST_FLAG, DhcpPacket, decode, encode
 from provisioner.images.format import cpio
 from provisioner.nodes.model import MacAddress, Node, NodeState
-from tests.fuzz.bed import API_PORT, BOOT_PORT, DHCP_PORT, IMAGE, RELAY, SERVER, FuzzBed
+from provisioner.tftp.packet import Mode, Opcode, encode_request
+from tests.fuzz.bed import (
+    API_PORT,
+    BOOT_PORT,
+    DHCP_PORT,
+    IMAGE,
+    RELAY,
+    SERVER,
+    TFTP_FILE,
+    TFTP_PORT,
+    FuzzBed,
+)
 from tests.support.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.netns
@@ -132,6 +143,22 @@ def _boot(bed: FuzzBed, n: int) -> int:
     return sent
 
 
+def _tftp_fetch() -> int:
+    """The bed's TFTP file in 512-byte blocks (RFC 1350 section 6): bytes received."""
+    received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(WAIT)
+        client.sendto(encode_request(Opcode.RRQ, TFTP_FILE, Mode.OCTET), (SERVER, TFTP_PORT))
+        for _ in range(1000):  # 70,000 bytes: 137 blocks
+            data, sender = client.recvfrom(70000)
+            assert data[:2] == b"\x00\x03", data[:80]  # DATA
+            received += len(data) - 4
+            client.sendto(b"\x00\x04" + data[2:4], sender)  # ACK from the transfer's port
+            if len(data) - 4 < 512:
+                return received
+    raise AssertionError("the TFTP transfer did not end")
+
+
 def _count(prom: PrometheusServer, stage: str) -> float:
     value = prom.value(f'provisioner_boot_stage_seconds_count{{stage="{stage}"}}')
     return value or 0.0
@@ -151,10 +178,15 @@ def test_prometheus_sees_the_boots_the_test_drove(bed: FuzzBed, tmp_path: Path) 
                           lambda v, s=stage: v == before[s] + NODES)  # type: ignore[misc]
         served = prom.wait_for('sum(provisioner_http_bytes_total{kind=~"kernel|image"})',
                                lambda v: v >= sent)
+        tftp_before = prom.value('provisioner_tftp_bytes_total{kind="other"}') or 0.0
+        fetched = bed.inside(_tftp_fetch)
+        prom.wait_for('provisioner_tftp_bytes_total{kind="other"}',
+                      lambda v: v == tftp_before + fetched)
         acks = prom.wait_for('provisioner_dhcp_replies_total{type="ack"}',
                              lambda v: v >= NODES)
+        # over the process's whole life (a rate over so few scrapes may be empty)
         p95 = prom.query('histogram_quantile(0.95, sum by (le, stage) '
-                         '(rate(provisioner_boot_stage_seconds_bucket[1m])))')
+                         '(provisioner_boot_stage_seconds_bucket))')
         print(f"served {served:.0f} kernel+image bytes, {acks:.0f} ACKs; p95 by stage: "
               + ", ".join(f"{r['metric']['stage']}={r['value'][1]}" for r in p95))
         assert (prom.value("sum(provisioner_store_op_seconds_count)") or 0) > 0
