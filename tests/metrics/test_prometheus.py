@@ -41,30 +41,31 @@ from tests.fuzz.bed import (
 from tests.support.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.netns
-NODES = 3
+#: nodes booted by the short run (CI) and by the full one (PROVISIONER_FULL=1), and the first
+#: node number of each, so that both can run on one bed
+SIZES = [pytest.param(3, 0, id="short"), pytest.param(40, 100, id="full", marks=pytest.mark.full)]
 WAIT = 10.0
 STAGES = ("dhcp", "script", "kernel_image", "callback", "handoff", "ready")
 PXE = {60: b"PXEClient:Arch:00000:UNDI:002001", 93: b"\x00\x00"}
 
 
 def _mac(n: int) -> MacAddress:
-    return MacAddress(f"52:54:00:f3:00:{n:02x}")
+    return MacAddress(f"52:54:00:f3:{n >> 8:02x}:{n & 0xFF:02x}")
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzBed]:
     bed = FuzzBed(tmp_path_factory.mktemp("metrics-bed")).start()
     try:
-        bed.on_loop(lambda: _add_nodes(bed))
         yield bed
     finally:
         bed.stop()
 
 
-async def _add_nodes(bed: FuzzBed) -> None:
+async def _add_nodes(bed: FuzzBed, numbers: range) -> None:
     assert bed.appliance is not None
     inventory = bed.appliance.inventory
-    for n in range(NODES):
+    for n in numbers:
         revision = await inventory.add_node(Node(_mac(n), f"metrics-{n}", image=IMAGE))
         await inventory.settle(revision)
 
@@ -164,26 +165,32 @@ def _count(prom: PrometheusServer, stage: str) -> float:
     return value or 0.0
 
 
-def test_prometheus_sees_the_boots_the_test_drove(bed: FuzzBed, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("nodes", "first"), SIZES)
+def test_prometheus_sees_the_boots_the_test_drove(bed: FuzzBed, tmp_path: Path, nodes: int,
+                                                  first: int) -> None:
+    numbers = range(first, first + nodes)
+    bed.on_loop(lambda: _add_nodes(bed, numbers))
     target = f"{SERVER}:{API_PORT}"
+    files = 'sum(provisioner_http_bytes_total{kind=~"kernel|image"})'
     with PrometheusServer([target], tmp_path / "prometheus", netns=bed.netns) as prom:
         prom.wait_for(f'up{{instance="{target}"}}', lambda v: v == 1)
         before = {stage: _count(prom, stage) for stage in STAGES}
+        ready, files_before = (prom.value('provisioner_nodes{state="ready"}') or 0.0,
+                               prom.value(files) or 0.0)
         started = time.monotonic()
-        sent = sum(_boot(bed, n) for n in range(NODES))
-        print(f"{NODES} simulated boots in {time.monotonic() - started:.2f} s")
-        prom.wait_for('provisioner_nodes{state="ready"}', lambda v: v == NODES)
+        sent = sum(_boot(bed, n) for n in numbers)
+        print(f"{nodes} simulated boots in {time.monotonic() - started:.2f} s")
+        prom.wait_for('provisioner_nodes{state="ready"}', lambda v: v == ready + nodes)
         for stage in STAGES:
             prom.wait_for(f'provisioner_boot_stage_seconds_count{{stage="{stage}"}}',
-                          lambda v, s=stage: v == before[s] + NODES)  # type: ignore[misc]
-        served = prom.wait_for('sum(provisioner_http_bytes_total{kind=~"kernel|image"})',
-                               lambda v: v >= sent)
+                          lambda v, s=stage: v == before[s] + nodes)  # type: ignore[misc]
+        served = prom.wait_for(files, lambda v: v == files_before + sent) - files_before
         tftp_before = prom.value('provisioner_tftp_bytes_total{kind="other"}') or 0.0
         fetched = bed.inside(_tftp_fetch)
         prom.wait_for('provisioner_tftp_bytes_total{kind="other"}',
                       lambda v: v == tftp_before + fetched)
         acks = prom.wait_for('provisioner_dhcp_replies_total{type="ack"}',
-                             lambda v: v >= NODES)
+                             lambda v: v >= nodes)
         # over the process's whole life (a rate over so few scrapes may be empty)
         p95 = prom.query('histogram_quantile(0.95, sum by (le, stage) '
                          '(provisioner_boot_stage_seconds_bucket))')
