@@ -1,5 +1,6 @@
-"""What the planes call when something happens: a file sent, a request refused, a store
-operation done. Each is a line at the place it happens; the metrics are in registry.py.
+"""What the planes call when something happens: a file sent, a request refused. Each is a
+line at the place it happens; the metrics are in registry.py (store operations are timed by
+provisioner/store/timed.py).
 
 File names and paths are reduced here to a kind from a fixed set, and reasons must be fixed
 texts (the callers pass words, never an address or a MAC), so label values stay few.
@@ -7,14 +8,9 @@ texts (the callers pass words, never an address or a MAC), so label values stay 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
-from typing import Final, TypeVar
+from typing import Final
 
 from provisioner.metrics import registry
-
-T = TypeVar("T")
 
 #: the boot plane's paths by their ending (boot/routes.py, images/format/catalog.py)
 HTTP_KINDS: Final = ((".ipxe", "script"), ("/overlay.cpio.xz", "overlay"),
@@ -49,18 +45,3 @@ def refused(plane: str, reason: str) -> None:
     """A refused request; `reason` is one of the caller's fixed words (never client text)."""
     registry.REFUSED.labels(plane, reason).inc()
 
-
-@contextmanager
-def timed_op(backend: str, op: str) -> Iterator[None]:
-    """Observe how long the block took as a store operation (failed ones too: a timeout is
-    exactly what the histogram is for)."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        registry.STORE_OP.labels(backend, op).observe(time.perf_counter() - started)
-
-
-async def timed(backend: str, op: str, call: Awaitable[T]) -> T:
-    with timed_op(backend, op):
-        return await call
