@@ -57,7 +57,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
 
 def exposition(ctx: ApiContext) -> Exposition:
-    """The appliance's metrics: the shared ones (every plane's hooks) and what is read at
+    """The appliance's metrics: its registry's (every plane's hooks) and what is read at
     scrape time from the DHCP counters, the inventory cache and the supervisor."""
     def dhcp() -> Mapping[str, int] | None:
         return ctx.counters().get("dhcp") if ctx.counters is not None else None

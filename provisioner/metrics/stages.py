@@ -7,7 +7,9 @@ image are loaded, boot/routes.py), the `booted` state (the callback), the `ready
 handoff confirmed). Each event closes the stage that ends with it, observed only when the
 node's previous event was the one before it in this order: a lease renewal of a ready node,
 a retried script or an operator's state change is not a stage of a boot. iPXE's own DHCP
-exchange, after the PXE ROM's, is the dhcp stage again, of the same boot.
+exchange, after the PXE ROM's, is the dhcp stage again, of the same boot. A script served
+with no DHCP exchange of ours before it (proxy mode without a sighting, a static address, a
+second appliance answered DHCP) starts the stages after it, without a whole-boot time.
 
 The last event per node is kept in memory, at most MAX_NODES of them (the oldest forgotten
 first), and dropped once a boot is ready or fails.
@@ -34,6 +36,7 @@ class _Progress:
     index: int
     at: float
     started: float
+    whole: bool = True  # seen from its first DHCP offer: the whole boot can be timed
 
 
 class BootStages:
@@ -62,12 +65,15 @@ class BootStages:
             self._remember(mac, _Progress(0, at, started))
             return
         if last is None or last.index != index - 1:
+            if stage == "script":  # no DHCP of ours before it: the later stages still count
+                self._remember(mac, _Progress(index, at, at, whole=False))
             return
         registry.BOOT_STAGE.labels(stage).observe(max(0.0, at - last.at))
         if stage == "handoff":
-            registry.BOOT_STAGE.labels("ready").observe(max(0.0, at - last.started))
+            if last.whole:
+                registry.BOOT_STAGE.labels("ready").observe(max(0.0, at - last.started))
             return
-        self._remember(mac, _Progress(index, at, last.started))
+        self._remember(mac, _Progress(index, at, last.started, last.whole))
 
     def _remember(self, mac: str, progress: _Progress) -> None:
         self._nodes.pop(mac, None)  # re-inserted last: the dict's order is the age order

@@ -167,3 +167,15 @@ async def test_the_scheduler_observes_a_handoff_at_the_agent_s_first_poll() -> N
     await state.poll("n2")
     assert handoffs() == before + 1
     assert state.handed == {}
+
+
+def test_without_our_dhcp_the_stages_after_the_script_still_count() -> None:
+    tracker = BootStages()
+    kernel = shared("provisioner_boot_stage_seconds_count", stage="kernel_image")
+    handoff = shared("provisioner_boot_stage_seconds_count", stage="handoff")
+    ready = shared("provisioner_boot_stage_seconds_count", stage="ready")
+    for at, kind in enumerate(BOOT[2:]):
+        tracker.recorded("52:54:00:00:00:04", kind, float(at))
+    assert shared("provisioner_boot_stage_seconds_count", stage="kernel_image") == kernel + 1
+    assert shared("provisioner_boot_stage_seconds_count", stage="handoff") == handoff + 1
+    assert shared("provisioner_boot_stage_seconds_count", stage="ready") == ready
