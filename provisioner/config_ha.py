@@ -4,11 +4,17 @@ With `elect = true` the work that must happen once across the heads (the callbac
 sweep, the handoff outbox's delivery, the rollouts' resumption, the boot retries, retention and
 compaction) runs only on the head that leads the election (ha/election.py, ha/singletons.py);
 a head that dies hands it on within `leader_ttl` seconds.
+
+`fallback_urls` are the other heads' boot planes as nodes reach them. A node's iPXE script
+tries each for its kernel, image and overlay when the head that answered its DHCP stops
+answering mid-boot, and its /init tries each head's API (the same host, `[api] port`) for the
+callback. Any head can serve them: the one-boot token and the node's lease are in the store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from provisioner.errors import ConfigError
 
@@ -19,9 +25,20 @@ class HaSettings:
     elect: bool = False
     #: seconds a dead leader keeps the lead before another head takes it over
     leader_ttl: float = 10.0
+    #: the other heads' boot plane base URLs (http://ADDRESS[:PORT]), tried in order after ours
+    fallback_urls: tuple[str, ...] = ()
 
+    def fallback_heads(self, api_port: int) -> list[tuple[str, str]]:
+        """(boot base, API base) of each other head: its API on the same host, `api_port`."""
+        return [(url.rstrip("/"), f"http://{urlsplit(url).hostname}:{api_port}")
+                for url in self.fallback_urls]
 
 def check_ha(ha: HaSettings) -> None:
     if ha.leader_ttl < 2:
         raise ConfigError("ha.leader_ttl must be 2 seconds or more: a shorter lease expires "
                           "on a busy store and the lead would flap between heads")
+    for url in ha.fallback_urls:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.path.strip("/"):
+            raise ConfigError(f"ha.fallback_urls: {url!r} is not a boot plane URL such as "
+                              "http://10.10.0.2 or http://10.10.0.2:8081")
