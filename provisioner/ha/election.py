@@ -139,8 +139,11 @@ class Election:
         """One keepalive; False when the lease has expired. A store that does not answer is
         tried again while the lease may still be alive."""
         sent = self.monotonic()
+        # Bounded by the time the lead has left, not less: a shorter bound would cancel the
+        # store's own timeout, which is what moves an etcd client on to the next endpoint.
+        left = self._renewed + self.ttl - self.margin - sent
         try:
-            await asyncio.wait_for(self.store.keepalive(term.lease), timeout=self.ttl / 3)
+            await asyncio.wait_for(self.store.keepalive(term.lease), timeout=max(left, 0.0))
         except NotFound:
             return False
         except (ProvisionerError, TimeoutError) as exc:

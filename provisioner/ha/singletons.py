@@ -50,7 +50,7 @@ class Singletons:
             try:
                 self._start()
                 await self.election.hold()
-            except asyncio.CancelledError:
+            except BaseException:  # stopped, or a fault: no work runs without the lead
                 await asyncio.shield(self._stop())
                 await asyncio.shield(self.election.resign(term))
                 raise

@@ -1,7 +1,8 @@
 """End to end with two heads: a 3-member etcd cluster and two appliances on one bridge
 (`lab up --heads 2 --store etcd`), QEMU nodes booting from them. The head that answered a node's
-DHCP and served its boot script is SIGKILLed while the node downloads its kernel and image: the
-node fetches the rest from the other head (its iPXE script and /init know both, [ha]
+DHCP and served its boot script is SIGKILLed while the node downloads its kernel and image (the
+kill waits until every node has its script: the fallback starts after it), and the node
+fetches the rest from the other head (its iPXE script and /init know both, [ha]
 fallback_urls), every node still becomes ready, and each is handed to the scheduler exactly
 once (the surviving head leads the once-only work, ha/singletons.py, within the lead's ttl).
 
@@ -34,24 +35,28 @@ def script_head(lab: Lab, node: LabNode) -> str | None:
     return found[-1] if found else None
 
 
-def wait_script_served(lab: Lab, nodes: list[LabNode]) -> tuple[LabNode, str]:
-    """The first node that fetched its boot script (now provisioning: kernel and image to
-    come) and the address of the head that served it."""
+def wait_scripts_served(lab: Lab, nodes: list[LabNode]) -> tuple[LabNode, str]:
+    """Once every node has fetched its boot script (kernel and image to come): the node that
+    fetched it last and the address of the head that served it. (A node that has its DHCP
+    answer but not yet its script has only the one URL DHCP gave it: the kill waits until no
+    node is there, as this fallback starts at the script.)"""
     deadline = time.monotonic() + MID_BOOT_TIMEOUT
     while time.monotonic() < deadline:
         views = snapshot(lab, [n.qemu.mac for n in nodes])
-        for node in nodes:
-            head = script_head(lab, node)
-            if head and "provisioning" in views[node.qemu.mac].event_kinds():
-                return node, head
-        time.sleep(0.2)
-    raise AssertionError("no node fetched its boot script in time")
+        heads = {n.qemu.mac: script_head(lab, n) for n in nodes}
+        started = {mac: [e.at for e in view.events if e.kind == "provisioning"]
+                   for mac, view in views.items()}
+        if all(heads.values()) and all(started.values()):
+            last = max(nodes, key=lambda n: max(started[n.qemu.mac]))
+            return last, str(heads[last.qemu.mac])
+        time.sleep(0.1)
+    raise AssertionError("the nodes did not all fetch their boot scripts in time")
 
 
 def crash_a_head_mid_boot(make_lab: MakeLab, firmwares: list[str]) -> None:
     lab = make_lab(discovery=True, store="etcd", heads=2)
     nodes = [boot(lab, firmware, register=True) for firmware in firmwares]
-    victim_node, address = wait_script_served(lab, nodes)
+    victim_node, address = wait_scripts_served(lab, nodes)
     victim = "head1" if address == lab.network.server_ip else "head2"
     killed = lab.kill_head(victim)
     print(f"{victim} ({address}, pid {killed.pid}) killed after it served "

@@ -74,6 +74,7 @@ async def heads(etcd_server: EtcdServer,
                "PROVISIONER_STORE_ENDPOINTS": etcd_server.endpoint,
                "PROVISIONER_STORE_NAMESPACE": namespace,
                "PROVISIONER_HA_ELECT": "true", "PROVISIONER_HA_LEADER_TTL": str(TTL),
+               "PROVISIONER_STORE_TIMEOUT": "1",  # (the ttl is at least twice it)
                "PROVISIONER_DHCP_MODE": "off", "PROVISIONER_TFTP_ENABLED": "false",
                "PROVISIONER_HANDOFF_KIND": "none",
                "PROVISIONER_BOOT_LISTEN": "127.0.0.1", "PROVISIONER_BOOT_PORT": str(free_port()),
