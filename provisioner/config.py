@@ -361,7 +361,7 @@ def _check(settings: Settings) -> None:
     check_limits(settings.boot, settings.tftp, settings.dhcp)
     check_retries(settings.retries)
     check_retention(settings.retention)
-    check_ha(settings.ha)
+    check_ha(settings.ha, settings.store.timeout)
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
              ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:

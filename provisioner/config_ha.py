@@ -33,10 +33,13 @@ class HaSettings:
         return [(url.rstrip("/"), f"http://{urlsplit(url).hostname}:{api_port}")
                 for url in self.fallback_urls]
 
-def check_ha(ha: HaSettings) -> None:
-    if ha.leader_ttl < 2:
-        raise ConfigError("ha.leader_ttl must be 2 seconds or more: a shorter lease expires "
-                          "on a busy store and the lead would flap between heads")
+def check_ha(ha: HaSettings, store_timeout: float) -> None:
+    """`store_timeout`: [store] timeout. The lead outlives a keepalive that times out on one
+    etcd member and is made again on the next, or a member's loss would move the lead."""
+    if ha.leader_ttl < max(2.0, 2 * store_timeout):
+        raise ConfigError(f"ha.leader_ttl must be 2 seconds or more and at least twice "
+                          f"store.timeout ({store_timeout:g} s): a shorter lease expires on a "
+                          "busy or failing-over store, and the lead would move between heads")
     for url in ha.fallback_urls:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or parts.path.strip("/"):

@@ -61,6 +61,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("[retention]\nbatch = 500\n", {}, r"retention\.batch must be 1 to 128"),
         ("[retention]\ninterval = 0\n", {}, r"retention\.interval"),
         ("[ha]\nleader_ttl = 1\n", {}, r"ha\.leader_ttl must be 2 seconds or more"),
+        ("[store]\ntimeout = 5\n[ha]\nleader_ttl = 8\n", {}, r"twice store\.timeout \(5 s\)"),
         ("[ha]\nfallback_urls = ['10.0.0.2']\n", {}, r"ha\.fallback_urls: '10\.0\.0\.2' is not"),
         ("[ha]\nfallback_urls = ['http://10.0.0.2/boot']\n", {}, r"ha\.fallback_urls"),
     ],

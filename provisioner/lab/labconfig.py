@@ -56,8 +56,9 @@ class LabOptions:
     scheduler_token: str = ""
     #: appliances on the bridge (more than one needs the etcd store: a 3-member cluster)
     heads: int = 1
-    #: seconds a dead head keeps the lead of the once-only work ([ha] leader_ttl)
-    leader_ttl: float = 4.0
+    #: seconds a dead head keeps the lead of the once-only work ([ha] leader_ttl; at least
+    #: twice the lab's store timeout, 5 s)
+    leader_ttl: float = 10.0
 
     @property
     def network(self) -> LabNetwork:
