@@ -239,7 +239,9 @@ class Appliance:
         if self.store.backend == "etcd" and s.retention.compact_interval:
             self._once(stack, "etcd compaction", retention.compact_forever)
         if s.retries.enabled:
-            retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock)
+            fence = self.singletons.election.fence if self.singletons else None
+            retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock,
+                                  fence=fence)
             self._once(stack, "boot retries", retries.run)
         if self.singletons is not None:  # stopped first: the work stops, the lead is given up
             election = self.supervisor.spawn("leader election", self.singletons.run)
