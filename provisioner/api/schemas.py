@@ -182,7 +182,9 @@ class RolloutOut(BaseModel):
     max_failures: int
     force: bool
     started: float
-    state: str = Field(description="running, succeeded, failed or stopped")
+    state: str = Field(description="running, succeeded, failed, stopped or interrupted (the "
+                                   "process that ran it stopped; the appliance resumes the "
+                                   "rollouts its API started)")
     finished: float | None
     nodes: dict[str, dict[str, Any]] = Field(description="per node: step, message, wave, "
                                              "started, finished")

@@ -30,6 +30,8 @@ from provisioner.scheduler.models import (
 from provisioner.scheduler.records import RETRIES, Records
 from provisioner.store.base import KeyValueStore
 
+DAY = 86400.0
+
 
 class SchedulerState:
     def __init__(self, store: KeyValueStore, *, clock: Callable[[], float] = time.time,
@@ -71,6 +73,18 @@ class SchedulerState:
                           key=_submitted)
         jobs = (j for j, _ in self.jobs.values())
         return sorted((j for j in jobs if state is None or j.state is state), key=_submitted)
+
+    async def prune(self, now: float, *, keep: int, days: float) -> int:
+        """Forget finished jobs: those that ended more than `days` ago, and all but the
+        newest `keep` of the rest. Unfinished jobs are never touched. The number forgotten."""
+        finished = sorted((j for j, _ in self.jobs.values() if j.state.finished),
+                          key=lambda j: (j.end_time, j.seq), reverse=True)
+        cutoff = now - days * DAY
+        stale = [j.id for i, j in enumerate(finished) if i >= keep or j.end_time < cutoff]
+        forgotten = 0
+        for job_id in stale:
+            forgotten += await self.records.forget_job(job_id)
+        return forgotten
 
     def has_pending(self) -> bool:
         return bool(self.jobs.pending)
