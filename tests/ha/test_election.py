@@ -63,7 +63,7 @@ async def test_the_leader_holds_while_it_renews_and_steps_down_when_its_lease_go
     election = Election(store, "work", "head1", ttl=TTL)
     term = await election.campaign()
     holding = asyncio.create_task(election.hold())
-    await asyncio.sleep(3 * TTL)  # past the lease: only the keepalives keep it
+    await asyncio.sleep(1.5 * TTL)  # past the lease: only the keepalives keep it
     assert not holding.done() and await election.leader() == "head1"
     await store.revoke(term.lease)
     await asyncio.wait_for(holding, BOUND)
