@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -28,6 +29,8 @@ from provisioner.boot.server import BootHttpServer
 from provisioner.config import Settings
 from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
+from provisioner.ha.election import Election
+from provisioner.ha.singletons import Singletons
 from provisioner.handoff import open_handoff
 from provisioner.handoff.outbox import HandoffQueue
 from provisioner.images.format.catalog import ImageCatalog
@@ -37,9 +40,11 @@ from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.nodes.resume import resume_rollouts
 from provisioner.nodes.retries import BootRetries
+from provisioner.nodes.rollout import owner_id
 from provisioner.render.environment import Renderer
 from provisioner.runtime import supervisor
 from provisioner.runtime.retention import Retention
+from provisioner.runtime.supervisor import TaskFactory
 from provisioner.security.audit import AuditLog
 from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
@@ -187,6 +192,10 @@ class Appliance:
         self.boot_plane: BootPlane | None = None
         #: owns every background task: the watch followers, the sweepers (see /healthz)
         self.supervisor = supervisor.Supervisor()
+        #: with `[ha] elect`, the work that must happen once runs while this head leads
+        self.singletons = (Singletons(Election(self.store, "singletons", owner_id(),
+                                               ttl=settings.ha.leader_ttl), self.supervisor)
+                           if settings.ha.elect else None)
 
     def counters(self) -> dict[str, dict[str, int]]:
         parts = {"dhcp": self.dhcp, "tftp": self.tftp, "boot": self.boot}
@@ -219,9 +228,8 @@ class Appliance:
             stack.push_async_callback(self.tftp.close)
         await self.lifecycle.start()
         # Rolling reimages this appliance (or another on the store) left running.
-        resumer = self.supervisor.spawn("reimage resume", lambda: resume_rollouts(
+        self._once(stack, "reimage resume", lambda: resume_rollouts(
             s, self.inventory, self.lifecycle, clock=self.clock))
-        stack.push_async_callback(resumer.stop)
         await self._start_handoff(stack)
         s.images_dir.mkdir(parents=True, exist_ok=True)
         self.boot = BootHttpServer(s.images_dir, s.boot, holds_lease=self._holds_lease)
@@ -230,16 +238,27 @@ class Appliance:
         await _bind("boot http", f"{s.boot.listen}:{s.boot.port}",
                     self.boot.start(s.boot.listen, s.boot.port), "set [boot] listen/port")
         stack.push_async_callback(self.boot.close)
-        sweeper = self.supervisor.spawn("lifecycle sweeper", self._sweep)
-        stack.push_async_callback(sweeper.stop)
+        self._once(stack, "lifecycle sweeper", self._sweep)
         retention = Retention(self.store, s.retention, clock=self.clock)
-        stack.push_async_callback(self.supervisor.spawn("retention", retention.run).stop)
+        self._once(stack, "retention", retention.run)
         if self.store.backend == "etcd" and s.retention.compact_interval:
-            compaction = self.supervisor.spawn("etcd compaction", retention.compact_forever)
-            stack.push_async_callback(compaction.stop)
+            self._once(stack, "etcd compaction", retention.compact_forever)
         if s.retries.enabled:
-            retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock)
-            stack.push_async_callback(self.supervisor.spawn("boot retries", retries.run).stop)
+            fence = self.singletons.election.fence if self.singletons else None
+            retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock,
+                                  fence=fence)
+            self._once(stack, "boot retries", retries.run)
+        if self.singletons is not None:  # stopped first: the work stops, the lead is given up
+            election = self.supervisor.spawn("leader election", self.singletons.run)
+            stack.push_async_callback(election.stop)
+
+    def _once(self, stack: contextlib.AsyncExitStack, name: str, factory: TaskFactory) -> None:
+        """Start work that must happen once across the heads: under the election with
+        `[ha] elect`, else here and now."""
+        if self.singletons is not None:
+            self.singletons.add(name, factory)
+        else:
+            stack.push_async_callback(self.supervisor.spawn(name, factory).stop)
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
@@ -294,8 +313,11 @@ class Appliance:
                                     max_delay=s.handoff.max_delay,
                                     concurrency=HANDOFF_CONCURRENCY)
         self.lifecycle.handoff = self.handoff
-        await self.handoff.start()
-        stack.push_async_callback(self.handoff.stop)
+        if self.singletons is None:
+            await self.handoff.start()
+            stack.push_async_callback(self.handoff.stop)
+        else:  # any head queues a handoff (in its callback's txn); the leader delivers it
+            self.singletons.add("handoff delivery", functools.partial(_deliver, self.handoff))
 
     async def _sweep(self) -> None:
         while True:
@@ -311,6 +333,15 @@ class Appliance:
                           self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
                           binding=self.boot_plane.binding if self.boot_plane else None,
                           supervisor=self.supervisor)
+
+
+async def _deliver(handoff: HandoffQueue) -> None:
+    """The outbox's delivery as one task: while it runs (this head leads), and no longer."""
+    await handoff.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await handoff.stop()
 
 
 async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -> None:

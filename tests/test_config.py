@@ -60,6 +60,10 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"PROVISIONER_RETENTION_AUDIT_DAYS": "0"}, r"ages \(days\) more than 0"),
         ("[retention]\nbatch = 500\n", {}, r"retention\.batch must be 1 to 128"),
         ("[retention]\ninterval = 0\n", {}, r"retention\.interval"),
+        ("[ha]\nleader_ttl = 1\n", {}, r"ha\.leader_ttl must be 2 seconds or more"),
+        ("[store]\ntimeout = 5\n[ha]\nleader_ttl = 8\n", {}, r"twice store\.timeout \(5 s\)"),
+        ("[ha]\nfallback_urls = ['10.0.0.2']\n", {}, r"ha\.fallback_urls: '10\.0\.0\.2' is not"),
+        ("[ha]\nfallback_urls = ['http://10.0.0.2/boot']\n", {}, r"ha\.fallback_urls"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, env: dict[str, str],
@@ -68,6 +72,14 @@ def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, env: dict[s
     file.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(file, env=env)
+
+
+def test_the_other_heads_apis_are_on_their_boot_hosts(tmp_path: Path) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text("[ha]\nfallback_urls = ['http://10.0.0.2/', 'http://10.0.0.3:8081']\n")
+    ha = load_settings(file, env={}).ha
+    assert ha.fallback_heads(8080) == [("http://10.0.0.2", "http://10.0.0.2:8080"),
+                                       ("http://10.0.0.3:8081", "http://10.0.0.3:8080")]
 
 
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from provisioner.inventory.locks import LockHeld, LockLost, StoreLock
-from provisioner.store.base import KeyValueStore
+from provisioner.store.base import KeyValueStore, TxnConflict, TxnOp
 
 
 class Clock:
@@ -44,3 +44,22 @@ async def test_one_holder_at_a_time_and_a_dead_holder_is_taken_over(
     await loser.release()
     assert await winner.holder() is None
     await winner.acquire()
+
+
+async def test_an_effect_fenced_by_the_lock_is_refused_once_it_was_taken_over(
+        store: KeyValueStore) -> None:
+    clock = Clock()
+    first = StoreLock(store, "reimage", "head1", ttl=30, clock=clock)
+    second = StoreLock(store, "reimage", "head2", ttl=30, clock=clock)
+    await first.acquire()
+    await store.txn([await first.fence(), TxnOp("/t/cycle/1", b"head1")])
+    await first.renew()  # our own renewal: a fresh fence still holds
+    fence = await first.fence()
+    await store.txn([fence, TxnOp("/t/cycle/2", b"head1")])
+    clock.now += 31  # head1 paused past its expiry; head2 took the lock over
+    await second.acquire()
+    with pytest.raises(TxnConflict):  # a fence taken before the takeover
+        await store.txn([fence, TxnOp("/t/cycle/3", b"head1")])
+    with pytest.raises(LockLost):  # and one asked for after it
+        await first.fence()
+    assert await store.get("/t/cycle/3") is None

@@ -15,6 +15,7 @@ import pytest
 from provisioner.config import load_settings
 from provisioner.config_retries import RetrySettings
 from provisioner.errors import ConfigError, StoreUnavailable
+from provisioner.ha.election import Election
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import Lifecycle
@@ -243,3 +244,23 @@ def test_the_retries_section_and_the_cache_threshold_are_read_and_checked(
         with pytest.raises(ConfigError) as refused:
             load_settings(env={**base, f"PROVISIONER_{key}": value})
         assert "\n" not in str(refused.value)
+
+
+async def test_a_deposed_leader_makes_no_retry(world: World) -> None:
+    """With several heads the retry is recorded in one txn with the leader's fence: once
+    another head leads, this one records nothing and cycles nothing."""
+    election_a = Election(world.store, "singletons", "head1", ttl=30)
+    election_b = Election(world.store, "singletons", "head2", ttl=30)
+    term = await election_a.campaign()
+    world.retries.fence = election_a.fence
+    await world.cycled(T0)
+    world.clock.now = T0 + 100
+    assert await world.retries.look() == [MAC] and world.driver.cycles == ["cycle"]
+    stale = election_a.fence()
+    world.retries.fence = lambda: stale  # head1 paused: it still thinks it leads
+    await world.store.revoke(term.lease)
+    await election_b.campaign()
+    before = await world.timeline()
+    world.clock.now = T0 + 1000
+    assert await world.retries.look() == []
+    assert world.driver.cycles == ["cycle"] and await world.timeline() == before

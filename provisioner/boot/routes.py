@@ -175,7 +175,8 @@ class BootPlane:
             image_name=image.name if image else None,
             image_version=image.version if image else None,
             network=Network.for_ip(node.ip, self.settings.dhcp.subnets),
-            scheduler_url=self.scheduler_url, token=token)
+            scheduler_url=self.scheduler_url, token=token,
+            fallbacks=self.settings.ha.fallback_heads(self.settings.api.port))
 
     # -- /boot/nodes/<mac>/... ------------------------------------------------------------
 

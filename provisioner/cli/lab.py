@@ -34,6 +34,9 @@ def up(
     nodes: int = typer.Option(1, "--nodes", "-n", min=0, max=32, help="QEMU nodes to boot."),
     firmware: str = typer.Option("bios", "--firmware", help="bios, uefi or mixed."),
     store: str = typer.Option("sqlite", "--store", help="sqlite (embedded) or etcd."),
+    heads: int = typer.Option(1, "--heads", min=1, max=3, help="Appliances on the bridge, "
+                              "each on its own address (more than one: --store etcd, a "
+                              "3-member etcd cluster)."),
     discover: bool = typer.Option(False, "--discover", help="Leave the MACs unknown: the "
                                   "nodes are discovered by DHCP (default: registered first)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Show progress until ready."),
@@ -53,10 +56,12 @@ def up(
         raise ValidationError("--store", f"{store!r} is not sqlite or etcd")
     if accel not in ("tcg", "kvm"):
         raise ValidationError("--accel", f"{accel!r} is not tcg or kvm")
+    if heads > 1 and store != "etcd":
+        raise ValidationError("--heads", "several heads share one store: add --store etcd")
     root = _root(ctx)
     cache = state(ctx).settings.cache_dir
     options = LabOptions(root, namespace=_namespace(), store=store, cache=cache,
-                         discovery=True)
+                         discovery=True, heads=heads)
     lab = Lab.create(options, say=typer.echo)
     if builder_available(lab):
         ensure_image(lab, options, say=typer.echo)
@@ -168,6 +173,19 @@ def console(ctx: typer.Context, node: str = typer.Argument(..., help="Lab node n
     path = lab.state.node(node).qemu.console
     argv = ["tail", "-n", "+1", *(["-f"] if follow else []), str(path)]
     raise typer.Exit(subprocess.run(argv, check=False).returncode)
+
+
+@app.command("kill-head")
+def kill_head(ctx: typer.Context,
+              name: str = typer.Argument(..., help="head1, head2 ... (`lab status`).")) -> None:
+    """SIGKILL one head of the lab, as a crash would (the others take over its work)."""
+    from provisioner.lab.lab import Lab
+
+    lab = Lab.load(_root(ctx))
+    if lab is None:
+        raise ConfigError("no lab is up; start one with `provisioner lab up`")
+    proc = lab.kill_head(name)
+    typer.echo(f"lab: killed {name} (pid {proc.pid}); its log {proc.log}")
 
 
 @app.command("down")

@@ -148,6 +148,7 @@ class HandoffQueue:
         """Stop delivering; queued entries stay in the store for the next start()."""
         self._running = False
         await self._follower.stop()
+        self._seen.clear()  # a later start() (this head leads again) delivers them afresh
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()

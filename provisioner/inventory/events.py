@@ -4,7 +4,6 @@ past retention is found by `stale_events` (runtime/retention.py deletes it)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 from provisioner.errors import Conflict
@@ -12,7 +11,7 @@ from provisioner.inventory import codec, keys
 from provisioner.inventory.versioned import CAS_RETRIES
 from provisioner.metrics import stages
 from provisioner.nodes.model import BootEvent, MacAddress
-from provisioner.store.base import KeyValue, KeyValueStore, TxnOp
+from provisioner.store.base import KeyValue, KeyValueStore, TxnConflict, TxnOp
 
 PAGE = 500  # keys read per request while looking for stale events
 
@@ -26,15 +25,25 @@ class EventLog:
         key = keys.event(event.mac.value, keys.seq(event.at, bump))
         return TxnOp(key, codec.encode_event(event), expect=0)
 
-    async def add_event(self, event: BootEvent) -> None:
-        """Record `event`; events at the same instant get the next free key, never overwrite."""
+    async def add_event(self, event: BootEvent, *, fence: TxnOp | None = None) -> None:
+        """Record `event`; events at the same instant get the next free key, never overwrite.
+        With `fence` (a compare-only op, ha/election.py) only in one txn with it: TxnConflict
+        naming the fence's key when it fails."""
         for bump in range(CAS_RETRIES):
             op = self.event_op(event, bump)
             assert op.value is not None
-            with contextlib.suppress(Conflict):
-                await self.store.put(op.key, op.value, expect=0)
+            try:
+                if fence is None:
+                    await self.store.put(op.key, op.value, expect=0)
+                else:
+                    await self.store.txn([fence, op])
                 stages.recorded(event.mac.value, event.kind, event.at)
                 return
+            except TxnConflict as exc:
+                if op.key not in exc.keys:
+                    raise
+            except Conflict:
+                pass  # the key of this instant is taken: the next one
         raise Conflict(f"could not record event {event.kind} for {event.mac}")
 
     async def list_events(self, mac: MacAddress) -> list[BootEvent]:

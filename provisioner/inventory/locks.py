@@ -8,6 +8,10 @@ SIGKILL, a power cut) stops renewing, and the lock is free again once its expiry
 store lease, so the expiry is plain data every backend keeps alike and tests move with the
 clock. A renewal that finds the key changed means the lock was lost (it expired and someone else
 took it): the work must stop, which `LockLost` says.
+
+The key's revision is also a fencing token: `fence()` is a compare-only txn op on it, so an
+effect's write committed with it (a rollout's "power-cycling" step) is refused once the lock
+has been taken over, even when the renewal has not noticed yet.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 
 from provisioner.errors import Conflict, NotFound
 from provisioner.inventory import keys
-from provisioner.store.base import KeyValue, KeyValueStore
+from provisioner.store.base import KeyValue, KeyValueStore, TxnOp
 
 
 class LockHeld(Conflict):
@@ -82,6 +86,15 @@ class StoreLock:
         except Conflict:
             self._revision = 0
             raise LockLost(f"{self.name} expired and was taken over; stopping") from None
+
+    async def fence(self) -> TxnOp:
+        """The compare-only op that makes a txn commit only while the lock is still ours (the
+        key as we last wrote it or renewed it); LockLost when it is not ours now."""
+        kv = await self.store.get(self.key)
+        if not self.held or kv is None or _state(kv).owner != self.owner:
+            raise LockLost(f"{self.name} was taken over; stopping")
+        # (our own renewal may have moved the revision on: the owner says the key is ours)
+        return TxnOp(self.key, None, expect=kv.mod_revision, compare_only=True)
 
     async def release(self) -> None:
         """Let the lock go (only if it is still ours)."""

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from provisioner.errors import ConfigError
 from provisioner.lab import procs
-from provisioner.lab.labconfig import LabOptions, lab_env, render_config
+from provisioner.lab.labconfig import LabOptions, head_config, head_ip, lab_env, render_config
 from provisioner.lab.netns import LabNetwork, Namespace, namespace_exists
 from provisioner.lab.procs import Proc
 from provisioner.lab.qemu import QemuNode, lab_mac
-from provisioner.lab.state import LabNode, LabState, load_state
+from provisioner.lab.state import LabNode, LabState, head_role, load_state
 from provisioner.lab.storeview import create_admin_token
 
 __all__ = ["Lab", "down", "lab_env", "read_console", "tail"]
@@ -116,26 +116,34 @@ class Lab:
         shutil.rmtree(options.root / "etcd", ignore_errors=True)
         shutil.rmtree(options.root / "nodes", ignore_errors=True)
         options.root.mkdir(parents=True, exist_ok=True)
+        if options.heads > 1 and options.store != "etcd":
+            raise ConfigError("several lab heads share one store: use --store etcd")
         if not options.scheduler_token:
             options = dataclasses.replace(options, scheduler_token=secrets.token_urlsafe(24))
-        write_private(options.config_path, render_config(options))
+        for head in range(1, options.heads + 1):
+            write_private(options.head_config(head), render_config(options, head))
         state = LabState(options.root, options.namespace, options.bridge, options.address,
                          options.config_path, options.store,
                          api_url=options.url(options.api_port),
                          boot_url=options.url(options.boot_port),
                          scheduler_url=options.url(options.scheduler_port),
-                         scheduler_token=options.scheduler_token, image=options.image)
+                         scheduler_token=options.scheduler_token, image=options.image,
+                         heads=options.heads)
         state.save()  # before anything starts: `lab down` can clean up a half-made lab
         lab = cls(state)
         try:
             options.network.create()
             say(f"lab: namespace {options.namespace}, bridge {options.bridge} "
                 f"{options.address}")
+            for head in range(2, options.heads + 1):
+                options.network.add_address(options.head_ip(head))
             if options.store == "etcd":
-                lab.start_etcd(options.etcd_port)
+                lab.start_etcd(options.etcd_ports)
             lab.create_admin_token()
-            lab.start_appliance()
-            say(f"lab: appliance up, API {state.api_url} (log {options.root}/appliance.log)")
+            for head in range(1, options.heads + 1):
+                lab.start_appliance(head)
+                say(f"lab: head {head} up, API {options.url(options.api_port, head)} "
+                    f"(log {options.root}/{head_role(head)}.log)")
             if lab.scheduler_available():
                 lab.start_scheduler()
                 say(f"lab: scheduler up at {state.scheduler_url}")
@@ -165,17 +173,22 @@ class Lab:
         self.state.save()
         return proc
 
-    def start_etcd(self, port: int) -> None:
+    def start_etcd(self, ports: Sequence[int]) -> None:
+        """One etcd member per client port (peer port: client port + 1), as one cluster."""
         ip = self.network.server_ip
-        data = self.state.root / "etcd"
-        self._spawn("etcd", [
-            "etcd", "--name", "lab", "--data-dir", str(data),
-            "--listen-client-urls", f"http://{ip}:{port}",
-            "--advertise-client-urls", f"http://{ip}:{port}",
-            "--listen-peer-urls", "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "lab=http://127.0.0.1:2380", "--log-level", "warn"])
-        self._wait_http("etcd", f"http://{ip}:{port}/health")
+        names = [f"lab{i}" if i else "lab" for i in range(len(ports))]
+        cluster = ",".join(f"{name}=http://127.0.0.1:{port + 1}"
+                           for name, port in zip(names, ports, strict=True))
+        for name, port in zip(names, ports, strict=True):
+            self._spawn(name.replace("lab", "etcd"), [
+                "etcd", "--name", name, "--data-dir", str(self.state.root / "etcd" / name),
+                "--listen-client-urls", f"http://{ip}:{port}",
+                "--advertise-client-urls", f"http://{ip}:{port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
+                "--initial-cluster", cluster, "--log-level", "warn"])
+        for name, port in zip(names, ports, strict=True):
+            self._wait_http(name.replace("lab", "etcd"), f"http://{ip}:{port}/health")
 
     def create_admin_token(self) -> None:
         """An admin API token for the lab's user, created in the store before the appliance
@@ -183,9 +196,22 @@ class Lab:
         self.state.admin_token = create_admin_token(self)
         self.state.save()
 
-    def start_appliance(self) -> None:
-        self._spawn("appliance", self.argv("serve"))
-        self._wait_http("appliance", f"{self.state.api_url}/healthz")
+    def start_appliance(self, head: int = 1) -> None:
+        config = head_config(self.state.root, head)
+        self._spawn(head_role(head), [sys.executable, "-m", "provisioner", "--config",
+                                      str(config), "serve"])
+        self._wait_http(head_role(head), f"{self.head_api_url(head)}/healthz")
+
+    def head_api_url(self, head: int) -> str:
+        """Head `head`'s API (the lab's API URL on that head's address)."""
+        return self.state.api_url.replace(self.network.server_ip,
+                                          head_ip(self.network, head), 1)
+
+    def kill_head(self, name: str) -> Proc:
+        """SIGKILL head NAME ("head1", "head2" ...), as a crash would; returns its process."""
+        proc = self.state.head(name)
+        procs.kill(proc)
+        return proc
 
     def restart_appliance(self, *, kill: bool = True) -> float:
         """Stop the appliance (SIGKILL by default: a crash) and start it again; returns the
@@ -249,7 +275,9 @@ class Lab:
         for node in self.state.nodes:
             if node.proc is not None:
                 procs.stop(node.proc, grace=5)
-        for role in ("scheduler", "appliance", "etcd"):
+        roles = ["scheduler", *(head_role(h) for h in range(1, self.state.heads + 1))]
+        roles += [p.role for p in self.state.procs if p.role.startswith("etcd")]
+        for role in roles:
             proc = self.state.proc(role)
             if proc is not None:
                 procs.stop(proc)

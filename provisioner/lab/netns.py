@@ -200,6 +200,11 @@ class LabNetwork:
             self.destroy()
             raise
 
+    def add_address(self, address: str) -> None:
+        """Another address on the bridge (a second head's), with the bridge's prefix."""
+        self._ns("addr", "add", f"{address}/{self.interface.network.prefixlen}", "dev",
+                 self.bridge)
+
     def add_tap(self, tap: str) -> None:
         self._ns("tuntap", "add", "dev", tap, "mode", "tap")
         self._ns("link", "set", tap, "master", self.bridge)

@@ -45,8 +45,9 @@ class LabState:
     admin_token: str = ""
     scheduler_token: str = ""
     image: str = ""
-    procs: list[Proc] = field(default_factory=list)  # appliance, scheduler, etcd
+    procs: list[Proc] = field(default_factory=list)  # appliance(s), scheduler, etcd(s)
     nodes: list[LabNode] = field(default_factory=list)
+    heads: int = 1  # appliances: head N runs as role head_role(N)
 
     @property
     def path(self) -> Path:
@@ -57,6 +58,14 @@ class LabState:
 
     def replace_proc(self, proc: Proc) -> None:
         self.procs = [p for p in self.procs if p.role != proc.role] + [proc]
+
+    def head(self, name: str) -> Proc:
+        """The process of head NAME ("head1", "head2" ...)."""
+        names = {f"head{n}": head_role(n) for n in range(1, self.heads + 1)}
+        proc = self.proc(names[name]) if name in names else None
+        if proc is None:
+            raise ConfigError(f"no lab head {name!r}; heads: {', '.join(names)}")
+        return proc
 
     def node(self, ref: str) -> LabNode:
         for node in self.nodes:
@@ -72,7 +81,7 @@ class LabState:
                 "scheduler_url": self.scheduler_url, "admin_token": self.admin_token,
                 "scheduler_token": self.scheduler_token, "image": self.image,
                 "procs": [p.to_dict() for p in self.procs],
-                "nodes": [n.to_dict() for n in self.nodes]}
+                "nodes": [n.to_dict() for n in self.nodes], "heads": self.heads}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabState:
@@ -82,7 +91,8 @@ class LabState:
                    data.get("admin_token", ""), data.get("scheduler_token", ""),
                    data.get("image", ""),
                    [Proc.from_dict(p) for p in data.get("procs", [])],
-                   [LabNode.from_dict(n) for n in data.get("nodes", [])])
+                   [LabNode.from_dict(n) for n in data.get("nodes", [])],
+                   int(data.get("heads", 1)))
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -91,6 +101,11 @@ class LabState:
         with os.fdopen(fd, "w") as out:
             json.dump(self.to_dict(), out, indent=2)
         tmp.replace(self.path)
+
+
+def head_role(head: int) -> str:
+    """The process role of head `head` (1: "appliance", as a one-head lab calls it)."""
+    return "appliance" if head == 1 else f"appliance{head}"
 
 
 def state_path(root: Path) -> Path:

@@ -38,7 +38,7 @@ from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress, NodeState, SettingValue
 from provisioner.power.base import PowerDriver
 from provisioner.power.registry import open_power
-from provisioner.store.base import EventType
+from provisioner.store.base import EventType, TxnOp
 
 log = logging.getLogger(__name__)
 POWER_CYCLED: Final = "power_cycled"  # the event kind of a power cycle through the driver
@@ -125,9 +125,12 @@ class BootRetries:
     """The supervised task: `run()` watches the event prefix and looks every `interval`."""
 
     def __init__(self, inventory: Inventory, lifecycle: Lifecycle, settings: RetrySettings,
-                 *, clock: Callable[[], float] = time.time, opener: Opener = _open) -> None:
+                 *, clock: Callable[[], float] = time.time, opener: Opener = _open,
+                 fence: Callable[[], TxnOp] | None = None) -> None:
+        """`fence`: with several heads, the leader's fencing token (ha/election.py): a retry
+        is recorded, and so made, only while this head leads."""
         self.inventory, self.lifecycle, self.settings = inventory, lifecycle, settings
-        self.clock, self.opener = clock, opener
+        self.clock, self.opener, self.fence = clock, opener, fence
         #: mac -> its timeline, for the nodes whose boot is watched
         self.watched: dict[str, list[BootEvent]] = {}
 
@@ -202,7 +205,8 @@ class BootRetries:
         if state.retries >= self.settings.max_retries:
             return await self._fail(mac, stalled(state, self.settings))
         event = power_cycled(mac, now, by="retry", retry=state.retries + 1, stage=state.stage)
-        await self.inventory.add_event(event)  # recorded first: an unrecorded retry is not made
+        # Recorded first: an unrecorded retry is not made (nor one a deposed leader records).
+        await self.inventory.add_event(event, fence=self.fence() if self.fence else None)
         events.append(event)
         log.warning("node %s: no %s within %.0f s of its %s; power-cycling it again (retry "
                     "%d of %d)", node.name, _WANTED[state.stage], now - state.since,

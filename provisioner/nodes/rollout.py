@@ -53,6 +53,7 @@ from provisioner.nodes.progress import (
 )
 from provisioner.power.base import OneTimeBoot, PowerDriver
 from provisioner.runtime import supervisor
+from provisioner.store.base import TxnConflict, TxnOp
 
 __all__ = ["LOCK", "LOCK_TTL", "NodeFailed", "Progress", "Rollout", "RolloutRequest",
            "RolloutStatus", "Step", "check_event", "load_status", "owner_id", "waves"]
@@ -274,7 +275,9 @@ class Rollout:
                 node.mac, E.REIMAGE, reason=f"reimage to {request.image}",
                 detail={"image": request.image, "version": request.version},
                 change=lambda n: n.with_changes(image=request.image))
-        await self._emit(node.name, Step.POWER_CYCLE, "power-cycling")
+        # Fenced by the lock: a runner whose lock was taken over (it paused past its expiry,
+        # and a resumer took the rollout up) stops here instead of cycling the node twice.
+        await self._emit(node.name, Step.POWER_CYCLE, "power-cycling", fenced=True)
         try:
             driver = await self.power_for(node)
             if isinstance(driver, OneTimeBoot):
@@ -347,7 +350,8 @@ class Rollout:
         assert self.status is not None, "run() sets the status first"
         return self.status
 
-    async def _emit(self, node: str | None, step: str, message: str) -> None:
+    async def _emit(self, node: str | None, step: str, message: str, *,
+                    fenced: bool = False) -> None:
         status = self._status()
         if node is not None:
             status.nodes[node].step, status.nodes[node].message = Step(step), message
@@ -355,12 +359,20 @@ class Rollout:
         log.info("reimage %s: %s %s: %s", status.id, node or "-", step, message)
         if self.on_progress is not None:
             self.on_progress(event)
-        await self._save()
+        await self._save(fenced=fenced)
 
-    async def _save(self) -> None:
+    async def _save(self, *, fenced: bool = False) -> None:
+        """Write the status; `fenced`: only while the lock is ours (LockLost else)."""
         status = self._status()
-        await self.inventory.store.put(keys.reimage(status.id),
-                                       json.dumps(status.to_dict()).encode())
+        key, value = keys.reimage(status.id), json.dumps(status.to_dict()).encode()
+        if not fenced:
+            await self.inventory.store.put(key, value)
+            return
+        try:
+            await self.inventory.store.txn([await self.lock.fence(), TxnOp(key, value)])
+        except TxnConflict:
+            raise LockLost(f"{LOCK} was taken over by another runner; this one "
+                           "stops") from None
 
 
 def check_event(kind: str, detail: Mapping[str, Any], request: RolloutRequest) -> bool:

@@ -51,6 +51,8 @@ class Urls:
     overlay: str
     install: str
     callback: str
+    #: the same for each other head ([ha] fallback_urls), tried in order when ours is gone
+    fallbacks: tuple[Urls, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,11 @@ class BootContext:
                  boot_base: str, api_base: str, image_name: str | None = None,
                  image_version: str | None = None, network: Network | None = None,
                  scheduler_url: str = "", ssh_keys: Sequence[str] = (),
-                 token: str | None = None, extra: Mapping[str, Any] | None = None) -> BootContext:
+                 token: str | None = None, extra: Mapping[str, Any] | None = None,
+                 fallbacks: Sequence[tuple[str, str]] = ()) -> BootContext:
         """Build the context from a node, its effective settings and where things are served.
-        `boot_base`/`api_base` are URLs without a trailing '/' (http://10.0.0.1:80)."""
+        `boot_base`/`api_base` are URLs without a trailing '/' (http://10.0.0.1:80);
+        `fallbacks` are the other heads' (boot base, API base)."""
         clean = template_settings(settings)
         image = ImageRef(image_name, image_version or "current") if image_name else None
         features = str(clean.get("scheduler_features", ""))
@@ -142,7 +146,10 @@ class BootContext:
                           str(node.firmware), tuple(node.groups)),
             settings=clean,
             image=image,
-            urls=_urls(str(node.mac), boot_base.rstrip("/"), api_base.rstrip("/"), image),
+            urls=dataclasses.replace(
+                _urls(str(node.mac), boot_base.rstrip("/"), api_base.rstrip("/"), image),
+                fallbacks=tuple(_urls(str(node.mac), boot.rstrip("/"), api.rstrip("/"), image)
+                                for boot, api in fallbacks)),
             kernel_args=str(clean.get("kernel_args", "")),
             console=str(clean.get("console", DEFAULT_CONSOLE)),
             scheduler=SchedulerTarget(scheduler_url,

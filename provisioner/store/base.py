@@ -20,6 +20,9 @@ in tests/store/test_contract.py. The rules:
   revision: etcd stamps every key of a txn with one revision, sqlite and memory give each op
   its own. A delete of an absent key with `expect=None` is a no-op inside a txn. One txn is one
   round trip (etcd Txn, one sqlite transaction): the boot callback writes its five keys in one.
+  An op with `compare_only` writes nothing: its `expect` is checked with the others (a fencing
+  token: an effect commits only while its writer still holds an election key, ha/election.py);
+  its revision is the one the txn's writes got, or the store's when there are none.
 - `page(prefix, after=, limit=, reverse=)` reads at most `limit` keys under the prefix in key
   order (descending with `reverse`), past `after` (the last key of the previous page; "" starts
   at the first key, or the last when reversed). A full page may have more after it; a short one
@@ -82,11 +85,12 @@ class StoreStatus:
 @dataclass(frozen=True, slots=True)
 class TxnOp:
     """One write in a txn: put `value` (bytes) or delete (`value=None`), with `expect` as in
-    put/delete."""
+    put/delete; or, with `compare_only`, no write but the check of `expect` (value None)."""
 
     key: str
     value: bytes | None
     expect: int | None = None
+    compare_only: bool = False
 
 
 class TxnConflict(Conflict):

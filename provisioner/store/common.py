@@ -44,6 +44,8 @@ def check_txn(ops: Sequence[TxnOp]) -> None:
     for op in ops:
         check_key(op.key)
         check_expect(op.expect)
+        if op.compare_only and (op.expect is None or op.value is not None):
+            raise ValidationError("ops", f"{op.key}: a compare needs an expect and no value")
         if op.key in seen:
             raise ValidationError("ops", f"{op.key} appears twice in one txn")
         seen.add(op.key)
@@ -173,14 +175,18 @@ def plan_txn(
     changes: list[Change] = []
     revisions: list[int] = []
     for op, current in zip(ops, found, strict=True):
-        if op.value is not None:
+        if op.compare_only:
+            pass  # checked with the others by txn_refusal; nothing to write
+        elif op.value is not None:
             revision += 1
             changes.append(put_change(op.key, op.value, current, revision))
         elif current is not None:
             revision += 1
             changes.append(Change(op.key, revision, None))
         revisions.append(revision)
-    return changes, revisions
+    # A compare writes nothing: it reports the txn's last revision (as etcd stamps every op)
+    return changes, [revision if op.compare_only else r
+                     for op, r in zip(ops, revisions, strict=True)]
 
 
 # -- watchers ----------------------------------------------------------------------------------

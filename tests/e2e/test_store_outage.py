@@ -105,7 +105,7 @@ def test_nodes_cycled_into_an_etcd_outage_become_ready(make_lab: MakeLab,
         with pytest.raises(NoLease):
             newcomer.lease(attempts=3)
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - killed)))
-        lab.start_etcd(ETCD_PORT)
+        lab.start_etcd([ETCD_PORT])
         back = time.monotonic()
         views = wait_ready_again(lab, macs, since)
         ready = time.monotonic()

@@ -96,6 +96,26 @@ def test_generated_settings_for_etcd_point_inside_the_namespace(tmp_path: Path) 
     assert s.store.backend == "etcd" and s.store.endpoints == ("10.99.0.1:2379",)
 
 
+def test_two_heads_get_an_address_each_one_store_and_each_other_as_fallback(
+        tmp_path: Path) -> None:
+    options = LabOptions(tmp_path, store="etcd", heads=2)
+    loaded = []
+    for head in (1, 2):
+        options.head_config(head).write_text(render_config(options, head))
+        loaded.append(load_settings(options.head_config(head), env={}))
+    one, two = loaded
+    assert options.head_config(1) == options.config_path
+    assert (one.api.listen, two.api.listen) == ("10.99.0.1", "10.99.0.2")
+    assert (one.dhcp.server_ip, two.dhcp.server_ip) == ("10.99.0.1", "10.99.0.2")
+    assert one.store.endpoints == two.store.endpoints == (
+        "10.99.0.1:2379", "10.99.0.1:2479", "10.99.0.1:2579")
+    assert one.ha.elect and two.ha.elect and not two.dhcp.detect_other_servers
+    assert (one.ha.fallback_urls, two.ha.fallback_urls) == (("http://10.99.0.2",),
+                                                            ("http://10.99.0.1",))
+    assert one.images_dir == two.images_dir and one.data_dir != two.data_dir
+    assert two.scheduler.url == one.scheduler.url == "http://10.99.0.1:8090"
+
+
 def test_state_file_round_trips_and_is_private(tmp_path: Path) -> None:
     state = LabState(tmp_path, "ns", "br0", "10.99.0.1/24", tmp_path / "lab.toml", "sqlite",
                      api_url="http://10.99.0.1:8080", admin_token="id.secret",
@@ -107,6 +127,9 @@ def test_state_file_round_trips_and_is_private(tmp_path: Path) -> None:
     assert loaded is not None and loaded.to_dict() == state.to_dict()
     assert loaded.node("node001").qemu.mac == lab_mac(1)
     assert loaded.node(lab_mac(1)).proc == Proc("node001", 3, 4, "q.log")
+    assert loaded.head("head1") == Proc("appliance", 1, 2, "a.log")
+    with pytest.raises(ConfigError, match="no lab head 'head2'"):
+        loaded.head("head2")
     with pytest.raises(ConfigError, match="no lab node"):
         loaded.node("node009")
     assert load_state(tmp_path / "elsewhere") is None

@@ -1,5 +1,6 @@
 """Fixed boot contexts for the template tests: a BIOS node with a static address and an SSH
-key, a UEFI node on DHCP with scheduler features, and a node with no image yet."""
+key, a UEFI node on DHCP with scheduler features and another head to fall back on, and a node
+with no image yet."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from provisioner.render.environment import BootContext, Network
 BOOT = "http://10.10.0.1:8081"
 API = "http://10.10.0.1:8080"
 SCHEDULER = "http://10.10.0.1:8090"
+#: the other head of the UEFI case ([ha] fallback_urls)
+OTHER_HEAD = ("http://10.10.0.2:8081", "http://10.10.0.2:8080")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGolden admin@head"
 
 
@@ -34,7 +37,7 @@ def uefi_context(token: str | None = None) -> BootContext:
                 "scheduler_features": "gpu, ib"}
     return BootContext.for_node(node, settings, boot_base=BOOT, api_base=API,
                                 image_name="compute", image_version="4",
-                                scheduler_url=SCHEDULER, token=token)
+                                scheduler_url=SCHEDULER, token=token, fallbacks=[OTHER_HEAD])
 
 
 def noimage_context() -> BootContext:

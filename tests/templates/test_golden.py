@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from provisioner.render.environment import SHIPPED, Renderer
-from tests.templates.cases import bios_context, noimage_context, uefi_context
+from tests.templates.cases import OTHER_HEAD, bios_context, noimage_context, uefi_context
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -78,9 +78,29 @@ def test_bios_and_uefi_differ_where_the_node_does() -> None:
         assert script.startswith("#!ipxe\n")
         # Debian's iPXE on UEFI loses unnamed initrds: both must be named on the command line.
         assert "initrd=image.cpio.xz initrd=overlay.cpio.xz" in script
-        assert "initrd --name image.cpio.xz ${prov-image} || goto retry" in script
-        assert "initrd --name overlay.cpio.xz ${prov-overlay} || goto retry" in script
+        assert "initrd --name image.cpio.xz ${prov-image} || goto " in script
+        assert "initrd --name overlay.cpio.xz ${prov-overlay} || goto " in script
         assert "boot || goto retry" in script
     assert "console=ttyS0,115200" in bios and "panic=-1" not in bios
     assert "console=ttyS1,57600 panic=30 panic=-1 quiet" in uefi
     assert "/boot/images/compute/3/vmlinuz" in bios and "/boot/images/compute/4/vmlinuz" in uefi
+
+
+def test_a_failed_fetch_tries_the_other_heads_before_it_counts() -> None:
+    """The UEFI case has one other head: each fetch that fails goes to it, and only a failure
+    there too goes to the retry; one head alone (BIOS) goes to the retry at once."""
+    bios = Renderer().render("ipxe/boot.ipxe.j2", bios_context().variables())
+    uefi = Renderer().render("ipxe/boot.ipxe.j2", uefi_context().variables()).splitlines()
+    assert "kernel ${prov-kernel} ${prov-args} || goto retry" in bios and "-1" not in bios
+    other = OTHER_HEAD[0] + "/boot"
+    for step, command, url, after in (
+            ("kernel", "kernel", f"{other}/images/compute/4/vmlinuz ${{prov-args}}", "image"),
+            ("image", "initrd --name image.cpio.xz", f"{other}/images/compute/4/image.cpio.xz",
+             "overlay"),
+            ("overlay", "initrd --name overlay.cpio.xz",
+             f"{other}/nodes/52:54:00:00:00:02/overlay.cpio.xz", "boot")):
+        first = uefi.index(f"{command} ${{prov-{step}}}" + (" ${prov-args}" if step == "kernel"
+                                                             else "") + f" || goto {step}-1")
+        assert uefi[first + 1] == f"goto {after}"  # fetched from our head: on to the next step
+        assert uefi[first + 2] == f":{step}-1"
+        assert uefi[first + 4] == f"{command} {url} || goto retry"

@@ -225,3 +225,16 @@ def test_init_uses_only_applets_of_the_static_busybox() -> None:
     assert used <= applets
     script = Renderer().render("image/init.sh.j2", {})
     assert "mountpoint" not in script.replace("`mountpoint`", "")
+
+
+def test_the_callback_goes_to_another_head_when_ours_is_gone(
+        init_dir: Path, node_env: dict[str, str]) -> None:
+    with Callback([200]) as server:
+        result = run_lib(init_dir, "post_callback",
+                         {**node_env, "PROVISIONER_CALLBACK_URL": "http://127.0.0.1:9/x",
+                          "PROVISIONER_CALLBACK_FALLBACKS": server.url,
+                          "PROVISIONER_CALLBACK_DEADLINE": "20"}, timeout=30)
+    assert f"provisioner-init: callback accepted by {server.url}" in result.stdout, result.stdout
+    assert "callback to http://127.0.0.1:9/x failed" in result.stdout
+    assert "retrying in" not in result.stdout  # the other head answered in the first round
+    assert result.returncode == 0 and len(server.requests) == 1

@@ -158,7 +158,7 @@ class EtcdStore:
             success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
                      if op.value is None else
                      rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=op.value))
-                     for op, key in zip(ops, keys, strict=True)],
+                     for op, key in zip(ops, keys, strict=True) if not op.compare_only],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for _, key in checked],
         )
         async with self._etcd.call("txn") as conn:
