@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner.config_ha import HaSettings, check_ha
 from provisioner.config_retention import RetentionSettings, check_retention
 from provisioner.config_retries import RetrySettings, check_retries
 from provisioner.config_store import StoreSettings, check_store
@@ -216,6 +217,7 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    ha: HaSettings = field(default_factory=HaSettings)
     #: settings every node starts from, before its groups and its own (see model.SETTINGS)
     defaults: Mapping[str, SettingValue] = field(default_factory=dict)
     #: where the settings came from, for `provisioner store status` and logs
@@ -243,7 +245,7 @@ SECTIONS: dict[str, type] = {"store": StoreSettings, "api": ApiSettings, "tftp":
                              "images": ImagesSettings, "scheduler": SchedulerSettings,
                              "handoff": HandoffSettings, "service": ServiceSettings,
                              "retries": RetrySettings,
-                             "retention": RetentionSettings}
+                             "retention": RetentionSettings, "ha": HaSettings}
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -359,6 +361,7 @@ def _check(settings: Settings) -> None:
     check_limits(settings.boot, settings.tftp, settings.dhcp)
     check_retries(settings.retries)
     check_retention(settings.retention)
+    check_ha(settings.ha)
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
              ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:

@@ -30,6 +30,7 @@ REIMAGE: Final = ROOT + "reimage/"
 OUTBOX: Final = ROOT + "outbox/"
 DEADLINES: Final = ROOT + "deadlines/"
 LOCKS: Final = ROOT + "locks/"
+HEADS: Final = ROOT + "heads/"
 
 SCHED_ROOT: Final = "/scheduler/v1/"
 SCHED_NODES: Final = SCHED_ROOT + "nodes/"
@@ -124,6 +125,10 @@ def lock(lock_name: str) -> str:
     return LOCKS + lock_name
 
 
+def head(head_name: str) -> str:
+    return HEADS + head_name
+
+
 def sched_node(node_name: str) -> str:
     return SCHED_NODES + node_name
 
@@ -175,6 +180,9 @@ LAYOUT: Final[tuple[Key, ...]] = (
         "provisioning, or by compare-and-swap by the one sweep that fails it"),
     Key(LOCKS, "<name>", "lock", "provisioner.inventory.locks",
         "a lock held by one process (owner and expiry), renewed while it works: a rollout"),
+    Key(HEADS, "<name>", "head", "provisioner.ha.membership",
+        "a live head node and the addresses it advertises, under its store lease: gone when "
+        "the head stops renewing it"),
     Key(SCHED_NODES, "<name>", "sched_node", "provisioner.scheduler.records",
         "the built-in scheduler's view of a node, with the hash of its agent's credential"),
     Key(SCHED_JOBS, "<id>", "sched_job", "provisioner.scheduler.records",
