@@ -28,6 +28,8 @@ from provisioner.boot.server import BootHttpServer
 from provisioner.config import Settings
 from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
+from provisioner.ha.membership import Membership
+from provisioner.ha.records import HeadRecord
 from provisioner.handoff import open_handoff
 from provisioner.handoff.outbox import HandoffQueue
 from provisioner.images.format.catalog import ImageCatalog
@@ -180,6 +182,8 @@ class Appliance:
         self.tftp: TftpServer | None = None
         self.boot: BootHttpServer | None = None
         self.boot_plane: BootPlane | None = None
+        #: this head among the heads on the store (one process on memory or sqlite)
+        self.membership: Membership | None = None
         #: owns every background task: the watch followers, the sweepers (see /healthz)
         self.supervisor = supervisor.Supervisor()
 
@@ -207,6 +211,7 @@ class Appliance:
                         "server runs here")
             stack.push_async_callback(self.dhcp.close)
         server_ip = str(self.dhcp.server_ip) if self.dhcp else None
+        await self._join(stack, server_ip)
         if s.tftp.enabled:
             self.tftp = tftp_server(s, self.inventory, boot_http_base(s, server_ip))
             await _bind("tftp", f"{s.tftp.listen}:{s.tftp.port}", self.tftp.start(),
@@ -236,6 +241,22 @@ class Appliance:
             retries = BootRetries(self.inventory, self.lifecycle, s.retries, clock=self.clock)
             stack.push_async_callback(self.supervisor.spawn("boot retries", retries.run).stop)
 
+    async def _join(self, stack: contextlib.AsyncExitStack, server_ip: str | None) -> None:
+        """Join the live set of heads; from now on DHCP answers this head's share of the
+        clients and the boot plane and /healthz follow its fencing (ha/membership.py)."""
+        s = self.settings
+        record = HeadRecord(s.ha.name, s.ha.server_id or server_ip or "",
+                            s.ha.boot_url or boot_http_base(s, server_ip),
+                            s.ha.api_url or api_public_base(s, server_ip), time.time())
+        self.membership = Membership(self.store, record, s.ha.ttl)
+        await self.membership.start()
+        stack.push_async_callback(self.membership.stop)
+        if self.dhcp is not None:
+            self.dhcp.share = self.membership
+
+    def _fenced(self) -> str | None:
+        return self.membership.fenced if self.membership is not None else None
+
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
         renderer = Renderer.from_settings(s.images.templates)
@@ -244,7 +265,7 @@ class Appliance:
                          boot_base=boot_http_base(s, server_ip),
                          api_base=api_public_base(s, server_ip),
                          scheduler_url=s.scheduler.client_url, clock=self.clock,
-                         binding=AddressBinding(self._leased))
+                         binding=AddressBinding(self._leased), fenced=self._fenced)
 
     def _leased(self, mac: MacAddress) -> ipaddress.IPv4Address | None:
         """The address our DHCP server bound to `mac`: in full (and relay) mode its lease that
@@ -305,7 +326,7 @@ class Appliance:
         return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
                           self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
                           binding=self.boot_plane.binding if self.boot_plane else None,
-                          supervisor=self.supervisor)
+                          supervisor=self.supervisor, fenced=self._fenced)
 
 
 async def _bind(what: str, where: str, starting: Awaitable[None], advice: str) -> None:
