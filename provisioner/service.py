@@ -182,8 +182,9 @@ class Appliance:
         self.tftp: TftpServer | None = None
         self.boot: BootHttpServer | None = None
         self.boot_plane: BootPlane | None = None
-        #: this head among the heads on the store (one process on memory or sqlite)
-        self.membership: Membership | None = None
+        #: this head among the heads on the store (one process on memory or sqlite); DHCP
+        #: asks it from its first packet, and until it has joined this head is fenced
+        self.membership = Membership(self.store, HeadRecord(settings.ha.name), settings.ha.ttl)
         #: owns every background task: the watch followers, the sweepers (see /healthz)
         self.supervisor = supervisor.Supervisor()
 
@@ -205,7 +206,7 @@ class Appliance:
         s = self.settings
         if s.dhcp.mode != "off":
             self.dhcp = DhcpServer(s.dhcp, self.inventory, boot_port=s.boot.port,
-                                   defaults=dict(s.defaults))
+                                   defaults=dict(s.defaults), share=self.membership)
             await _bind("dhcp", f"{s.dhcp.interface or 'any interface'} port {s.dhcp.port}",
                         self.dhcp.start(), "check [dhcp] interface and that no other DHCP "
                         "server runs here")
@@ -244,18 +245,15 @@ class Appliance:
     async def _join(self, stack: contextlib.AsyncExitStack, server_ip: str | None) -> None:
         """Join the live set of heads; from now on DHCP answers this head's share of the
         clients and the boot plane and /healthz follow its fencing (ha/membership.py)."""
-        s = self.settings
-        record = HeadRecord(s.ha.name, s.ha.server_id or server_ip or "",
-                            s.ha.boot_url or boot_http_base(s, server_ip),
-                            s.ha.api_url or api_public_base(s, server_ip), time.time())
-        self.membership = Membership(self.store, record, s.ha.ttl)
-        await self.membership.start()
-        stack.push_async_callback(self.membership.stop)
-        if self.dhcp is not None:
-            self.dhcp.share = self.membership
+        s, membership = self.settings, self.membership
+        membership.record = HeadRecord(s.ha.name, s.ha.server_id or server_ip or "",
+                                       s.ha.boot_url or boot_http_base(s, server_ip),
+                                       s.ha.api_url or api_public_base(s, server_ip), time.time())
+        await membership.start()
+        stack.push_async_callback(membership.stop)
 
     def _fenced(self) -> str | None:
-        return self.membership.fenced if self.membership is not None else None
+        return self.membership.fenced
 
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
