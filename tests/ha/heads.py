@@ -27,7 +27,6 @@ from provisioner.store.etcd import EtcdStore
 from tests.dhcp.test_vectors import wire
 
 TTL = 3.0
-NETWORK = "10.77.0.0/24"
 DISCOVER = [(53, b"\x01")]
 
 
@@ -56,13 +55,18 @@ class Head:
 
     @classmethod
     def make(cls, name: str, ip: str, endpoint: str, namespace: str, relay: str) -> Head:
+        """A head at `ip` (127.A.B.x) whose pool is 127.A.B.100-250: every reply, even one
+        unicast to a client's address (a renewal's ACK), stays on loopback. The subnet is
+        the attached one (a renewal comes without giaddr) and the relay is trusted."""
         port = free_udp_port(ip)
         store = EtcdStore([endpoint], namespace=namespace, timeout=1.0)
         inventory = Inventory(store)
-        subnet = SubnetSettings(network=NETWORK, pool_start="10.77.0.10",
-                                pool_end="10.77.0.250", relay=relay)
+        base = ip.rsplit(".", 1)[0]
+        subnet = SubnetSettings(network=f"{base}.0/24", pool_start=f"{base}.100",
+                                pool_end=f"{base}.250")
         settings = DhcpSettings(mode="full", listen=ip, port=port, server_ip=ip,
-                                subnets=(subnet,), detect_other_servers=False, mac_burst=1000)
+                                subnets=(subnet,), trusted_relays=(relay,),
+                                detect_other_servers=False, mac_burst=1000)
         membership = Membership(store, HeadRecord(name, ip, "", "", time.time()), TTL)
         return cls(name, ip, port, store, inventory, membership,
                    DhcpServer(settings, inventory, share=membership))
