@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from provisioner.errors import NotFound, ProvisionerError
+from provisioner.errors import Conflict, NotFound, ProvisionerError
 from provisioner.ha.buckets import assign, bucket_of, shares
 from provisioner.ha.fencing import Session
 from provisioner.ha.records import HeadRecord, decode_head, encode_head
@@ -107,14 +107,26 @@ class Membership:
         except NotFound:
             self._lease = 0
             self.session.failed("its store lease expired")
+        except Conflict as exc:
+            self.session.failed(str(exc))
         except (ProvisionerError, TimeoutError, OSError) as exc:
             self.session.failed(f"the store is unreachable ({str(exc) or type(exc).__name__})")
         self._say()
 
     async def _join(self) -> None:
+        """Put our entry with a new lease; only where there is none (expect=0): an entry of
+        the same name under another lease is another head with our name, or this head's
+        previous run, gone within its ttl. Either way we stay out until the key is free."""
         lease = await asyncio.wait_for(self.store.grant(self.ttl), self.ttl / 3)
-        await asyncio.wait_for(self.store.put(keys.head(self.name), encode_head(self.record),
-                                              lease=lease), self.ttl / 3)
+        try:
+            await asyncio.wait_for(self.store.put(keys.head(self.name), encode_head(self.record),
+                                                  expect=0, lease=lease), self.ttl / 3)
+        except Conflict:
+            with contextlib.suppress(ProvisionerError, TimeoutError, OSError):
+                await asyncio.wait_for(self.store.revoke(lease), self.ttl / 3)
+            raise Conflict(f"another live head is named {self.name!r} (or this head's previous "
+                           f"run, gone within {self.ttl:g} s); give each head its own [ha] "
+                           "name") from None
         self._lease = lease
 
     def _say(self) -> None:

@@ -16,6 +16,7 @@ import pytest
 from provisioner.ha.buckets import BUCKETS, assign
 from provisioner.ha.membership import Membership
 from provisioner.ha.records import HeadRecord
+from provisioner.inventory import keys
 from provisioner.store.base import KeyValueStore
 from provisioner.store.etcd import EtcdStore
 from provisioner.store.memory import MemoryStore
@@ -123,3 +124,20 @@ async def test_a_head_cut_from_the_store_fences_itself_and_joins_again(
         await member.stop()
         await store.close()
         server.stop()
+
+
+async def test_a_second_head_with_the_same_name_stays_out_until_the_name_is_free() -> None:
+    store = MemoryStore()
+    first, second = head(store, "twin"), head(store, "twin")
+    await first.start()
+    await second.start()
+    try:
+        assert first.fenced is None
+        assert second.fenced is not None and "another live head is named 'twin'" in second.fenced
+        assert (await store.get(keys.head("twin"))) is not None
+        await first.stop()  # its lease revoked: the name is free
+        await until(lambda: second.fenced is None, "the second head joins")
+    finally:
+        await second.stop()
+        await first.stop()
+        await store.close()
