@@ -64,11 +64,13 @@ TARGET_GAP = 5.0
 
 
 class Heads:
-    """Starts etcd and `count` fresh heads for each measurement, in the bed's server namespace."""
+    """Starts etcd and `count` fresh heads for each measurement, in the bed's server namespace;
+    `settings` (PROVISIONER_* variables) override the heads' settings."""
 
-    def __init__(self, bed: Testbed, work: Path) -> None:
+    def __init__(self, bed: Testbed, work: Path, settings: dict[str, str] | None = None) -> None:
         self.bed = bed
         self.work = work
+        self.settings = settings or {}
         # + 10 and on: server + 1 is the client side's address
         self.addresses = [bed.server_ip] + [bed.add_server_address(9 + i)
                                             for i in range(1, HEADS)]
@@ -101,7 +103,7 @@ class Heads:
                "PROVISIONER_TFTP_ENABLED": "false", "PROVISIONER_BOOT_LISTEN": address,
                "PROVISIONER_BOOT_PORT": "18069", "PROVISIONER_STORE_BACKEND": "etcd",
                "PROVISIONER_STORE_ENDPOINTS": endpoint, "PROVISIONER_HA_NAME": f"head-{index}",
-               "PROVISIONER_HA_TTL": str(TTL), "PYTHONPATH": str(ROOT)}
+               "PROVISIONER_HA_TTL": str(TTL), "PYTHONPATH": str(ROOT), **self.settings}
         return self.bed.spawn_server([sys.executable, "-m", "provisioner", "serve", "--listen",
                                       address, "--port", "18099", "--log-level", "info"],
                                      work / "stdout.log", env=env, cwd=work)
