@@ -20,6 +20,7 @@ from provisioner.inventory import keys
 from provisioner.store.base import KeyValueStore
 from provisioner.store.etcd import EtcdStore
 from provisioner.store.memory import MemoryStore
+from provisioner.store.sqlite import SqliteStore
 from tests.support.etcd_server import EtcdServer
 
 TTL = 3.0
@@ -140,4 +141,26 @@ async def test_a_second_head_with_the_same_name_stays_out_until_the_name_is_free
     finally:
         await second.stop()
         await first.stop()
+        await store.close()
+
+
+async def test_a_head_restarted_after_a_crash_rejoins_once_its_old_entry_expires(
+        tmp_path: Path) -> None:
+    """sqlite: the crashed run's lease expires in the next process that opens the store."""
+    crashed_store = SqliteStore(tmp_path / "store.db")
+    crashed = head(crashed_store, "head-one")
+    await crashed.start()
+    assert crashed._keeper is not None
+    await crashed._keeper.stop()  # as a crash: no revoke
+    await crashed._follower.stop()
+    await crashed_store.close()
+    store = SqliteStore(tmp_path / "store.db")
+    restarted = head(store, "head-one")
+    try:
+        await restarted.start()
+        took = await until(lambda: restarted.fenced is None, "the restarted head joins")
+        print(f"restarted head joined {took:.2f} s after it started (ttl {TTL:g} s)")
+        assert restarted.share() == BUCKETS
+    finally:
+        await restarted.stop()
         await store.close()
