@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from provisioner.errors import Conflict, NotFound, ProvisionerError
 from provisioner.ha.buckets import assign, bucket_of, shares
@@ -114,20 +115,35 @@ class Membership:
         self._say()
 
     async def _join(self) -> None:
-        """Put our entry with a new lease; only where there is none (expect=0): an entry of
-        the same name under another lease is another head with our name, or this head's
-        previous run, gone within its ttl. Either way we stay out until the key is free."""
+        """Put our entry with a new lease where there is none (expect=0). An entry of our name
+        that advertises our addresses is this head's previous run (a crash leaves it until
+        its lease expires): it is taken over at once. One with other addresses is another
+        head given our name: we stay out (fenced) until the name is free."""
         lease = await asyncio.wait_for(self.store.grant(self.ttl), self.ttl / 3)
+        key = keys.head(self.name)
         try:
-            await asyncio.wait_for(self.store.put(keys.head(self.name), encode_head(self.record),
-                                                  expect=0, lease=lease), self.ttl / 3)
+            expect = await self._previous_run(key)
+            await asyncio.wait_for(self.store.put(key, encode_head(self.record), expect=expect,
+                                                  lease=lease), self.ttl / 3)
         except Conflict:
             with contextlib.suppress(ProvisionerError, TimeoutError, OSError):
                 await asyncio.wait_for(self.store.revoke(lease), self.ttl / 3)
-            raise Conflict(f"another live head is named {self.name!r} (or this head's previous "
-                           f"run, gone within {self.ttl:g} s); give each head its own [ha] "
-                           "name") from None
+            raise Conflict(f"another live head is named {self.name!r}; give each head its own "
+                           "[ha] name") from None
         self._lease = lease
+
+    async def _previous_run(self, key: str) -> int:
+        """The revision of our entry left by this head's previous run, else 0 (absent)."""
+        found = await asyncio.wait_for(self.store.get(key), self.ttl / 3)
+        if found is None:
+            return 0
+        try:
+            previous = decode_head(found.value)
+        except ProvisionerError:
+            return found.mod_revision  # unreadable: not a head that could answer anyone
+        if replace(previous, since=0.0) != replace(self.record, since=0.0):
+            raise Conflict(key)
+        return found.mod_revision
 
     def _say(self) -> None:
         """Log each change between member and fenced, once."""
