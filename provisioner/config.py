@@ -89,6 +89,9 @@ class SchedulerSettings:
     #: drain, jobs); needed to listen beyond loopback and to submit root jobs (as_root). A secret:
     #: prefer PROVISIONER_SCHEDULER_TOKEN to the file.
     token: str = ""
+    #: finished jobs kept (the newest), and the oldest kept, in days; older ones are forgotten
+    jobs_kept: int = 10_000
+    jobs_days: float = 30.0
 
     @property
     def client_url(self) -> str:
@@ -362,6 +365,9 @@ def _check(settings: Settings) -> None:
     check_retries(settings.retries)
     check_retention(settings.retention)
     check_ha(settings.ha)
+    if settings.scheduler.jobs_kept < 1 or settings.scheduler.jobs_days <= 0:
+        raise ConfigError("scheduler.jobs_kept must be 1 or more and scheduler.jobs_days more "
+                          "than 0; they bound how many finished jobs are kept")
     ports = (("api.port", settings.api.port), ("tftp.port", settings.tftp.port),
              ("boot.port", settings.boot.port), ("dhcp.port", settings.dhcp.port))
     for name, port in ports:

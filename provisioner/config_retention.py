@@ -24,6 +24,9 @@ class RetentionSettings:
     #: a DHCP lease that expired this many days ago is deleted (until then an expired lease
     #: keeps its address for the same MAC when it comes back)
     leases_days: float = 7.0
+    #: finished rolling reimages kept (the newest), and the oldest kept, in days
+    rollouts_kept: int = 1000
+    rollouts_days: float = 365.0
     #: seconds between retention passes, and keys deleted per write
     interval: float = 600.0
     batch: int = 100
@@ -35,8 +38,10 @@ class RetentionSettings:
 
 def check_retention(retention: RetentionSettings) -> None:
     """Refuse settings that would delete everything or never finish a pass."""
-    counts = (retention.events_per_node, retention.audit_records, retention.compact_keep)
-    ages = (retention.events_days, retention.audit_days, retention.leases_days)
+    counts = (retention.events_per_node, retention.audit_records, retention.compact_keep,
+              retention.rollouts_kept)
+    ages = (retention.events_days, retention.audit_days, retention.leases_days,
+            retention.rollouts_days)
     if min(counts) < 1 or min(ages) <= 0:
         raise ConfigError("[retention] counts must be 1 or more and ages (days) more than 0; "
                           "they bound what is kept, not whether anything is")

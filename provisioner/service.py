@@ -34,6 +34,7 @@ from provisioner.handoff import open_handoff
 from provisioner.handoff.outbox import HandoffQueue
 from provisioner.images.format.catalog import ImageCatalog
 from provisioner.inventory.repository import Inventory
+from provisioner.metrics import hooks
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.nodes.resume import resume_rollouts
@@ -46,6 +47,8 @@ from provisioner.security.privileges import drop_to, private_umask, tighten
 from provisioner.security.tokens import ApiTokens, BootTokens
 from provisioner.shutdown import ApiServer, GracefulStop, cancel_all
 from provisioner.store import open_store
+from provisioner.store.base import KeyValueStore
+from provisioner.store.timed import TimedStore
 from provisioner.tftp.negotiation import SessionConfig
 from provisioner.tftp.server import TftpServer, TftpServerConfig, TransferRecord
 from provisioner.tftp.sources import SourceResolver, install_boot_binaries, ipxe_chain_provider
@@ -130,6 +133,7 @@ class _TransferRecorder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, record: TransferRecord) -> None:
+        hooks.tftp_transfer(record.filename, record.event.bytes_sent, record.ok)
         task = asyncio.get_running_loop().create_task(self._record(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -170,7 +174,8 @@ class Appliance:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = open_store(settings)
+        # every store operation timed in one place, whatever the backend (store/timed.py)
+        self.store: KeyValueStore = TimedStore(open_store(settings))
         self.inventory = Inventory(self.store)
         self.audit = AuditLog(self.store)
         self.boot_tokens = BootTokens(self.store)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Depends, Request
 
 from provisioner.errors import Forbidden, Unauthorized
+from provisioner.metrics import hooks
 from provisioner.security.refusals import RefusalRecorder
 from provisioner.security.tokens import API_TOKEN_REFUSED, ApiTokens, Role
 from provisioner.web.auth import Credentials, bearer
@@ -49,17 +50,20 @@ class Authority:
         target = f"{request.method} {request.url.path}"
         client = request.client.host if request.client else "?"
         if credentials is None:
+            hooks.refused("api", "no_token")
             await self.refused.refuse(client, f"client:{client}", "auth", target,
                                       "no bearer token")
             raise Unauthorized(NO_TOKEN)
         try:
             token = await self.tokens.authenticate(credentials.credentials)
         except Unauthorized:
+            hooks.refused("api", "bad_token")
             await self.refused.refuse(client, f"client:{client}", "auth", target,
                                       "bad bearer token")
             raise Unauthorized(API_TOKEN_REFUSED) from None
         principal = Principal(f"token:{token.name}({token.id})", token.role)
         if token.role < role:
+            hooks.refused("api", "role")
             await self.refused.refuse(client, principal.who, "auth", target,
                                       f"role {token.role.label} < {role.label}")
             raise Forbidden(f"this needs the {role.label} role and token {token.name!r} is "

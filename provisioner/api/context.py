@@ -46,7 +46,7 @@ class ApiContext:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.refusals = Refusals(self.clock)
+        self.refusals = Refusals(self.clock, plane="node")
         self.refused = RefusalRecorder(self.audit, self.clock)
 
     @classmethod

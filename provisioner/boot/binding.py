@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from provisioner.limits import OncePer
+from provisioner.metrics import hooks
 from provisioner.nodes.model import MacAddress, Node
 
 log = logging.getLogger(__name__)
@@ -55,20 +57,19 @@ class Refusals:
     """Counts refused boot-plane requests and logs each source at most once per LOG_EVERY."""
 
     clock: Callable[[], float]
+    #: the plane they are counted under in provisioner_refused_total (the callback: "node")
+    plane: str = "boot"
     total: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-    _last_logged: dict[str, float] = field(default_factory=dict)
+    _log: OncePer = field(default_factory=lambda: OncePer(LOG_EVERY, limit=MAX_SOURCES))
 
-    def refuse(self, client: str, path: str, reason: str) -> None:
+    def refuse(self, client: str, path: str, reason: str, kind: str = "binding") -> None:
+        """`kind`: the reason as a fixed word, for the refusals metric (`reason` names MACs)."""
         self.total += 1
+        hooks.refused(self.plane, kind)
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-        now = self.clock()
-        last = self._last_logged.get(client)
-        if last is not None and now - last < LOG_EVERY:
+        if not self._log.due(client, self.clock()):
             return
-        if len(self._last_logged) >= MAX_SOURCES:
-            self._last_logged.pop(next(iter(self._last_logged)))
-        self._last_logged[client] = now
         log.warning("boot: refused %s to %s: %s (%d refusals so far; next line about this "
                     "source in %d s at the earliest)", path, client, reason, self.total,
                     int(LOG_EVERY))

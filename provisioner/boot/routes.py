@@ -196,7 +196,8 @@ class BootPlane:
         if not self.binding.allows(node, client):
             return self._refuse(node, request, client)
         if self._waiting_for_accept(node):
-            self.refusals.refuse(client, request.path, f"{node.mac} is discovered, not accepted")
+            self.refusals.refuse(client, request.path, f"{node.mac} is discovered, not accepted",
+                                 "not_accepted")
             return Reply(f"node {node.name} is discovered: its boot files are served once it is "
                          f"accepted (`provisioner node accept {node.name}`)\n".encode(),
                          status=403)

@@ -47,6 +47,7 @@ from provisioner.boot.httpcore import (
 )
 from provisioner.errors import NotFound, ProvisionerError
 from provisioner.limits import BootLimits
+from provisioner.metrics import hooks
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class BootHttpServer:
 
     def _refuse(self, client: str, reason: str) -> None:
         self.counters[f"refused:{reason}"] += 1
+        hooks.refused("boot", reason)
         if self.admission.log_due(client, self._clock()):
             log.warning("boot http: refused a connection from %s: %s (it holds %d; %d "
                         "refused so far; next line about this source in a minute at the "
@@ -230,7 +232,10 @@ class BootHttpServer:
                 return
             for prefix, handler in self._routes:
                 if request.path.startswith(prefix):
-                    await self._send(writer, request, await handler(request, client))
+                    reply = await handler(request, client)
+                    await self._send(writer, request, reply)
+                    hooks.http_served(request.path, reply.status,
+                                      len(reply.body) if request.method == "GET" else 0)
                     return
             raise NotFound(f"{request.path}: no such boot resource")
         except NotFound as exc:
@@ -269,6 +274,8 @@ class BootHttpServer:
                 await self._sendfile(writer, handle, span.start, span.end)
                 self.counters["bytes"] += length
             self.counters["files"] += 1
+            hooks.http_served(request.path, 206 if span.partial else 200,
+                              length if request.method == "GET" else 0)
 
     async def _sendfile(self, writer: asyncio.StreamWriter, handle: BinaryIO, start: int,
                         end: int) -> None:

@@ -36,7 +36,10 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Run the scheduler until interrupted; its state lives in the configured store."""
-    from provisioner.scheduler.service import run_scheduler  # the web stack only when serving
+    from provisioner.scheduler.service import (  # the web stack only when serving
+        JobRetention,
+        run_scheduler,
+    )
     from provisioner.store import open_store
 
     level = log_level.upper()
@@ -55,7 +58,8 @@ def serve(
                                                                            path=path))
     run_scheduler(open_store(settings), host, s.port if port is None else port,
                   log_level=level, interval=s.interval, node_timeout=s.node_timeout,
-                  walltime_grace=s.walltime_grace, max_body=s.max_body, token=s.token)
+                  walltime_grace=s.walltime_grace, max_body=s.max_body, token=s.token,
+                  retention=JobRetention(jobs_kept=s.jobs_kept, jobs_days=s.jobs_days))
 
 
 @app.command("nodes")

@@ -50,7 +50,7 @@ from provisioner.nodes.model import (
 
 log = logging.getLogger(__name__)
 FOREIGN_LOG_EVERY = 60.0  # s: another server is logged and recorded once a minute at most
-DECLINE_LOG_EVERY = 60.0  # s: a MAC's DECLINEs are logged once a minute (anyone can forge one)
+MAC_LOG_EVERY = 60.0  # s: a MAC's DECLINEs, misplaced reservations: logged once a minute
 
 
 class Answers:
@@ -70,7 +70,7 @@ class Answers:
         self._counters = counters
         self._clock = clock
         self._foreign_log = OncePer(FOREIGN_LOG_EVERY)
-        self._decline_log = OncePer(DECLINE_LOG_EVERY)
+        self._mac_log = OncePer(MAC_LOG_EVERY)  # key: (what, MAC)
         #: why this head may not offer new leases (ha/membership.py, through server.py)
         self.fenced: Callable[[], str | None] = lambda: None
         self.discovery = Discovery(settings, inventory, leases, in_flight, counters, clock=clock,
@@ -102,7 +102,7 @@ class Answers:
             self.discovery.discover(decision, subnet, transport)
             return
         self._seen(node)
-        if not self._may_offer(mac, node):
+        if not self._may_offer(mac, node) or not self._reservation_fits(node, subnet):
             return
         ip = self.leases.offer(mac, subnet.pool, self._clock(), requested=decision.requested_ip,
                                reserved=node.ip if node else None)
@@ -183,7 +183,7 @@ class Answers:
         self._counters[f"lease_{kind}"] += int(done)
         if quarantine and not done:
             self._counters["decline_ignored"] += 1
-        if not quarantine or not self._decline_log.due(decision.mac, self._clock()):
+        if not quarantine or not self._mac_log.due(("decline", decision.mac), self._clock()):
             return
         if done:
             log.warning("dhcp: %s declined %s (in use?); quarantined for %ds", decision.mac,
@@ -199,6 +199,20 @@ class Answers:
         boot = self._boot_info(decision.packet, decision.mac, node)
         reply = inform_reply(decision.packet, self.server_ip, options, boot)
         self._sender.send(decision.packet, reply, transport)
+
+    def _reservation_fits(self, node: Node | None, subnet: Subnet) -> bool:
+        """A node reserved an address outside the subnet its request came from (another relay,
+        a node moved to another rack) is not offered it: the REQUEST would be NAKed (RFC 2131
+        4.3.2: not on the client's network) and the node would loop. Counted, and logged a
+        line a minute, naming what to fix."""
+        if node is None or node.ip is None or node.ip in subnet.network:
+            return True
+        self._counters["ignored:reservation_elsewhere"] += 1
+        if self._mac_log.due(("elsewhere", node.mac), self._clock()):
+            log.warning("dhcp: %s is reserved %s, outside %s where its request came from; not "
+                        "offered (set the node's ip in %s, or check its relay)", node.name,
+                        node.ip, subnet.network, subnet.network)
+        return False
 
     def _may_offer(self, mac: MacAddress, node: Node | None) -> bool:
         """While the store is down only a client whose recorded lease can be ACKed again as it

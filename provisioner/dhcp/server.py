@@ -51,6 +51,7 @@ from provisioner.dhcp.transport import BurstTransport
 from provisioner.errors import ConfigError, MalformedPacket, ProvisionerError
 from provisioner.inventory.repository import Inventory
 from provisioner.limits import OncePer
+from provisioner.metrics import hooks
 from provisioner.nodes.model import MacAddress, SettingValue
 from provisioner.runtime import supervisor
 
@@ -260,6 +261,7 @@ class DhcpServer:
         if self.rate_limit.allow(packet.chaddr, now):
             return True
         self.counters["rate_limited"] += 1
+        hooks.refused("dhcp", "rate_limited")
         if self._rate_log.due(packet.chaddr, now):
             log.warning("dhcp: dropping requests from MAC %s (last from %s): more than %d at "
                         "once or %g a second ([dhcp] mac_burst, mac_rate; %d dropped so far)",

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from provisioner.errors import Conflict
 from provisioner.inventory import codec, keys
 from provisioner.inventory.versioned import CAS_RETRIES
+from provisioner.metrics import stages
 from provisioner.nodes.model import BootEvent, MacAddress
 from provisioner.store.base import KeyValue, KeyValueStore, TxnOp
 
@@ -32,6 +33,7 @@ class EventLog:
             assert op.value is not None
             with contextlib.suppress(Conflict):
                 await self.store.put(op.key, op.value, expect=0)
+                stages.recorded(event.mac.value, event.kind, event.at)
                 return
         raise Conflict(f"could not record event {event.kind} for {event.mac}")
 

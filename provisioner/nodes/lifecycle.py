@@ -37,6 +37,7 @@ from provisioner.errors import Conflict, InvalidTransition, NotFound
 from provisioner.handoff.base import HandoffNode
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Also, Inventory
+from provisioner.metrics import stages
 from provisioner.nodes.model import (
     BootEvent,
     MacAddress,
@@ -166,6 +167,7 @@ class Lifecycle:
                           also: Also | None = None) -> tuple[Node, list[int]]:
         """`transition` (or `set_state`), and the revisions of `also`'s writes."""
         seen: list[tuple[NodeState, NodeEvent, NodeState]] = []
+        recorded: list[BootEvent] = []  # the state event of the attempt that committed
 
         def apply(node: Node) -> Node:
             if isinstance(move, NodeEvent):
@@ -181,6 +183,7 @@ class Lifecycle:
             record = BootEvent(node.mac, target.value, self.clock(),
                                {"from": current.value, "event": event.value, "reason": reason,
                                 **(detail or {})})
+            recorded[:] = [record]
             extra = list(also(node, attempt)) if also is not None else []
             deadline = keys.deadline(node.mac.value)
             if target is not S.PROVISIONING and deadline not in {op.key for op in extra}:
@@ -189,6 +192,8 @@ class Lifecycle:
 
         versioned, revisions = await self.inventory.update_node_txn(str(mac), apply,
                                                                     also=writes)
+        for record in recorded:
+            stages.recorded(record.mac.value, record.kind, record.at)
         if versioned.value.state is not S.PROVISIONING:
             self._served.pop(versioned.value.mac.value, None)
         return versioned.value, revisions[1:]

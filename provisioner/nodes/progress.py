@@ -12,16 +12,18 @@ import enum
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from provisioner.errors import NotFound
 from provisioner.inventory import keys
 from provisioner.inventory.repository import Inventory
+from provisioner.store.base import KeyValueStore, TxnOp
 
 #: the states of a rollout that is over (as opposed to "running")
 FINISHED = frozenset({"succeeded", "failed", "stopped", "interrupted"})
+PAGE = 200  # records read per page by stale_rollouts
 
 
 class Step(enum.StrEnum):
@@ -138,6 +140,30 @@ async def load_status(inventory: Inventory, rollout_id: str | None = None) -> Ro
         raise NotFound("no reimage has run yet; start one with `provisioner node reimage`")
     latest = max(items, key=lambda kv: kv.key)
     return RolloutStatus.from_dict(json.loads(latest.value))
+
+
+async def stale_rollouts(store: KeyValueStore, *, keep: int,
+                         before: float) -> AsyncIterator[TxnOp]:
+    """Deletes of finished rollouts' records past retention: those that finished before
+    `before` (seconds), and all but the newest `keep` finished ones. Each expects the
+    record's revision; a running rollout is never deleted (its record is what a restart
+    resumes from). Read a page at a time: only the finished ones' keys are held."""
+    finished: list[tuple[float, str, int]] = []
+    after = ""
+    while True:
+        page = await store.page(keys.REIMAGE, after=after, limit=PAGE)
+        for kv in page.items:
+            data = json.loads(kv.value)
+            if data.get("state") in FINISHED:
+                finished.append((data.get("finished") or data["started"], kv.key,
+                                 kv.mod_revision))
+        if len(page.items) < PAGE:
+            break
+        after = page.items[-1].key
+    finished.sort(reverse=True)
+    for index, (ended, key, revision) in enumerate(finished):
+        if index >= keep or ended < before:
+            yield TxnOp(key, None, expect=revision)
 
 
 async def unfinished(inventory: Inventory) -> list[RolloutStatus]:

@@ -1,13 +1,14 @@
 """Retention: keeps the store's size to the `[retention]` settings (config_retention.py).
 
-Every `interval` seconds one pass deletes the boot events, audit entries and expired DHCP lease
-records past retention (each module says which are: `stale_events`, `stale_entries`,
-`stale_leases`), `batch` keys per txn, so a pass never writes one huge transaction and other
-writers interleave with it. With etcd, `compact_interval` also compacts the revision history
-(etcd keeps every old version of every key until then): to `compact_keep` revisions behind the
-newest, and never past what this process's own watches have applied, so the appliance never
-has to relist because of a compaction it made. The compaction is logical (physical=false):
-etcd frees the space in the background and the call does not wait for it.
+Every `interval` seconds one pass deletes the boot events, audit entries, expired DHCP lease
+records and finished rollouts' records past retention (each module says which are:
+`stale_events`, `stale_entries`, `stale_leases`, `stale_rollouts`), `batch` keys per txn, so a
+pass never writes one huge transaction and other writers interleave with it. With etcd,
+`compact_interval` also compacts the revision history (etcd keeps every old version of every key
+until then): to `compact_keep` revisions behind the newest, and never past what this process's
+own watches have applied, so the appliance never has to relist because of a compaction it made.
+The compaction is logical (physical=false): etcd frees the space in the background and the call
+does not wait for it.
 
 Discovered nodes not heard from for `[dhcp] discovery_ttl` are expired by the DHCP server
 itself (dhcp/discovery.py), which knows when each was last heard from.
@@ -26,6 +27,7 @@ from provisioner.errors import ProvisionerError
 from provisioner.inventory import follower, keys
 from provisioner.inventory.events import stale_events
 from provisioner.inventory.leases import stale_leases
+from provisioner.nodes.progress import stale_rollouts
 from provisioner.security.audit import stale_entries
 from provisioner.store.base import KeyValueStore, TxnConflict, TxnOp
 
@@ -41,6 +43,7 @@ class Trimmed:
     events: int
     audit: int
     leases: int
+    rollouts: int = 0
 
 
 class Retention:
@@ -59,9 +62,10 @@ class Retention:
         while True:
             try:
                 trimmed = await self.trim()
-                if trimmed.events or trimmed.audit or trimmed.leases:
+                if trimmed.events or trimmed.audit or trimmed.leases or trimmed.rollouts:
                     log.info("retention: deleted %d events, %d audit entries, %d expired "
-                             "leases", trimmed.events, trimmed.audit, trimmed.leases)
+                             "leases, %d finished rollouts", trimmed.events, trimmed.audit,
+                             trimmed.leases, trimmed.rollouts)
             except ProvisionerError as exc:
                 log.warning("retention pass failed, retrying in %gs: %s",
                             self.settings.interval, exc)
@@ -76,7 +80,9 @@ class Retention:
         return Trimmed(
             await self._delete(_unconditional(events)),
             await self._delete(_unconditional(audit)),
-            await self._delete(stale_leases(self.store, before=now - s.leases_days * DAY)))
+            await self._delete(stale_leases(self.store, before=now - s.leases_days * DAY)),
+            await self._delete(stale_rollouts(self.store, keep=s.rollouts_kept,
+                                              before=now - s.rollouts_days * DAY)))
 
     async def _delete(self, ops: AsyncIterator[TxnOp]) -> int:
         deleted, batch = 0, []

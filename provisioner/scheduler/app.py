@@ -28,6 +28,9 @@ from pydantic import ValidationError as PydanticError
 
 from provisioner import __version__
 from provisioner.errors import Forbidden, NotFound, Unauthorized, ValidationError
+from provisioner.metrics import hooks
+from provisioner.metrics.collectors import Exposition, SchedulerCollector
+from provisioner.metrics.registry import SCHEDULER
 from provisioner.scheduler.models import (
     JOB_ID,
     OUTPUT_TAIL,
@@ -42,6 +45,7 @@ from provisioner.scheduler.state import SchedulerState
 from provisioner.web import errors
 from provisioner.web.auth import Credentials, bearer, shared_secret
 from provisioner.web.limits import BodyLimit
+from provisioner.web.metrics import metrics_router
 from provisioner.web.refusals import RefusalLog
 
 log = logging.getLogger("provisioner.scheduler")
@@ -49,6 +53,9 @@ REFUSED = ("no or wrong token: send Authorization: Bearer <[scheduler] token> (t
            "PROVISIONER_SCHEDULER_TOKEN)")
 AGENT_REFUSED = ("no or wrong agent credential for this node or job: the node agent sends the "
                  "one its boot callback answered (reboot the node to get a new one)")
+METRICS_REFUSED = ("/metrics answers other machines only with the scheduler's token, and this "
+                   "scheduler has none: set [scheduler] token (PROVISIONER_SCHEDULER_TOKEN), "
+                   "or scrape from the scheduler's own machine")
 AGENT_CREDENTIAL = bearer("the node agent's credential, answered by its boot callback")
 
 
@@ -91,19 +98,44 @@ def create_app(state: SchedulerState, *, max_body: int = 1 << 20, token: str = "
                   responses=errors.responses(400, 404, 409, 413, 422, 503))
     app.add_middleware(BodyLimit, max_body=max_body, setting="[scheduler] max_body")
     errors.install(app)
-    guard = shared_secret(token, REFUSED, "the [scheduler] token")
+    guard = shared_secret(token, REFUSED, "the [scheduler] token", "scheduler")
     admin = APIRouter(dependencies=[Depends(guard)] if token else [],
                       responses=errors.responses(401))
     _node_routes(admin, state)
     _job_routes(admin, state, admins=bool(token))
     app.include_router(admin)
     _agent_routes(app, state)
+    app.include_router(metrics_router(exposition(state).render, guard if token else _no_token,
+                                      "the [scheduler] token"))
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "nodes": len(state.nodes), "jobs": len(state.jobs)}
 
     return app
+
+
+def exposition(state: SchedulerState) -> Exposition:
+    """The scheduler's metrics: the handoff latency, refusals, and its queue read at scrape
+    time."""
+    return Exposition(SCHEDULER, SchedulerCollector(
+        lambda: (j.state.value for j in state.job_list() if not j.state.finished),
+        lambda: _node_states(state)))
+
+
+def _node_states(state: SchedulerState) -> list[str]:
+    """Each node's state as `nodes` shows it (idle nodes running jobs: mixed, allocated)."""
+    by_node: dict[str, list[Job]] = {}
+    for job in state.running():
+        by_node.setdefault(job.node, []).append(job)
+    return [str(shown_state(n, by_node.get(n.name, []))) for n in state.node_list()]
+
+
+async def _no_token(request: Request, credentials: Credentials | None) -> None:
+    """/metrics from outside loopback on a scheduler without a token: nothing to check a
+    scrape against, so it is refused."""
+    hooks.refused("scheduler", "no_token")
+    raise Forbidden(METRICS_REFUSED)
 
 
 def node_view(state: SchedulerState, node: SchedNode) -> dict[str, Any]:
@@ -193,6 +225,7 @@ def _refuse_agent(refusals: RefusalLog, request: Request, why: str) -> Unauthori
     """The one 401 of the agent routes, logged with who asked (never with what they sent), a
     line per source a minute at most (web/refusals.py)."""
     client = request.client.host if request.client else "unknown"
+    hooks.refused("scheduler", "agent_credential")
     # !r: the path is the requester's text; a newline in it must not forge a log line.
     refusals.refused(client, f"agent request {request.method} {request.url.path!r} ({why})")
     return Unauthorized(AGENT_REFUSED)

@@ -97,6 +97,21 @@ class Records:
         self.jobs[job.id] = (job, rev)
         return True
 
+    async def forget_job(self, job_id: str) -> bool:
+        """Delete a job's record, expecting the cached revision: a job changed meanwhile (it
+        cannot be, once finished, but another scheduler process may share the store) stays."""
+        cached = self.jobs.get(job_id)
+        if cached is None:
+            return False
+        try:
+            await self.store.delete(keys.sched_job(job_id), expect=cached[1])
+        except Conflict:
+            await self._reload(keys.sched_job(job_id), self.jobs, job_id, job_from_dict)
+            return False
+        with contextlib.suppress(KeyError):
+            del self.jobs[job_id]
+        return True
+
     # -- compare-and-swap writes -----------------------------------------------------------
 
     async def _update(self, key: str, cache: dict[str, tuple[R, int]], ident: str,

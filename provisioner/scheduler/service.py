@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -31,8 +32,10 @@ class SchedulerServer:
     def __init__(self, store: KeyValueStore, host: str = "127.0.0.1", port: int = 8090, *,
                  interval: float = 1.0, clock: Callable[[], float] = time.time,
                  max_body: int = 1 << 20, node_timeout: float = 300.0,
-                 walltime_grace: float = 30.0, token: str = "") -> None:
+                 walltime_grace: float = 30.0, token: str = "",
+                 retention: JobRetention | None = None) -> None:
         self.store = store
+        self.retention = retention or JobRetention()
         self.host = host
         self.port = port
         self.interval = interval
@@ -59,6 +62,7 @@ class SchedulerServer:
         self._server = uvicorn.Server(config)
         self._web = asyncio.create_task(self._server.serve(sockets=[sock]))
         self.supervisor.spawn("scheduler dispatcher", self._dispatch_loop)
+        self.supervisor.spawn("scheduler job retention", self._prune_loop)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._server.started:
             if self._web.done() or time.monotonic() > deadline:
@@ -113,18 +117,41 @@ class SchedulerServer:
             except ProvisionerError as exc:  # the store went away: try again next turn
                 log.warning("dispatch failed: %s", exc)
 
+    async def _prune_loop(self) -> None:
+        """Finished jobs past retention are forgotten at start and every `interval` seconds,
+        so the store and the cache follow the settings, not the scheduler's age."""
+        keep = self.retention
+        while True:
+            try:
+                forgotten = await self.state.prune(self.clock(), keep=keep.jobs_kept,
+                                                   days=keep.jobs_days)
+                if forgotten:
+                    log.info("retention: forgot %d finished jobs", forgotten)
+            except ProvisionerError as exc:
+                log.warning("job retention failed, retrying in %gs: %s", keep.interval, exc)
+            await asyncio.sleep(keep.interval)
+
+
+@dataclass(frozen=True)
+class JobRetention:
+    """How many finished jobs the scheduler keeps: `[scheduler] jobs_kept`, `jobs_days`."""
+
+    jobs_kept: int = 10_000
+    jobs_days: float = 30.0
+    interval: float = 600.0
+
 
 def run_scheduler(store: KeyValueStore, host: str, port: int, log_level: str = "INFO", *,
                   interval: float = 1.0, node_timeout: float = 300.0,
-                  walltime_grace: float = 30.0, max_body: int = 1 << 20, token: str = ""
-                  ) -> None:
+                  walltime_grace: float = 30.0, max_body: int = 1 << 20, token: str = "",
+                  retention: JobRetention | None = None) -> None:
     logging.basicConfig(level=getattr(logging, log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         server = SchedulerServer(store, host, port, interval=interval, max_body=max_body,
                                  node_timeout=node_timeout, walltime_grace=walltime_grace,
-                                 token=token)
+                                 token=token, retention=retention)
         try:
             await server.serve_forever()
         finally:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from provisioner.errors import Conflict, NotFound, ValidationError
 from provisioner.handoff.agent import agent_matches
+from provisioner.metrics import registry
 from provisioner.scheduler import dispatcher
 from provisioner.scheduler.models import (
     JOB_ID,
@@ -29,6 +30,9 @@ from provisioner.scheduler.models import (
 )
 from provisioner.scheduler.records import RETRIES, Records
 from provisioner.store.base import KeyValueStore
+
+DAY = 86400.0
+MAX_HANDED = 65536
 
 
 class SchedulerState:
@@ -45,6 +49,9 @@ class SchedulerState:
         #: such a job runs on until its walltime, as the agent enforces that by itself
         self.kills: dict[str, list[str]] = {}
         self.changed = asyncio.Event()  # wakes the dispatcher loop
+        #: when each node was handed over by a boot and its agent has not polled since: the
+        #: handoff latency histogram; in memory, at most MAX_HANDED nodes (oldest forgotten)
+        self.handed: dict[str, float] = {}
 
     async def load(self) -> None:
         await self.records.load()
@@ -71,6 +78,18 @@ class SchedulerState:
                           key=_submitted)
         jobs = (j for j, _ in self.jobs.values())
         return sorted((j for j in jobs if state is None or j.state is state), key=_submitted)
+
+    async def prune(self, now: float, *, keep: int, days: float) -> int:
+        """Forget finished jobs: those that ended more than `days` ago, and all but the
+        newest `keep` of the rest. Unfinished jobs are never touched. The number forgotten."""
+        finished = sorted((j for j, _ in self.jobs.values() if j.state.finished),
+                          key=lambda j: (j.end_time, j.seq), reverse=True)
+        cutoff = now - days * DAY
+        stale = [j.id for i, j in enumerate(finished) if i >= keep or j.end_time < cutoff]
+        forgotten = 0
+        for job_id in stale:
+            forgotten += await self.records.forget_job(job_id)
+        return forgotten
 
     def has_pending(self) -> bool:
         return bool(self.jobs.pending)
@@ -99,9 +118,17 @@ class SchedulerState:
                                        agent_hash=agent_hash or cur.agent_hash)
 
         node = await self.records.node(name, change)
+        if agent_hash:
+            self._handed_over(name)
         if self.has_pending():  # a new node only matters to the dispatcher when jobs wait
             self.changed.set()
         return node
+
+    def _handed_over(self, name: str) -> None:
+        self.handed.pop(name, None)
+        if len(self.handed) >= MAX_HANDED:
+            self.handed.pop(next(iter(self.handed)))
+        self.handed[name] = self.clock()
 
     async def drain(self, name: str, reason: str) -> SchedNode:
         def change(cur: SchedNode | None) -> SchedNode:
@@ -183,6 +210,9 @@ class SchedulerState:
         job not yet handed over, else None."""
         node = self.node(name)
         self.seen[name] = self.clock()
+        handed = self.handed.pop(name, None)
+        if handed is not None:
+            registry.HANDOFF_READY.observe(max(0.0, self.seen[name] - handed))
         if node.state is WorkerState.DOWN:
             await self.set_node_state(name, WorkerState.IDLE)
             self.changed.set()

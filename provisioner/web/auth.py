@@ -20,6 +20,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from provisioner.errors import Unauthorized
+from provisioner.metrics import hooks
 from provisioner.web.refusals import RefusalLog
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,10 @@ def bearer(description: str) -> Any:
     return Security(HTTPBearer(auto_error=False, description=description))
 
 
-def shared_secret(token: str, refusal: str, description: str
+def shared_secret(token: str, refusal: str, description: str, plane: str
                   ) -> Callable[..., Awaitable[None]]:
     """A dependency letting through only `Authorization: Bearer TOKEN`, compared in constant
-    time; any other request gets Unauthorized(refusal)."""
+    time; any other request gets Unauthorized(refusal), counted as refused on `plane`."""
     expected = token.encode()
     credentials_parameter = bearer(description)
     refusals = RefusalLog(log)
@@ -43,6 +44,7 @@ def shared_secret(token: str, refusal: str, description: str
                     credentials: Credentials | None = credentials_parameter) -> None:
         given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, expected):
+            hooks.refused(plane, "no_token" if credentials is None else "bad_token")
             client = request.client.host if request.client else "unknown"
             refusals.refused(client, f"{request.method} {request.url.path!r}: no or wrong "
                              "token")

@@ -30,9 +30,9 @@ import pytest
 from provisioner.dhcp.packet import BROADCAST_FLAG, DhcpPacket, decode, encode
 from provisioner.errors import MalformedPacket
 from provisioner.lab.netns import NetnsPair
+from tests.dhcp.loopback import BOOT_PORT, loopback  # noqa: F401  (loopback: a fixture)
 
 READY_LIMIT = 20.0
-BOOT_PORT = 18080
 API_PORT = 18099
 
 # Sends datagrams to 255.255.255.255:67 from the client namespace (SO_BROADCAST, bound to the

@@ -1,5 +1,5 @@
 """Discovery, option 82 trust and proxy-mode sightings through the real server glue: an
-in-process DhcpServer on loopback with a fake relay agent socket (tests/dhcp/test_interop.py's
+in-process DhcpServer on loopback with a fake relay agent socket (tests/dhcp/loopback.py's
 Loopback), read through its counters, its log and its store."""
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from provisioner.dhcp.server import DhcpServer
 from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, NodeState
 from provisioner.store.memory import MemoryStore
-from tests.dhcp.conftest import BOOT_PORT
-from tests.dhcp.test_interop import NETWORK, POOL, Loopback, _free_udp_port
+from tests.dhcp.loopback import BOOT_PORT, NETWORK, POOL, Loopback, free_udp_port
 
 pytestmark = pytest.mark.netns
 
@@ -41,7 +40,7 @@ async def glue(tmp_path: Path) -> AsyncIterator[Factory]:
     async def start(*, direct: bool = False, **overrides: Any) -> Loopback:
         base = f"127.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
         server_ip, relay = f"{base}.1", IPv4Address(f"{base}.2")
-        port = _free_udp_port(server_ip)
+        port = free_udp_port(server_ip)
         subnet = SubnetSettings(network=str(NETWORK), routers=("10.77.0.1",),
                                 pool_start=str(POOL[0]), pool_end=str(POOL[1]),
                                 relay=str(relay))

@@ -4,12 +4,14 @@ more: the newest events of each node, the newest audit entries, leases not long 
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from provisioner.config_retention import RetentionSettings
 from provisioner.inventory import codec, keys
 from provisioner.inventory.events import EventLog
 from provisioner.inventory.leases import stale_leases
 from provisioner.nodes.model import BootEvent, Lease, MacAddress
+from provisioner.nodes.progress import RolloutStatus
 from provisioner.runtime.retention import DAY, Retention
 from provisioner.security.audit import AuditLog
 from provisioner.store.base import KeyValueStore, TxnOp
@@ -64,7 +66,7 @@ async def test_a_pass_brings_events_and_audit_back_to_their_bounds(
     assert await _count(store, keys.EVENTS) == 58
     newest, _ = await AuditLog(store).page(limit=1000)
     assert len(newest) == 120 and newest[0].target == "n299" and newest[-1].target == "n180"
-    assert await retention.trim() == type(trimmed)(0, 0, 0)  # a second pass finds nothing
+    assert await retention.trim() == type(trimmed)(0, 0, 0, 0)  # a second pass finds nothing
 
 
 async def test_old_audit_entries_go_whatever_their_count(store: KeyValueStore) -> None:
@@ -103,3 +105,22 @@ async def test_a_lease_renewed_during_the_pass_is_kept(store: KeyValueStore) -> 
     kv = await store.get(keys.lease(ip))
     assert kv is not None and codec.decode_lease(kv.value).expires == NOW + 3600
 
+
+
+async def test_finished_rollouts_past_retention_go_and_running_ones_stay(
+        store: KeyValueStore) -> None:
+    def rollout(name: str, state: str, finished_days_ago: float | None) -> TxnOp:
+        finished = None if finished_days_ago is None else NOW - finished_days_ago * DAY
+        status = RolloutStatus(id=name, image="compute", version=None, wave=1, max_failures=1,
+                               force=False, started=NOW - 400 * DAY, state=state,
+                               finished=finished)
+        return TxnOp(keys.reimage(name), json.dumps(status.to_dict()).encode())
+
+    await _write(store, [rollout("r1-old", "succeeded", 400), rollout("r2", "failed", 30),
+                         rollout("r3", "stopped", 20), rollout("r4", "succeeded", 10),
+                         rollout("r5-running", "running", None)])
+    settings = _settings(rollouts_kept=2, rollouts_days=365.0)
+    trimmed = await Retention(store, settings, clock=lambda: NOW).trim()
+    assert trimmed.rollouts == 2  # r1 by age, r2 beyond the newest two finished
+    left = sorted(kv.key for kv in (await store.range(keys.REIMAGE)).items)
+    assert left == [keys.reimage(n) for n in ("r3", "r4", "r5-running")]
