@@ -30,6 +30,8 @@ from provisioner.config import Settings
 from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
 from provisioner.ha.election import Election
+from provisioner.ha.membership import Membership
+from provisioner.ha.records import HeadRecord
 from provisioner.ha.singletons import Singletons
 from provisioner.handoff import open_handoff
 from provisioner.handoff.outbox import HandoffQueue
@@ -190,10 +192,13 @@ class Appliance:
         self.tftp: TftpServer | None = None
         self.boot: BootHttpServer | None = None
         self.boot_plane: BootPlane | None = None
+        #: this head among the heads on the store (one process on memory or sqlite); DHCP
+        #: asks it from its first packet, and until it has joined this head is fenced
+        self.membership = Membership(self.store, HeadRecord(settings.ha.name), settings.ha.ttl)
         #: owns every background task: the watch followers, the sweepers (see /healthz)
         self.supervisor = supervisor.Supervisor()
         #: with `[ha] elect`, the work that must happen once runs while this head leads
-        self.singletons = (Singletons(Election(self.store, "singletons", owner_id(),
+        self.singletons = (Singletons(Election(self.store, "singletons", owner_id(settings.ha.name),
                                                ttl=settings.ha.leader_ttl), self.supervisor)
                            if settings.ha.elect else None)
 
@@ -215,12 +220,13 @@ class Appliance:
         s = self.settings
         if s.dhcp.mode != "off":
             self.dhcp = DhcpServer(s.dhcp, self.inventory, boot_port=s.boot.port,
-                                   defaults=dict(s.defaults))
+                                   defaults=dict(s.defaults), share=self.membership)
             await _bind("dhcp", f"{s.dhcp.interface or 'any interface'} port {s.dhcp.port}",
                         self.dhcp.start(), "check [dhcp] interface and that no other DHCP "
                         "server runs here")
             stack.push_async_callback(self.dhcp.close)
         server_ip = str(self.dhcp.server_ip) if self.dhcp else None
+        await self._join(stack, server_ip)
         if s.tftp.enabled:
             self.tftp = tftp_server(s, self.inventory, boot_http_base(s, server_ip))
             await _bind("tftp", f"{s.tftp.listen}:{s.tftp.port}", self.tftp.start(),
@@ -260,6 +266,19 @@ class Appliance:
         else:
             stack.push_async_callback(self.supervisor.spawn(name, factory).stop)
 
+    async def _join(self, stack: contextlib.AsyncExitStack, server_ip: str | None) -> None:
+        """Join the live set of heads; from now on DHCP answers this head's share of the
+        clients and the boot plane and /healthz follow its fencing (ha/membership.py)."""
+        s, membership = self.settings, self.membership
+        membership.record = HeadRecord(s.ha.name, s.ha.server_id or server_ip or "",
+                                       s.ha.boot_url or boot_http_base(s, server_ip),
+                                       s.ha.api_url or api_public_base(s, server_ip), time.time())
+        await membership.start()
+        stack.push_async_callback(membership.stop)
+
+    def _fenced(self) -> str | None:
+        return self.membership.fenced
+
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
         renderer = Renderer.from_settings(s.images.templates)
@@ -268,7 +287,7 @@ class Appliance:
                          boot_base=boot_http_base(s, server_ip),
                          api_base=api_public_base(s, server_ip),
                          scheduler_url=s.scheduler.client_url, clock=self.clock,
-                         binding=AddressBinding(self._leased))
+                         binding=AddressBinding(self._leased), fenced=self._fenced)
 
     def _leased(self, mac: MacAddress) -> ipaddress.IPv4Address | None:
         """The address our DHCP server bound to `mac`: in full (and relay) mode its lease that
@@ -332,7 +351,7 @@ class Appliance:
         return ApiContext(self.settings, self.inventory, self.lifecycle, self.boot_tokens,
                           self.api_tokens, self.audit, self.catalog, self.counters, self.clock,
                           binding=self.boot_plane.binding if self.boot_plane else None,
-                          supervisor=self.supervisor)
+                          supervisor=self.supervisor, fenced=self._fenced)
 
 
 async def _deliver(handoff: HandoffQueue) -> None:

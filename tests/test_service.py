@@ -98,7 +98,8 @@ async def test_the_appliance_supervises_its_background_tasks(
         names = {state.name for state in appliance.supervisor.states()}
         # ("etcd compaction" too, over etcd)
         assert names == {f"follower {keys.NODES}", f"follower {keys.GROUPS}", "lifecycle sweeper",
-                         "reimage resume", "boot retries", "retention"}
+                         "reimage resume", "boot retries", "retention",
+                         f"follower {keys.HEADS}", "ha membership"}
         sweep = appliance.lifecycle.sweep
         failed = asyncio.Event()
 

@@ -36,6 +36,8 @@ class ApiContext:
     binding: AddressBinding | None = None
     #: the background tasks /healthz reports on; None in tests of the API alone
     supervisor: Supervisor | None = None
+    #: why this head is fenced (ha/membership.py), for /healthz; None: it is a live member
+    fenced: Callable[[], str | None] = field(default=lambda: None)
     #: refused callbacks, counted and logged once per source per minute (no store write)
     refusals: Refusals = field(init=False)
     #: refused tokens (API and boot callback) in the audit log, as a summary per source

@@ -91,6 +91,9 @@ class BootPlane:
     scheduler_url: str = ""
     clock: Callable[[], float] = time.time
     binding: AddressBinding = field(default_factory=AddressBinding)
+    #: why this head may not issue boot tokens now (ha/membership.py: it lost its store
+    #: session, and another head may be serving its nodes); None: it may
+    fenced: Callable[[], str | None] = lambda: None
     refusals: Refusals = field(init=False)
     _overlays: dict[MacAddress, bytes] = field(init=False, default_factory=dict)
 
@@ -129,6 +132,8 @@ class BootPlane:
         except TemplateError as exc:
             return await self._render_failed(node, "ipxe", exc)
         if image is not None and request.method == "GET":
+            if reason := self.fenced():  # a boot started now would need a token
+                return _ipxe(wait_script(url, f"this head cannot start a boot: {reason}"))
             await self._boot_started(node, image)
         return _ipxe(text)
 
@@ -209,6 +214,10 @@ class BootPlane:
             return Reply(f"node {node.name} is {node.state}: its overlay is served only "
                          "while it is provisioning; reboot it into its boot script first\n"
                          .encode(), status=409)
+        if reason := self.fenced():
+            return Reply(f"this head issues no boot token while fenced ({reason}); the node "
+                         "boots again through a head that is a live member\n".encode(),
+                         status=503)
         built = self._overlays.get(node.mac)
         if built is not None:
             return Reply(built, "application/octet-stream")

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from provisioner import __version__
-from provisioner.cli import audit, group, image, node, serve, status, store
+from provisioner.cli import audit, group, heads, image, node, serve, status, store
 from provisioner.cli import lab as lab_cli
 from provisioner.cli import scheduler as scheduler_cli
 from provisioner.cli import token as token_cli
@@ -54,6 +54,7 @@ app.add_typer(lab_cli.app, name="lab")
 app.command("serve")(serve.serve)
 app.command("status")(status.status)
 app.command("audit")(audit.audit)
+app.command("heads")(heads.heads)
 
 
 def _version(value: bool) -> None:

@@ -71,6 +71,8 @@ class Answers:
         self._clock = clock
         self._foreign_log = OncePer(FOREIGN_LOG_EVERY)
         self._mac_log = OncePer(MAC_LOG_EVERY)  # key: (what, MAC)
+        #: why this head may not offer new leases (ha/membership.py, through server.py)
+        self.fenced: Callable[[], str | None] = lambda: None
         self.discovery = Discovery(settings, inventory, leases, in_flight, counters, clock=clock,
                                    answer=self.discover, record=self.record)
 
@@ -215,14 +217,16 @@ class Answers:
     def _may_offer(self, mac: MacAddress, node: Node | None) -> bool:
         """While the store is down only a client whose recorded lease can be ACKed again as it
         stands gets an offer (of that address, the one choose() gives back): no other offer
-        could be followed by an ACK."""
-        if self.leases.store_up:
+        could be followed by an ACK. The same while this head is fenced: another head may
+        own this client by now."""
+        up = self.leases.store_up
+        if up and self.fenced() is None:
             return True
         known = self.leases.lease_of(mac)
         if known is not None and policy.cached_lease_time(
                 known, known.ip, node, self._clock(), float(policy.MIN_CACHED_LEASE)):
             return True
-        self._counters["offer_withheld:store_down"] += 1
+        self._counters["offer_withheld:store_down" if not up else "offer_withheld:fenced"] += 1
         return False
 
     def _seen(self, node: Node | None) -> None:

@@ -12,6 +12,9 @@ the hold sweeper, close) and hands each decision to the part that acts on it:
 - ratelimit.py  a token bucket per chaddr: a flooding MAC is dropped before any decision
 - counters.py   the counter names
 
+With several heads on one store (ha/membership.py) each head answers only its share of the
+clients (`ClientShare`, see `_ours`).
+
 Malformed packets are dropped and counted by reason and never stop the loop.
 """
 
@@ -22,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
 
 from provisioner.config import DhcpSettings, SubnetSettings
 from provisioner.dhcp import policy
@@ -60,6 +64,19 @@ PROBE_EVERY = 2.0  # s: how often the store is asked whether it answers (leases.
 _ANY = "0.0.0.0"
 
 
+class ClientShare(Protocol):
+    """This head's share of the DHCP clients when several heads share the store."""
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this head may not hand out new leases now; None when it may."""
+        ...
+
+    def owns(self, chaddr: bytes) -> bool:
+        """Whether the client with this hardware address (hlen bytes) is this head's."""
+        ...
+
+
 def plan_subnet(settings: SubnetSettings) -> Subnet:
     """A [[dhcp.subnets]] entry, ready to serve: the pool defaults to .10 to the last host."""
     network = IPv4Network(settings.network)
@@ -78,8 +95,11 @@ class DhcpServer:
     def __init__(self, settings: DhcpSettings, inventory: Inventory, *, boot_port: int = 80,
                  boot_host: str | None = None,
                  defaults: dict[str, SettingValue] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 share: ClientShare | None = None) -> None:
         self.settings = settings
+        #: with several heads, which clients are ours (None: every client)
+        self.share = share
         self.inventory = inventory
         self.counters: Counters = Counters()
         self.leases = LeaseBook(inventory, offer_hold=settings.offer_hold,
@@ -107,6 +127,7 @@ class DhcpServer:
         self.answers = Answers(settings, inventory, self.leases, self.subnets, files,
                                sender=self._sender, in_flight=self._in_flight,
                                counters=self.counters, defaults=defaults or {}, clock=clock)
+        self.answers.fenced = self._fenced
 
     @property
     def server_ip(self) -> IPv4Address:
@@ -278,9 +299,42 @@ class DhcpServer:
             self.sightings.saw(mac, ip, self._clock())
             self.counters["proxy_sightings"] += 1
 
+    def _fenced(self) -> str | None:
+        return self.share.fenced if self.share is not None else None
+
+    def _ours(self, decision: policy.Decision) -> bool:
+        """Whether this head answers `decision` (RFC 3074 load balancing over the heads).
+
+        A broadcast that starts or restarts a binding (DISCOVER; REQUEST in INIT-REBOOT or
+        REBINDING) is answered by the head that owns the client's bucket only; the others
+        ignore it (RFC 3074 section 5). A REQUEST in SELECTING names its server (option 54),
+        which policy.classify already checked is us: it answers our own OFFER. A RENEWING
+        REQUEST is unicast to the server id the client was bound by (RFC 2131 section
+        4.4.5), so it reaches the head that bound it whatever the buckets say now: that head
+        answers it if the store shows the lease as the client's, as for any REQUEST
+        (policy.check_request). A head that dies leaves its clients to rebind at T2 by
+        broadcast, which the new owner of their bucket answers. Every binding is a
+        compare-and-swap on the store (leases.py), so even two heads that disagree on the
+        buckets cannot bind one address twice. A fenced head offers no new lease
+        (answers.py), as when the store is down."""
+        share = self.share
+        if share is None:
+            return True
+        match decision:
+            case policy.Discover(packet=packet) | policy.DhcpRequest(
+                    packet=packet,
+                    state=policy.RequestState.INIT_REBOOT | policy.RequestState.REBINDING):
+                if share.owns(packet.chaddr[:packet.hlen]):
+                    return True
+                self.counters["ignored:other_head"] += 1
+                return False
+        return True
+
     def _dispatch(self, decision: policy.Decision, transport: asyncio.DatagramTransport,
                   source: tuple[str, int]) -> None:
         answers = self.answers
+        if not self._ours(decision):
+            return
         match decision:
             case policy.Ignore(reason):
                 self.counters[f"ignored:{reason}"] += 1

@@ -183,3 +183,10 @@ class Election:
     async def _revoke(self, lease: int) -> None:
         with contextlib.suppress(ProvisionerError):  # expired already, or the store is away
             await self.store.revoke(lease)
+
+
+async def leaders(store: KeyValueStore) -> dict[str, str]:
+    """Every election with a leader now: its name -> the leader's candidate id (its head's
+    name first, then process and a random part: nodes/rollout.py owner_id)."""
+    return {kv.key.removeprefix(keys.ELECTIONS): kv.value.decode()
+            for kv in (await store.range(keys.ELECTIONS)).items}

@@ -31,6 +31,7 @@ OUTBOX: Final = ROOT + "outbox/"
 DEADLINES: Final = ROOT + "deadlines/"
 LOCKS: Final = ROOT + "locks/"
 ELECTIONS: Final = ROOT + "elections/"
+HEADS: Final = ROOT + "heads/"
 
 SCHED_ROOT: Final = "/scheduler/v1/"
 SCHED_NODES: Final = SCHED_ROOT + "nodes/"
@@ -129,6 +130,10 @@ def election(election_name: str) -> str:
     return ELECTIONS + election_name
 
 
+def head(head_name: str) -> str:
+    return HEADS + head_name
+
+
 def sched_node(node_name: str) -> str:
     return SCHED_NODES + node_name
 
@@ -183,6 +188,9 @@ LAYOUT: Final[tuple[Key, ...]] = (
     Key(ELECTIONS, "<name>", "election", "provisioner.ha.election",
         "the leader of an election (its head), under the leader's store lease; its revision "
         "is the fencing token the leader's effects compare"),
+    Key(HEADS, "<name>", "head", "provisioner.ha.membership",
+        "a live head node and the addresses it advertises, under its store lease: gone when "
+        "the head stops renewing it"),
     Key(SCHED_NODES, "<name>", "sched_node", "provisioner.scheduler.records",
         "the built-in scheduler's view of a node, with the hash of its agent's credential"),
     Key(SCHED_JOBS, "<id>", "sched_job", "provisioner.scheduler.records",

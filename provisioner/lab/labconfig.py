@@ -120,7 +120,7 @@ def _ha(options: LabOptions, head: int) -> str:
         return ""
     others = [_q(options.url(options.boot_port, other))
               for other in range(1, options.heads + 1) if other != head]
-    return (f"\n[ha]\nelect = true\nleader_ttl = {options.leader_ttl}\n"
+    return (f"\n[ha]\nname = \"head{head}\"\nelect = true\nleader_ttl = {options.leader_ttl}\n"
             f"fallback_urls = [{', '.join(others)}]\n")
 
 

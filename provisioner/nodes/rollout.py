@@ -65,10 +65,11 @@ LOCK = "reimage"  # one lock for every rollout: the waves of two would drain too
 LOCK_TTL = 30.0  # seconds a rollout's lock outlives its last renewal (a crashed holder)
 
 
-def owner_id() -> str:
-    """Who holds a lock, for the message of whoever is refused it: host, process, and a
-    random part (two rollouts in one process are two owners)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+def owner_id(name: str = "") -> str:
+    """Who holds a lock or leads an election, for the message of whoever is refused it and for
+    `provisioner heads`: the head's name (default: the host's), process, and a random part
+    (two rollouts in one process are two owners)."""
+    return f"{name or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class DrainControl(Protocol):

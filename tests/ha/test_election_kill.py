@@ -73,6 +73,7 @@ async def heads(etcd_server: EtcdServer,
                "PROVISIONER_CONFIG": "", "PROVISIONER_STORE_BACKEND": "etcd",
                "PROVISIONER_STORE_ENDPOINTS": etcd_server.endpoint,
                "PROVISIONER_STORE_NAMESPACE": namespace,
+               "PROVISIONER_HA_NAME": f"head{index}",
                "PROVISIONER_HA_ELECT": "true", "PROVISIONER_HA_LEADER_TTL": str(TTL),
                "PROVISIONER_STORE_TIMEOUT": "1",  # (the ttl is at least twice it)
                "PROVISIONER_DHCP_MODE": "off", "PROVISIONER_TFTP_ENABLED": "false",

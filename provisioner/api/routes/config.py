@@ -250,7 +250,8 @@ def health_router(ctx: ApiContext) -> APIRouter:
     @api.get("/healthz", response_model=Health, responses=responses(503))
     async def health() -> Health | JSONResponse:
         """No auth: for load balancers and `provisioner serve` checks. 503 while the store
-        does not answer in time or a background task is down (restarting)."""
+        does not answer in time, this head is fenced (ha/membership.py) or a background task is
+        down (restarting)."""
         try:
             found = await asyncio.wait_for(ctx.inventory.store.status(), HEALTH_STORE_TIMEOUT)
         except (TimeoutError, StoreUnavailable, OSError) as exc:
@@ -258,6 +259,12 @@ def health_router(ctx: ApiContext) -> APIRouter:
             return JSONResponse(error_body("store_unavailable", f"the store is unreachable "
                                            f"({reason}); check the [store] settings and that "
                                            "the store runs"), status_code=503)
+        if fence := ctx.fenced():
+            return JSONResponse(error_body("fenced", f"this head is fenced: {fence}; it "
+                                           "offers no new DHCP lease and issues no boot token "
+                                           "until its store session is back (check that the "
+                                           "store is reachable from this head)"),
+                                status_code=503)
         tasks = ctx.supervisor.states() if ctx.supervisor is not None else []
         down = [t for t in tasks if t.down]
         if down:
