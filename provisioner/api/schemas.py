@@ -268,6 +268,22 @@ class BootedIn(StrictBody):
     facts: Facts = Field(default_factory=Facts)
 
 
+class InitStartedIn(StrictBody):
+    """From /init of an image whose init is systemd, before it execs it: the kernel and the
+    image are up. The one-boot token proves it is the node; it is not used up."""
+
+    mac: str = Field(max_length=32)
+    token: str = Field(max_length=256)
+    image: str = Field(default="", max_length=128)
+    version: str = Field(default="", max_length=16)
+
+
+class InitStartedOut(BaseModel):
+    state: NodeState
+    node: str
+    mac: str
+
+
 class BootedOut(BaseModel):
     state: NodeState
     node: str
