@@ -79,7 +79,8 @@ class EventOut(BaseModel):
     offset: float = Field(description="seconds since the first event shown")
     state: NodeState | None = Field(description="the state entered, for state changes")
     duration: float | None = Field(description="seconds spent in that state (the current "
-                                   "one until now)")
+                                   "one until now), or for a step within a state "
+                                   "(init_started) until the next change")
     detail: dict[str, Any]
 
 
