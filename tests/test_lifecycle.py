@@ -17,10 +17,12 @@ from provisioner.inventory.repository import Inventory
 from provisioner.nodes.lifecycle import (
     BOOTABLE,
     DEFAULT_CALLBACK_TIMEOUT,
+    STEPS,
     TRANSITIONS,
     Lifecycle,
     event_between,
     next_state,
+    step_state,
 )
 from provisioner.nodes.model import Group, MacAddress, Node, NodeEvent, NodeState, SettingValue
 from provisioner.nodes.timeline import timeline
@@ -77,8 +79,8 @@ def test_the_code_reads_the_table_as_the_design_does() -> None:
 
 def test_an_event_leads_to_one_state_and_two_states_are_joined_by_one_event() -> None:
     """So an error can name where an event leads, and an operator's `set state` finds the one
-    event that does it."""
-    for event in E:
+    event that does it. A step (STEPS) leads nowhere: it keeps the state."""
+    for event in set(E) - set(STEPS):
         assert len({b for _, e, b in ROWS if e is event}) == 1, event
     pairs = [(a, b) for a, _, b in ROWS]
     assert len(pairs) == len(set(pairs))
@@ -340,3 +342,12 @@ async def test_the_handoff_ticket_and_timeout_read_the_one_layering() -> None:
             assert life.callback_timeout(node) == before["callback_timeout"]
     finally:
         await inventory.stop()
+
+
+def test_a_step_keeps_the_state_and_is_refused_outside_its_states() -> None:
+    """init_started is a step within provisioning (STEPS), not a move of the table."""
+    assert all((s, E.INIT_STARTED) not in TRANSITIONS for s in S)
+    provisioning = Node(MAC, "node001", state=S.PROVISIONING)
+    assert step_state(provisioning, E.INIT_STARTED) is S.PROVISIONING
+    with pytest.raises(InvalidTransition, match="provisioning nodes only"):
+        step_state(provisioning.with_changes(state=S.READY), E.INIT_STARTED)

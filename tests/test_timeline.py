@@ -43,3 +43,17 @@ def test_a_page_of_a_longer_timeline_leaves_its_last_state_open() -> None:
     events = [BootEvent(MAC, "provisioning", 101.0, {"from": "registered"}),
               BootEvent(MAC, "booted", 130.0, {"from": "provisioning"})]
     assert [e.duration for e in timeline(events, now=None)] == [29.0, None]
+
+
+def test_a_step_within_a_state_splits_its_phase() -> None:
+    """A systemd image: provisioning lasts until init_started (kernel and image), init_started
+    until booted (systemd up to multi-user.target); init_started names no state."""
+    events = [
+        BootEvent(MAC, "provisioning", 100.0, {"from": "registered"}),
+        BootEvent(MAC, "init_started", 140.0, {"from": "provisioning",
+                                               "event": "init_started"}),
+        BootEvent(MAC, "booted", 162.0, {"from": "provisioning", "event": "callback"}),
+    ]
+    entries = timeline(events, now=170.0)
+    assert [e.duration for e in entries] == [40.0, 22.0, 8.0]
+    assert [e.state for e in entries] == ["provisioning", None, "booted"]

@@ -79,7 +79,8 @@ class EventOut(BaseModel):
     offset: float = Field(description="seconds since the first event shown")
     state: NodeState | None = Field(description="the state entered, for state changes")
     duration: float | None = Field(description="seconds spent in that state (the current "
-                                   "one until now)")
+                                   "one until now), or for a step within a state "
+                                   "(init_started) until the next change")
     detail: dict[str, Any]
 
 
@@ -268,6 +269,22 @@ class BootedIn(StrictBody):
     image: str = Field(default="", max_length=128)
     version: str = Field(default="", max_length=16)
     facts: Facts = Field(default_factory=Facts)
+
+
+class InitStartedIn(StrictBody):
+    """From /init of an image whose init is systemd, before it execs it: the kernel and the
+    image are up. The one-boot token proves it is the node; it is not used up."""
+
+    mac: str = Field(max_length=32)
+    token: str = Field(max_length=256)
+    image: str = Field(default="", max_length=128)
+    version: str = Field(default="", max_length=16)
+
+
+class InitStartedOut(BaseModel):
+    state: NodeState
+    node: str
+    mac: str
 
 
 class BootedOut(BaseModel):

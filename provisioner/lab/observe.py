@@ -3,7 +3,8 @@ that ends with every node `ready` in the scheduler or with a `LabBootError` nami
 the stage that failed, its console log and its event timeline.
 
 Stages, in order, each read from the node's events (since the watch began) and its console:
-dhcp -> boot script (iPXE) -> kernel+image -> callback -> handoff -> ready. A stage that takes
+dhcp -> boot script (iPXE) -> kernel+image -> (services: an image whose init is systemd, from
+its /init's init-started to the callback) -> handoff -> ready. A stage that takes
 longer than its bound fails; so does a console line that can only mean failure (a kernel panic,
 iPXE giving up), a node in state `failed`, or a QEMU process that died.
 """
@@ -24,7 +25,7 @@ from provisioner.lab.storeview import NodeView, snapshot
 
 #: seconds a node may spend in each stage before the wait gives up on it (TCG, 2 shared cores)
 STAGE_LIMITS = {"dhcp": 150.0, "boot script": 90.0, "kernel+image": 240.0, "callback": 240.0,
-                "handoff": 120.0}
+                "services": 300.0, "handoff": 120.0}
 FAILURES = [
     (re.compile(r"Kernel panic"), "kernel"),
     (re.compile(r"provisioner-init: callback failed"), "callback"),
@@ -71,6 +72,8 @@ def stage_of(view: NodeView, sched: str, since: float) -> str:
     kinds = {e.kind for e in view.events if e.at >= since}
     if "booted" in kinds:  # of this boot: a state `ready` from an earlier boot does not count
         return "ready" if view.state == "ready" and sched in SCHED_OK else "handoff"
+    if "init_started" in kinds:
+        return "services"
     if "provisioning" in kinds:
         return "kernel+image"
     if kinds & {"dhcp_acked", "tftp_served"}:

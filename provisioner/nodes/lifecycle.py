@@ -3,7 +3,8 @@
 Rules of this file (h11 `_state.py` style): the legal moves are the table `TRANSITIONS`,
 (state, event) -> next state, read by `next_state` and `event_between` and nothing else; a move
 that is not in the table raises InvalidTransition naming the current state and the states it
-may go to. Time comes from the injected `clock`, so tests move it by hand. Every transition is
+may go to. A step within a state (`STEPS`: init_started, within provisioning) is no row of
+it. Time comes from the injected `clock`, so tests move it by hand. Every transition is
 written to the node with compare-and-swap in one txn with a BootEvent whose kind is the new
 state and whose detail says where it came from and by which event (and with whatever the
 caller commits alongside: the boot token's redemption, the audit entry, the handoff outbox
@@ -90,6 +91,13 @@ TRANSITIONS: Final[Mapping[tuple[NodeState, NodeEvent], NodeState]] = MappingPro
 })
 #: states a node may fetch its boot script in (the iPXE route marks it provisioning)
 BOOTABLE: Final = frozenset(s for s, e in TRANSITIONS if e is E.BOOT_SCRIPT_SERVED)
+#: Steps within a state, not moves: event -> the states it may happen in. A step keeps the
+#: state and goes on the timeline under its own name (a move goes under its new state's).
+STEPS: Final[Mapping[NodeEvent, frozenset[NodeState]]] = MappingProxyType({
+    # An image whose init is systemd calls twice: from /init once the kernel and the image are
+    # up, then from a unit after multi-user.target (the callback: the move to booted).
+    E.INIT_STARTED: frozenset({S.PROVISIONING}),
+})
 DEFAULT_CALLBACK_TIMEOUT: Final = 600  # seconds, when no callback_timeout setting applies
 
 
@@ -106,6 +114,15 @@ def next_state(node: Node, event: NodeEvent) -> NodeState:
         raise InvalidTransition(node.name, node.state.value, "/".join(sorted(leads_to)),
                                 allowed(node.state))
     return target
+
+
+def step_state(node: Node, event: NodeEvent) -> NodeState:
+    """The node's state, when STEPS allows `event` in it; else InvalidTransition."""
+    if node.state not in STEPS[event]:
+        states = " or ".join(sorted(s.value for s in STEPS[event]))
+        raise InvalidTransition(node.name, node.state.value, event.value,
+                                (f"{states} nodes only",))
+    return node.state
 
 
 def event_between(node: Node, target: NodeState) -> NodeEvent:
@@ -171,7 +188,8 @@ class Lifecycle:
 
         def apply(node: Node) -> Node:
             if isinstance(move, NodeEvent):
-                event, target = move, next_state(node, move)
+                event = move
+                target = step_state(node, move) if move in STEPS else next_state(node, move)
             else:
                 event, target = event_between(node, move), move
             seen.append((node.state, event, target))
@@ -180,7 +198,8 @@ class Lifecycle:
 
         def writes(node: Node, attempt: int) -> list[TxnOp]:
             current, event, target = seen[-1]
-            record = BootEvent(node.mac, target.value, self.clock(),
+            kind = event.value if event in STEPS else target.value
+            record = BootEvent(node.mac, kind, self.clock(),
                                {"from": current.value, "event": event.value, "reason": reason,
                                 **(detail or {})})
             recorded[:] = [record]
@@ -227,6 +246,13 @@ class Lifecycle:
         # revision, with no read of its own (see booted).
         self._served[node.mac.value] = (version, revisions[-1])
         return node
+
+    async def init_started(self, mac: MacAddress, image: str | None, version: str, *,
+                           also: Also | None = None) -> Node:
+        """The image's /init is up and starts the image's own init (systemd): a timeline
+        event between the image's download and the callback; the callback clock runs on."""
+        return await self.transition(mac, E.INIT_STARTED, reason="init started",
+                                     detail={"image": image, "version": version}, also=also)
 
     @staticmethod
     def deadline_op(node: Node, at: float, version: str | None, expect: int | None = None

@@ -135,6 +135,7 @@ class NodeEvent(enum.StrEnum):
 
     REGISTER = "register"  # an operator accepts, resets or brings back a node
     BOOT_SCRIPT_SERVED = "boot_script_served"  # the iPXE route served its script
+    INIT_STARTED = "init_started"  # the image's /init is up and hands over to its own init
     CALLBACK = "callback"  # the booted image called back
     HANDED_OFF = "handed_off"  # the scheduler confirmed it (or handoff is off)
     DRAIN = "drain"  # taken out of the scheduler, e.g. before a reimage

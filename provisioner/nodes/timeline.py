@@ -18,7 +18,7 @@ class TimelineEntry:
 
     event: BootEvent
     offset: float  # seconds since the first event shown
-    duration: float | None  # seconds until the next state change; None for other events
+    duration: float | None  # seconds until the next state change or step; None for others
     state: str | None  # the state entered, for state events
 
 
@@ -30,7 +30,11 @@ def timeline(events: Sequence[BootEvent], now: float | None) -> list[TimelineEnt
     if not ordered:
         return []
     states = {s.value for s in NodeState}
-    changes = [i for i, e in enumerate(ordered) if e.kind in states and "from" in e.detail]
+    # A step within a state (init_started: lifecycle STEPS, recorded under its event's name)
+    # starts a phase too, so a systemd image's boot shows kernel+image (provisioning), init
+    # (init_started) and then booted apart; only a state event names a state.
+    changes = [i for i, e in enumerate(ordered) if "from" in e.detail
+               and (e.kind in states or e.detail.get("event") == e.kind)]
     # changes[1:] + [None] pairs each change with the next; no change, no pairs (a timeline
     # may hold only other events, such as a power cycle).
     nexts: list[int | None] = [*changes[1:], None] if changes else []
@@ -39,7 +43,7 @@ def timeline(events: Sequence[BootEvent], now: float | None) -> list[TimelineEnt
     start = ordered[0].at
     return [TimelineEntry(e, round(e.at - start, 6),
                           _duration(ends.get(i), e.at),
-                          e.kind if i in ends else None)
+                          e.kind if i in ends and e.kind in states else None)
             for i, e in enumerate(ordered)]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,28 +14,9 @@ from provisioner.lab.lab import Lab, clean_console
 from provisioner.lab.observe import console_offset, scheduler_state
 from provisioner.lab.state import LabNode
 from provisioner.lab.storeview import snapshot
-from tests.support.labs import MakeLab, boot, boot_and_wait, build_image
+from tests.support.labs import MakeLab, boot, boot_and_wait, build_image, run_job
 
 pytestmark = pytest.mark.e2e
-
-JOB_TIMEOUT = 120.0
-
-
-def run_job(lab: Lab, command: str) -> dict[str, Any]:
-    url = f"{lab.state.scheduler_url}/sched/v1/jobs"
-    token = lab.state.scheduler_token
-    # The lab image has no account but root; root jobs need as_root and the admin token.
-    answer = lab.ns.http("POST", url, body={"cpus": 1, "memory_mib": 64, "walltime": 60,
-                                            "as_root": True, "command": command}, token=token)
-    assert answer.status == 201, answer
-    job_id = answer.json()["id"]
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while time.monotonic() < deadline:
-        job = lab.ns.http("GET", f"{url}/{job_id}", token=token).json()
-        if job["state"] not in ("pending", "running"):
-            return dict(job)
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT:.0f} s: {job}")
 
 
 def test_reimage_v1_to_v2_then_run_a_job(make_lab: MakeLab) -> None:

@@ -62,12 +62,36 @@ def test_image_contents(builder: ImageBuilder, kernel: KernelTree) -> None:
     assert members["bin/sh"].data == b"/bin/busybox"
     assert b"diskless compute image" in members["etc/motd"].data  # the %post ran
     assert members["etc/provisioner/udhcpc.script"].mode & 0o111
+    assert "etc/systemd/system/provisioner-booted.service" not in members  # busybox init
     manifest = image.manifest
     assert manifest["files"]["image.cpio.xz"]["sha256"] == sha256_file(image.file(
         "image.cpio.xz"))
     assert manifest["files"]["image.cpio.xz"]["cpio_size"] == len(lzma.decompress(data))
     assert manifest["kernel_release"] == kernel.release
     assert (image.path / "build.log").read_text().count("== ") >= 3
+
+
+def test_a_systemd_image_gets_the_callback_and_agent_units(builder: ImageBuilder,
+                                                           kernel: KernelTree,
+                                                           tmp_path: Path) -> None:
+    """An image whose /sbin/init is systemd gets both units, enabled in multi-user.target."""
+    kickstart = tmp_path / "systemd.ks"
+    kickstart.write_text("base busybox\n%post\nrm -f /sbin/init\n"
+                         "ln -s /lib/systemd/systemd /sbin/init\n%end\n")
+    image = builder.build(BuildRequest(str(kickstart), "sd", kernel=str(kernel.root))).image
+    members = _members(image.file("image.cpio.xz"))
+    for unit in ("provisioner-booted.service", "provisioner-agent.service"):
+        entry = members[f"etc/systemd/system/{unit}"]
+        assert stat.S_IMODE(entry.mode) == 0o644 and (entry.uid, entry.gid) == (0, 0)
+        link = members[f"etc/systemd/system/multi-user.target.wants/{unit}"]
+        assert stat.S_ISLNK(link.mode) and link.data == f"/etc/systemd/system/{unit}".encode()
+    booted = members["etc/systemd/system/provisioner-booted.service"].data.decode()
+    assert "After=network-online.target multi-user.target" in booted
+    assert "ExecStart=/init booted" in booted
+    agent = members["etc/systemd/system/provisioner-agent.service"].data.decode()
+    # Ordered after the target explicitly, or it and the callback unit make a cycle.
+    assert "Restart=always" in agent
+    assert "After=provisioner-booted.service multi-user.target" in agent
 
 
 def test_reproducible_and_cached(builder: ImageBuilder, catalog: ImageCatalog,

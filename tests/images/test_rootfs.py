@@ -22,6 +22,7 @@ from provisioner.images.build.oci import apply_oci
 from provisioner.images.build.rootfs import (
     BuildLog,
     Where,
+    copy_debs,
     copy_in,
     default_mirror,
     install_busybox,
@@ -215,3 +216,19 @@ def test_debootstrap_minbase_image(tmp_path: Path, kernel: KernelTree) -> None:
     assert str(failed.value) == (f"{bad}:4: unknown package 'no-such-package-xyz': not in the "
                                  "image's apt sources")
     assert catalog.show("minbase").current == image.version
+
+
+def test_debs_are_copied_both_ways_never_linked(tmp_path: Path) -> None:
+    """The .deb cache of %packages: what the image's archive lacks comes from the cache before
+    apt-get install, and what apt fetched goes back after it, as copies."""
+    cache, archives = tmp_path / "cache", tmp_path / "root/var/cache/apt/archives"
+    cache.mkdir()
+    (cache / "a_1_amd64.deb").write_bytes(b"a")
+    copy_debs(cache, archives)
+    assert (archives / "a_1_amd64.deb").read_bytes() == b"a"
+    (archives / "b_2_amd64.deb").write_bytes(b"b")
+    (archives / "lock").write_bytes(b"")
+    copy_debs(archives, cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["a_1_amd64.deb", "b_2_amd64.deb"]
+    assert (cache / "b_2_amd64.deb").stat().st_ino != (archives / "b_2_amd64.deb").stat().st_ino
+    copy_debs(None, archives)  # no cache configured: nothing to do

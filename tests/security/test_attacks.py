@@ -77,6 +77,11 @@ def test_a_forged_callback_for_another_node_is_refused(attack_lab: AttackLab) ->
     before = attack_lab.view().event_kinds()
     answer = intruder.http("POST", f"{attack_lab.lab.state.api_url}/node/v1/booted", body=body)
     assert answer.status == 403 and b"only from its own address" in answer.body, answer
+    # The step a systemd image's /init reports is bound to the node's address the same way.
+    del body["facts"]
+    answer = intruder.http("POST", f"{attack_lab.lab.state.api_url}/node/v1/init-started",
+                           body=body)
+    assert answer.status == 403 and b"only from its own address" in answer.body, answer
     assert attack_lab.view().state == "ready" and attack_lab.view().event_kinds() == before
 
 

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "lab"  # the Debian cloud kernel, downloaded once
 KICKSTART = "kickstart/compute.ks.j2"
 
+JOB_TIMEOUT = 120.0
+
 MakeLab = Callable[..., Lab]
 
 
@@ -40,14 +43,16 @@ def require_lab() -> None:
             pytest.fail(f"{tool} is missing: run scripts/setup.sh")
 
 
-def build_image(images: Path, name: str = "compute", *, force: bool = False) -> str:
+def build_image(images: Path, name: str = "compute", *, force: bool = False,
+                kickstart: str = KICKSTART, cache: Path = CACHE) -> str:
     """`provisioner image build --activate` into `images` (`force`: a new version even with
-    the same inputs); returns the current version, the one just built."""
+    the same inputs); returns the current version, the one just built (or the current one
+    when its inputs are the same: the builder's own cache)."""
     config = images.parent / f"{images.name}-build.toml"
     config.write_text(f'data_dir = "{images.parent / "build-data"}"\n[boot]\n'
-                      f'images = "{images}"\n[images]\ncache = "{CACHE}"\n')
+                      f'images = "{images}"\n[images]\ncache = "{cache}"\n')
     result = subprocess.run([sys.executable, "-m", "provisioner", "--config", str(config),
-                             "image", "build", KICKSTART, "--name", name, "--activate",
+                             "image", "build", kickstart, "--name", name, "--activate",
                              *(["--force"] if force else [])],
                             capture_output=True, text=True, timeout=900, env=lab_env(),
                             check=False)
@@ -129,3 +134,21 @@ def boot_and_wait(lab: Lab, nodes: list[LabNode], offsets: dict[str, int] | None
 
 def console(node: LabNode) -> str:
     return read_console(node.qemu.console)
+
+
+def run_job(lab: Lab, command: str) -> dict[str, Any]:
+    """A root job through the lab's scheduler, waited for (bounded); returns the job."""
+    url = f"{lab.state.scheduler_url}/sched/v1/jobs"
+    token = lab.state.scheduler_token
+    # The lab images have no account but root; root jobs need as_root and the admin token.
+    answer = lab.ns.http("POST", url, body={"cpus": 1, "memory_mib": 64, "walltime": 60,
+                                            "as_root": True, "command": command}, token=token)
+    assert answer.status == 201, answer
+    job_id = answer.json()["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        job = lab.ns.http("GET", f"{url}/{job_id}", token=token).json()
+        if job["state"] not in ("pending", "running"):
+            return dict(job)
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT:.0f} s: {job}")

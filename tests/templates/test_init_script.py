@@ -75,11 +75,13 @@ class Callback:
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = statuses
         self.requests: list[tuple[dict[str, str], Any]] = []
+        self.paths: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.paths.append(self.path)
                 outer.requests.append((dict(self.headers), json.loads(body)))
                 status = outer.statuses.pop(0) if len(outer.statuses) > 1 else outer.statuses[0]
                 answer = b'{"state": "booted"}' if status == 200 else b'{"error": "x"}'

@@ -31,3 +31,24 @@ def test_compute_kickstart_parses(variables: dict[str, Any], modules: tuple[str,
     assert len(kickstart.sshkeys) == keys
     assert (kickstart.rootpw is not None) == ("root_password_hash" in variables)
     assert f"{variables['name']}: diskless compute image" in kickstart.posts[0].body
+
+
+@pytest.mark.parametrize(("variables", "extra", "mirror"), [
+    ({"name": "debian"}, (), None),
+    ({"name": "d2", "packages": "htop slurmd", "mirror": "http://mirror.example/debian"},
+     ("htop", "slurmd"), "http://mirror.example/debian"),
+    ({"name": "d3", "packages": ["htop"], "ssh_keys": [KEY]}, ("htop",), None),
+])
+def test_debian_kickstart_parses(variables: dict[str, Any], extra: tuple[str, ...],
+                                 mirror: str | None) -> None:
+    """A systemd image with udev (the serial console's device unit), sshd and a getty on
+    ttyS0; the suite defaults to bookworm."""
+    text = Renderer().render("kickstart/debian.ks.j2", variables, node="image")
+    kickstart = parse(text, source="kickstart/debian.ks.j2")
+    assert (kickstart.base.kind, kickstart.base.suite) == ("debootstrap", "bookworm")
+    assert kickstart.base.mirror == mirror
+    assert kickstart.kernel == "linux-image-cloud-amd64"
+    assert {"systemd-sysv", "udev", "openssh-server", *extra} <= set(kickstart.packages)
+    assert kickstart.services_enabled == ("ssh", "serial-getty@ttyS0")
+    assert len(kickstart.sshkeys) == len(variables.get("ssh_keys", []))
+    assert "ssh-keygen -q -t ed25519" in kickstart.posts[0].body

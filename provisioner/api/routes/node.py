@@ -1,4 +1,5 @@
-"""Node plane: `POST /node/v1/booted`, the boot callback from a node's /init.
+"""Node plane: `POST /node/v1/booted`, the boot callback from a node's image, and
+`POST /node/v1/init-started`, the step before it in an image whose init is systemd.
 
 No bearer token here: the node proves who it is with the one-boot token that was packed into
 its overlay, and by calling from its own address (boot/binding.py): a token copied off a node
@@ -16,6 +17,12 @@ With the builtin scheduler, the answer also carries the node agent's credential 
 (`agent_token`, handoff/agent.py): made here, answered once, and never stored or logged in
 clear; only its hash goes into the outbox entry, on to the scheduler's record of the node.
 
+`init-started` comes from /init just before it execs systemd; the callback then comes from the
+image's provisioner-booted.service once multi-user.target is reached, so `ready` means the
+image's services are up. It follows the same trust rules (the node's own address, its one-boot
+token, the same refusals) but does not use the token up: it only puts `init_started` on the
+timeline of a provisioning node (nodes/lifecycle.py), and a node in any other state gets 409.
+
 `CallbackFastPath` answers this one route without the FastAPI stack (routing, dependency
 solving, response-model validation: about two thirds of the CPU of a callback, measured with
 bench/api.py at 200 callbacks/s). It runs the same `accept_callback` and translates errors with
@@ -32,7 +39,7 @@ import pydantic
 from fastapi import APIRouter, Request
 
 from provisioner.api.context import ApiContext
-from provisioner.api.schemas import BootedIn, BootedOut
+from provisioner.api.schemas import BootedIn, BootedOut, InitStartedIn, InitStartedOut
 from provisioner.errors import (
     Forbidden,
     InvalidTransition,
@@ -50,6 +57,7 @@ from provisioner.web.limits import MAX_DEPTH, json_depth, replay_body
 
 log = logging.getLogger(__name__)
 PATH: Final = "/node/v1/booted"
+INIT_PATH: Final = "/node/v1/init-started"
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -62,19 +70,45 @@ def router(ctx: ApiContext) -> APIRouter:
         hardware facts and hand it to the scheduler."""
         return await accept_callback(ctx, body, request.client.host if request.client else "")
 
+    @api.post("/init-started", response_model=InitStartedOut,
+              responses=responses(400, 401, 403, 404, 409, 413, 422))
+    async def init_started(body: InitStartedIn, request: Request) -> InitStartedOut:
+        """The node's /init is up and starts the image's systemd: check its one-boot token
+        (not used up) and put `init_started` on its timeline."""
+        return await accept_init_started(ctx, body,
+                                         request.client.host if request.client else "")
+
     return api
+
+
+async def accept_init_started(ctx: ApiContext, body: InitStartedIn,
+                              client: str) -> InitStartedOut:
+    """`init-started` from address `client` (see the module docstring)."""
+    mac = await _mac(ctx, body.mac, client, "boot_token.check")
+    await _check_address(ctx, mac, client, INIT_PATH)
+    try:
+        await ctx.boot_tokens.check(mac, body.token, ctx.clock())
+    except BootTokenRefused as exc:
+        await ctx.refused.refuse(client, f"node:{mac.value}", "boot_token.check", mac.value,
+                                 exc.reason)
+        raise
+    node = await ctx.lifecycle.init_started(mac, body.image or None, body.version)
+    return InitStartedOut(state=node.state, node=node.name, mac=node.mac.value)
+
+
+async def _mac(ctx: ApiContext, text: str, client: str, action: str) -> MacAddress:
+    try:
+        return MacAddress(text)
+    except ValidationError:
+        await ctx.refused.refuse(client, f"node:{text[:32]}", action, text[:32], "not a MAC")
+        raise BootTokenRefused("not a MAC") from None
 
 
 async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> BootedOut:
     """The boot callback (see the module docstring) from address `client`; raises
     ProvisionerError to refuse."""
-    try:
-        mac = MacAddress(body.mac)
-    except ValidationError:
-        await ctx.refused.refuse(client, f"node:{body.mac[:32]}", "boot_token.redeem",
-                                 body.mac[:32], "not a MAC")
-        raise BootTokenRefused("not a MAC") from None
-    await _check_address(ctx, mac, client)
+    mac = await _mac(ctx, body.mac, client, "boot_token.redeem")
+    await _check_address(ctx, mac, client, PATH)
     who = f"node:{mac.value}"
     try:
         redeem = await ctx.boot_tokens.check(mac, body.token, ctx.clock())
@@ -110,7 +144,7 @@ async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> Boote
                      agent_token=agent_token)
 
 
-async def _check_address(ctx: ApiContext, mac: MacAddress, client: str) -> None:
+async def _check_address(ctx: ApiContext, mac: MacAddress, client: str, path: str) -> None:
     if ctx.binding is None:
         return
     node = ctx.inventory.node_by_mac(mac)
@@ -121,9 +155,9 @@ async def _check_address(ctx: ApiContext, mac: MacAddress, client: str) -> None:
             return
     if ctx.binding.allows(node, client):
         return
-    ctx.refusals.refuse(client, PATH, f"a callback for {mac} from another address")
-    raise Forbidden(f"the boot callback for node {node.name} is accepted only from its own "
-                    f"address; {client} is not it")
+    ctx.refusals.refuse(client, path, f"a callback for {mac} from another address")
+    raise Forbidden(f"{path} for node {node.name} is accepted only from its own address; "
+                    f"{client} is not it")
 
 
 async def _refuse(ctx: ApiContext, who: str, mac: MacAddress, client: str) -> NoReturn:

@@ -5,6 +5,7 @@
       -> staging IMAGES_DIR/.staging/NAME-PID-RAND/{rootfs/, out/}
       -> base, %packages, %files, users/rootpw/sshkey/timezone, %post, services
       -> kernel modules + etc/provisioner/modules.order, /init, udhcpc script
+         (+ the provisioner-booted and provisioner-agent units when the image's init is systemd)
       -> cpio (fixed mtimes, sorted) -> xz (CRC32, threads do not change the bytes)
       -> out/{vmlinuz, image.cpio.xz, manifest.json, build.log} -> catalog.publish (rename)
 
@@ -20,6 +21,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import os
 import shutil
 import stat
 import time
@@ -50,6 +52,10 @@ BUILDER_VERSION = "1"
 INIT_TEMPLATE = "image/init.sh.j2"
 UDHCPC_TEMPLATE = "image/udhcpc.script.j2"
 MODULES_ORDER = "etc/provisioner/modules.order"
+#: systemd units of the callback and the node agent, enabled in images whose init is systemd
+#: (/init then leaves both to them; see templates/image/init.sh.j2)
+UNIT_TEMPLATES = ("image/provisioner-booted.service.j2", "image/provisioner-agent.service.j2")
+UNIT_DIR = "etc/systemd/system"
 #: The steps a build reports progress for, in order.
 STEPS = ("render", "kernel", "rootfs", "modules", "pack", "compress", "publish")
 
@@ -286,6 +292,22 @@ class ImageBuilder:
             target.unlink(missing_ok=True)
             target.write_text(self.renderer.render(template, values, node=node))
             target.chmod(self.renderer.mode(template) | stat.S_IXUSR)
+        if runs_systemd(root):
+            self._install_units(root, values, node)
+
+    def _install_units(self, root: Path, values: Mapping[str, Any], node: str) -> None:
+        """The units, enabled as `systemctl enable` would (a link in the wants directory)."""
+        wants = root / UNIT_DIR / "multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        for template in UNIT_TEMPLATES:
+            unit = Path(template).name.removesuffix(".j2")
+            target = root / UNIT_DIR / unit
+            target.unlink(missing_ok=True)
+            target.write_text(self.renderer.render(template, values, node=node))
+            target.chmod(self.renderer.mode(template))
+            link = wants / unit
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/{UNIT_DIR}/{unit}")
 
     def _write_manifest(self, out: Path, build: _Build, cpio_size: int,
                         modules: Sequence[str]) -> None:
@@ -341,6 +363,12 @@ def apt_state() -> str:
                 st = path.stat()
                 digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def runs_systemd(root: Path) -> bool:
+    """Whether the image's /sbin/init is systemd (systemd-sysv's link to it)."""
+    init = root / "sbin/init"
+    return init.is_symlink() and os.readlink(init).endswith("/systemd")
 
 
 def device_entries() -> list[cpio.Entry]:

@@ -64,7 +64,7 @@ def apply_kickstart(root: Path, ks: Kickstart, source: str, text: str, log: Buil
     here = base_dir(source)
     _base(root, ks, Where(source, directive_line(text, "base")), here, log, cache=cache,
           busybox=busybox)
-    _packages(root, ks, source, text, log)
+    _packages(root, ks, source, text, log, debs=cache / "packages")
     for copy in ks.files:
         rootfs.copy_in(root, here / copy.src, copy.dest, Where(source, copy.line), copy.mode)
     _accounts(root, ks, source, text)
@@ -93,7 +93,8 @@ def _base(root: Path, ks: Kickstart, where: Where, here: Path, log: BuildLog, *,
         oci.apply_oci(root, here / str(base.path), where)
 
 
-def _packages(root: Path, ks: Kickstart, source: str, text: str, log: BuildLog) -> None:
+def _packages(root: Path, ks: Kickstart, source: str, text: str, log: BuildLog,
+              *, debs: Path) -> None:
     if not ks.packages:
         return
     lines = package_lines(text) or [(name, 0) for name in ks.packages]
@@ -103,7 +104,7 @@ def _packages(root: Path, ks: Kickstart, source: str, text: str, log: BuildLog) 
             f"%packages: {what} no package manager; use `base debootstrap SUITE`, or copy "
             "files in with %files")
     log.step("%packages " + " ".join(ks.packages))
-    rootfs.install_packages(root, lines, source, log)
+    rootfs.install_packages(root, lines, source, log, debs)
 
 
 def _accounts(root: Path, ks: Kickstart, source: str, text: str) -> None:

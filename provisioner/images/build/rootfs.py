@@ -228,8 +228,9 @@ def has_apt(root: Path) -> bool:
 
 
 def install_packages(root: Path, packages: Sequence[tuple[str, int]], source: str,
-                     log: BuildLog) -> None:
-    """apt-get install in the chroot; an unknown package names its own kickstart line."""
+                     log: BuildLog, debs: Path | None = None) -> None:
+    """apt-get install in the chroot; an unknown package names its own kickstart line.
+    `debs`: a directory of .deb files kept between builds (apt downloads only what it lacks)."""
     if not packages:
         return
     where = Where(source, packages[0][1])
@@ -242,14 +243,31 @@ def install_packages(root: Path, packages: Sequence[tuple[str, int]], source: st
                     env=chroot_env())
             _check_known(root, packages, source, log)
             names = [name for name, _ in packages]
+            archives = root / "var/cache/apt/archives"
+            copy_debs(debs, archives)
             log.run(["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends",
                      *names], where, "apt-get install", env=chroot_env())
+            copy_debs(archives, debs)
             log.run(["chroot", str(root), "apt-get", "clean"], where, "apt-get clean",
                     env=chroot_env())
     finally:
         policy.unlink(missing_ok=True)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+
+
+def copy_debs(src: Path | None, dst: Path | None) -> None:
+    """The .deb files of `src` that `dst` lacks (file names carry the version, so a name
+    is one content). Copied, never linked: the image's apt-get clean must not reach the cache."""
+    if src is None or dst is None or not src.is_dir():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for deb in src.glob("*.deb"):
+        target = dst / deb.name
+        if not target.exists():
+            partial = dst / f".{deb.name}.{os.getpid()}"
+            shutil.copyfile(deb, partial)
+            partial.rename(target)
 
 
 def _check_known(root: Path, packages: Sequence[tuple[str, int]], source: str,
