@@ -156,7 +156,8 @@ class SimNode:
             raise BootFailed(f"iPXE was told to load {url!r}, not a boot script URL")
         answer = await self._fetch("GET", url, agent=IPXE_AGENT,
                                    accept=lambda a: a.status == 200 and b"initrd" in a.body)
-        found = dict(_SET.findall(answer.body.decode(errors="replace")))
+        text = answer.body.decode(errors="replace").replace("${mac}", self.record.mac)
+        found = dict(_SET.findall(text))  # ${mac} expanded, as iPXE expands its settings
         if len(found) != 3:
             raise BootFailed("the boot script names no kernel, image or overlay")
         return found

@@ -173,8 +173,11 @@ class RawDhcp:
         finally:
             del self._waiting[xid]
         mask = ack.options.get(Opt.SUBNET_MASK, b"\xff\xff\xff\x00")
+        # The boot file is option 67 when the server put it there (dnsmasq does when it was
+        # asked for), else the file field (RFC 2132 section 9.5; PXE and iPXE read both).
+        filename = ack.options.get(Opt.BOOTFILE_NAME, b"").rstrip(b"\0") or ack.file
         return OfferedLease(ack.yiaddr, server, bin(int.from_bytes(mask, "big")).count("1"),
-                     ack.file.decode(errors="replace"), ack.siaddr)
+                            filename.decode(errors="replace"), ack.siaddr)
 
     async def _ask(self, queue: asyncio.Queue[DhcpPacket], chaddr: bytes, xid: int, *,
                    kind: MessageType, want: MessageType, options: dict[int, bytes],

@@ -1,6 +1,6 @@
 """A simulated node's transfers, from its own leased address: a TFTP read (RFC 1350 with the
-blksize and tsize options of RFC 2348/2349, as UEFI PXE firmware asks) and HTTP/1.1 requests
-(a connection each, as iPXE and busybox wget make them).
+blksize, tsize and windowsize options of RFC 2348/2349/7440, as UEFI PXE firmware asks) and
+HTTP/1.1 requests (a connection each, as iPXE and busybox wget make them).
 
 Every byte is read: a body counts only when its length is the Content-Length (and the TFTP
 file's the tsize the server announced), so a short or cut transfer is a failure, not a fast
@@ -18,6 +18,7 @@ from provisioner.errors import MalformedPacket
 from provisioner.tftp import packet as tftp
 
 TFTP_BLKSIZE: Final = 1468  # what EDK2's PXE asks on a 1500-byte link
+TFTP_WINDOW: Final = 4  # EDK2's PXE asks windowsize 4 (RFC 7440) where the server offers it
 TFTP_TIMEOUT: Final = 1.0  # the first retransmission of an ACK; doubled at each
 TFTP_ATTEMPTS: Final = 6
 HTTP_TIMEOUT: Final = 120.0  # a whole request, connection to last byte
@@ -51,28 +52,36 @@ async def tftp_read(source: str, server: str, filename: str, retried: list[int])
 async def _tftp_session(transport: asyncio.DatagramTransport, reader: _TftpReader, server: str,
                         filename: str, retried: list[int]) -> int:
     request = tftp.encode_request(tftp.Opcode.RRQ, filename, tftp.Mode.OCTET,
-                                  (("blksize", str(TFTP_BLKSIZE)), ("tsize", "0")))
-    last_sent, peer = request, (server, 69)
-    blksize, size, expected, received = 512, -1, 1, 0
+                                  (("blksize", str(TFTP_BLKSIZE)), ("tsize", "0"),
+                                   ("windowsize", str(TFTP_WINDOW))))
+    last, peer = request, (server, 69)
+    send: bytes | None = request
+    blksize, window, size, expected, received, unacked = 512, 1, -1, 1, 0, 0
     while True:
-        answer, addr = await _tftp_next(transport, reader, last_sent, peer, retried)
+        answer, addr = await _tftp_next(transport, reader, send, last, peer=peer,
+                                              retried=retried)
+        send = None
         if peer[1] == 69:
             peer = addr  # the server's transfer ID (RFC 1350 section 4)
         match answer:
             case tftp.OptionAck(options):
-                given = dict(options)
+                given = dict(options)  # what the server granted (RFC 2347)
                 blksize = int(given.get("blksize", "512"))
+                window = int(given.get("windowsize", "1"))
                 size = int(given.get("tsize", "-1"))
-                last_sent = tftp.encode_ack(0)
+                last = send = tftp.encode_ack(0)
             case tftp.Data(block, data) if block == expected & 0xFFFF:
                 received += len(data)
                 expected += 1
-                last_sent = tftp.encode_ack(block)
+                unacked += 1
                 if len(data) < blksize:
-                    transport.sendto(last_sent, peer)
+                    transport.sendto(tftp.encode_ack(block), peer)
                     break
+                if unacked >= window:  # RFC 7440: one ACK per window
+                    last = send = tftp.encode_ack(block)
+                    unacked = 0
             case tftp.Data():
-                continue  # a duplicate: the ACK already sent answers it
+                continue  # out of order or a duplicate: the timeout re-sends the last ACK
             case tftp.Error(code, message):
                 raise FetchFailed(f"TFTP error {code}: {message}")
     if size >= 0 and received != size:
@@ -80,18 +89,20 @@ async def _tftp_session(transport: asyncio.DatagramTransport, reader: _TftpReade
     return received
 
 
-async def _tftp_next(transport: asyncio.DatagramTransport, reader: _TftpReader, last: bytes,
-                     peer: tuple[str, int], retried: list[int]
-                     ) -> tuple[tftp.Packet, tuple[str, int]]:
-    """Send `last`, then the next packet from the server; `last` again on each timeout."""
+async def _tftp_next(transport: asyncio.DatagramTransport, reader: _TftpReader,
+                     send: bytes | None, last: bytes, *, peer: tuple[str, int],
+                     retried: list[int]) -> tuple[tftp.Packet, tuple[str, int]]:
+    """Send `send` (if any), then the next packet from the server; `last` (the request or
+    the last ACK) again at each timeout."""
     timeout = TFTP_TIMEOUT
-    for attempt in range(TFTP_ATTEMPTS):
-        if attempt:
-            retried[0] += 1
-        transport.sendto(last, peer)
+    if send is not None:
+        transport.sendto(send, peer)
+    for _ in range(TFTP_ATTEMPTS):
         try:
             data, addr = await asyncio.wait_for(reader.inbox.get(), timeout)
         except TimeoutError:
+            retried[0] += 1
+            transport.sendto(last, peer)
             timeout *= 2
             continue
         try:
