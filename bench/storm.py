@@ -210,7 +210,6 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="storm-bench-"))
-    work.chmod(0o755)  # nginx's worker runs as nobody: it must reach the files
     rows, reports = [], []
     try:
         with unwinding():

@@ -8,7 +8,8 @@
   "iPXE") gets the boot script's URL, UEFI PXE (option 93 = 7) gets `ipxe.efi` over TFTP. No
   RFC 7440 windowsize: a window request runs lock-step. DHCP logging off (`--quiet-dhcp`),
   as a loaded site would run it.
-- nginx (one worker, sendfile, access log off) on three ports, the appliance's three: :80 the
+- nginx (one worker, as root like the files it serves from the bench's private work dir;
+  sendfile, access log off) on three ports, the appliance's three: :80 the
   script (one for every MAC: a static server knows no node), the kernel, the image and the
   overlay (one for every node, rendered from the same templates by provisioner's own
   OverlayBuilder, with a token); :8080 the callback (`return 200` with a body like the
@@ -41,6 +42,7 @@ boot
 NGINX = """\
 daemon off;
 master_process on;
+user root;
 worker_processes 1;
 worker_rlimit_nofile 65536;
 pid {prefix}/nginx.pid;
