@@ -202,7 +202,7 @@ def storm(
     """A boot storm: N simulated nodes (real DHCP, TFTP and HTTP clients, each from its own
     leased address) boot at once from a lab appliance of their own; per-stage latencies, time
     until all are ready, and the head node's CPU and memory. Exits 1 if a node is not ready."""
-    from provisioner.lab.storm.appliance import StormOptions, parse_size
+    from provisioner.lab.storm.appliance import StormOptions, parse_size, terminated_as_interrupt
     from provisioner.lab.storm.appliance import storm as run_storm
     from provisioner.lab.storm.report import render_text
 
@@ -210,7 +210,8 @@ def storm(
                            timeout=timeout)
     root = _root(ctx).with_name("storm")
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
-    report = run_storm(options, root, say=say)
+    with terminated_as_interrupt():
+        report = run_storm(options, root, say=say)
     if as_json:
         print_json(report.to_dict())
     else:

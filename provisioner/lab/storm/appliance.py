@@ -7,13 +7,15 @@ by namespace, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -105,6 +107,21 @@ async def register(lab: Lab, specs: list[SimSpec]) -> None:
                               f"{answer.body[:300]!r}")
 
     await asyncio.gather(*(one(i + 1, s) for i, s in enumerate(specs)))
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the storm runs, so a stopped storm still takes
+    down its lab, its workers and its namespaces (the `finally` clauses run)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def storm(options: StormOptions, root: Path, *, say: Say = print) -> StormReport:

@@ -39,6 +39,7 @@ BROADCAST_MAC: Final = b"\xff" * 6
 FIRST_TIMEOUT: Final = 4.0  # RFC 2131 section 4.1
 MAX_TIMEOUT: Final = 64.0
 ATTEMPTS: Final = 5  # a DISCOVER or REQUEST sent this many times, then the exchange fails
+NAK_RESTARTS: Final = 8
 #: classic BPF, "ip and udp and not a fragment and udp dst port 68" on an Ethernet frame
 _FILTER: Final = (
     (0x28, 0, 0, 12), (0x15, 0, 8, ETH_P_IP),  # ethertype IPv4
@@ -51,7 +52,11 @@ ARCH_CODES: Final = {"bios": 0, "uefi": 7}  # RFC 4578 section 2.1 (7: EFI x86-6
 
 
 class DhcpFailed(Exception):
-    """An exchange that got no answer after every retransmission, or a NAK."""
+    """An exchange that got no answer after every retransmission, or NAKs only."""
+
+
+class DhcpNak(Exception):
+    pass
 
 
 def _checksum(data: bytes) -> int:
@@ -151,7 +156,18 @@ class RawDhcp:
 
     async def exchange(self, mac: str, arch: str, *, ipxe: bool,
                        retried: list[int]) -> OfferedLease:
-        """A lease for `mac`; `retried[0]` is incremented at every retransmission."""
+        """A lease for `mac`; `retried[0]` is incremented at every retransmission and at every
+        restart after a NAK (RFC 2131 section 4.4.1: a NAK sends the client back to INIT,
+        to DISCOVER again), NAK_RESTARTS times at most."""
+        for _ in range(NAK_RESTARTS):
+            try:
+                return await self._dora(mac, arch, ipxe=ipxe, retried=retried)
+            except DhcpNak:
+                retried[0] += 1
+        raise DhcpFailed(f"DHCP NAK {NAK_RESTARTS} times")
+
+    async def _dora(self, mac: str, arch: str, *, ipxe: bool,
+                    retried: list[int]) -> OfferedLease:
         chaddr = bytes.fromhex(mac.replace(":", ""))
         xid = random.getrandbits(32)
         while xid in self._waiting:
@@ -208,7 +224,7 @@ class RawDhcp:
             if packet.chaddr[:6] != chaddr:
                 continue
             if packet.message_type is MessageType.NAK:
-                raise DhcpFailed("DHCP NAK")
+                raise DhcpNak("DHCP NAK")
             if packet.message_type is want:
                 return packet
         return None
