@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from provisioner.boot.overlay import OverlayBuilder
+from provisioner.lab.storm.appliance import pool_size
 from provisioner.nodes.model import Firmware, MacAddress, Node
 from provisioner.render.context import BootContext, Network
 from provisioner.render.environment import Renderer
@@ -105,14 +106,14 @@ def material(work: Path, ip: str, image_dir: Path) -> Path:
 
 
 def pool(address: str, nodes: int) -> tuple[str, str]:
-    """The same range the appliance's lab leases from: the 100th host on, one per node and
-    some to spare."""
+    """The same range the appliance's lab leases from: the 100th host on, `pool_size` of
+    them."""
     hosts = ipaddress.IPv4Interface(address).network.hosts()
     first = last = None
     for index, host in enumerate(hosts):
         if index == 99:
             first = host
-        if index == 98 + nodes + 16:
+        if index == 98 + pool_size(nodes):
             last = host
             break
     return str(first), str(last)

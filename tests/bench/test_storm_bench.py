@@ -26,7 +26,7 @@ def test_the_baseline_overlay_is_the_appliances_shape_with_its_own_urls() -> Non
 
 
 def test_the_pool_and_dnsmasqs_boot_files() -> None:
-    assert pxe.pool("10.97.0.1/16", 1000) == ("10.97.0.100", "10.97.4.91")
+    assert pxe.pool("10.97.0.1/16", 1000) == ("10.97.0.100", "10.97.8.67")
     argv = pxe.dnsmasq_argv("br0", Path("/w"), "10.97.0.1", "10.97.0.100", "10.97.0.200",
                             tftp_root=Path("/t"))
     assert "--dhcp-boot=tag:ipxe,http://10.97.0.1/boot/script.ipxe" in argv

@@ -45,6 +45,13 @@ def parse_size(text: str) -> int:
     return int(found[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[found[2].lower()]
 
 
+def pool_size(nodes: int) -> int:
+    """Twice the nodes, and some: a server that does not hold an offered address (dnsmasq)
+    offers one free address to several nodes at once, and NAKs all but one of them; a pool
+    barely larger than the storm turns its end into a loop of NAKs. Both sides get this."""
+    return 2 * nodes + 16
+
+
 @dataclass(frozen=True)
 class StormOptions:
     nodes: int
@@ -132,7 +139,7 @@ def storm(options: StormOptions, root: Path, *, say: Say = print) -> StormReport
     etags = write_image(root / "images", options.image_size)
     lab = Lab.create(LabOptions(root / "lab", namespace=f"pv-storm-{secrets.token_hex(3)}",
                                 address=options.address, images=root / "images", image=IMAGE,
-                                discovery=False, pool_size=options.nodes + 16),
+                                discovery=False, pool_size=pool_size(options.nodes)),
                      say=say)
     net = ClientNet(lab.state.namespace, lab.state.bridge, lab.network.subnet)
     try:

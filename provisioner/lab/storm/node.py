@@ -34,7 +34,13 @@ from typing import Final, TypeVar
 from provisioner.images.format import cpio
 from provisioner.lab.storm.rawdhcp import DhcpFailed, RawDhcp
 from provisioner.lab.storm.report import NodeRecord
-from provisioner.lab.storm.transfers import FetchFailed, HttpReply, http, tftp_read
+from provisioner.lab.storm.transfers import (
+    FetchFailed,
+    HttpReply,
+    TftpRefused,
+    http,
+    tftp_read,
+)
 
 IPXE_AGENT: Final = "iPXE/1.21.1+ (g988d2)"  # what Debian 12's iPXE sends
 WGET_AGENT: Final = "Wget"  # busybox wget
@@ -122,9 +128,21 @@ class SimNode:
         return self.ip, lease.filename, str(lease.next_server)
 
     async def _tftp(self, server: str, filename: str) -> None:
+        """The read; a server's refusal (ERROR, such as "busy, retry later") is retried after
+        FETCH_DELAY, as a firmware's boot order comes back to its PXE entry."""
         retried = [0]
         try:
-            self.record.bytes_read += await tftp_read(self.ip, server, filename, retried)
+            for attempt in range(FETCH_ATTEMPTS):
+                if attempt:
+                    retried[0] += 1
+                    await asyncio.sleep(FETCH_DELAY)
+                try:
+                    self.record.bytes_read += await tftp_read(self.ip, server, filename,
+                                                              retried)
+                    return
+                except TftpRefused:
+                    if attempt == FETCH_ATTEMPTS - 1:
+                        raise
         finally:
             self.record.retries["tftp"] = retried[0]
 
