@@ -34,13 +34,7 @@ from typing import Final, TypeVar
 from provisioner.images.format import cpio
 from provisioner.lab.storm.rawdhcp import DhcpFailed, RawDhcp
 from provisioner.lab.storm.report import NodeRecord
-from provisioner.lab.storm.transfers import (
-    FetchFailed,
-    HttpReply,
-    TftpRefused,
-    http,
-    tftp_read,
-)
+from provisioner.lab.storm.transfers import FetchFailed, HttpReply, http, tftp_read
 
 IPXE_AGENT: Final = "iPXE/1.21.1+ (g988d2)"  # what Debian 12's iPXE sends
 WGET_AGENT: Final = "Wget"  # busybox wget
@@ -128,8 +122,9 @@ class SimNode:
         return self.ip, lease.filename, str(lease.next_server)
 
     async def _tftp(self, server: str, filename: str) -> None:
-        """The read; a server's refusal (ERROR, such as "busy, retry later") is retried after
-        FETCH_DELAY, as a firmware's boot order comes back to its PXE entry."""
+        """The read; a failed one (the server's ERROR, such as "busy, retry later", or a
+        session that went silent) is started again after FETCH_DELAY, as a firmware's boot
+        order comes back to its PXE entry."""
         retried = [0]
         try:
             for attempt in range(FETCH_ATTEMPTS):
@@ -140,7 +135,7 @@ class SimNode:
                     self.record.bytes_read += await tftp_read(self.ip, server, filename,
                                                               retried)
                     return
-                except TftpRefused:
+                except FetchFailed:
                     if attempt == FETCH_ATTEMPTS - 1:
                         raise
         finally:

@@ -29,10 +29,6 @@ class FetchFailed(Exception):
     pass
 
 
-class TftpRefused(FetchFailed):
-    """The server answered the request with an ERROR packet."""
-
-
 class _TftpReader(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
@@ -87,7 +83,7 @@ async def _tftp_session(transport: asyncio.DatagramTransport, reader: _TftpReade
             case tftp.Data():
                 continue  # out of order or a duplicate: the timeout re-sends the last ACK
             case tftp.Error(code, message):
-                raise TftpRefused(f"TFTP error {code}: {message}")
+                raise FetchFailed(f"TFTP error {code}: {message}")
     if size >= 0 and received != size:
         raise FetchFailed(f"TFTP {filename}: {received} bytes, tsize said {size}")
     return received
