@@ -195,3 +195,45 @@ def down(ctx: typer.Context) -> None:
 
     if not lab_down(_root(ctx), _namespace(), say=typer.echo):
         typer.echo("lab: nothing to take down")
+
+
+@app.command("storm")
+def storm(
+    ctx: typer.Context,
+    nodes: int = typer.Option(100, "--nodes", "-n", min=1, max=20000,
+                              help="Simulated nodes booting at once."),
+    link: str = typer.Option("", "--link", help="Shape the head node's side to this rate "
+                             "(tc syntax: 1gbit, 100mbit); default: unshaped."),
+    loss: float = typer.Option(0.0, "--loss", min=0.0, max=50.0,
+                               help="Drop this percentage of packets each way."),
+    image_size: str = typer.Option("16M", "--image-size", help="Size of the image each node "
+                                   "fetches (64M, 512k)."),
+    control_only: bool = typer.Option(False, "--control-only", help="Skip the bulk transfers "
+                                      "(TFTP, kernel, image): DHCP, script, overlay, callback, "
+                                      "poll only."),
+    workers: int = typer.Option(4, "--workers", min=1, max=64,
+                                help="Client processes the nodes are spread over."),
+    timeout: float = typer.Option(900.0, "--timeout", min=10.0,
+                                  help="Seconds before the nodes not ready count as failed."),
+    as_json: bool = typer.Option(False, "--json", help="The report as JSON."),
+) -> None:
+    """A boot storm: N simulated nodes (real DHCP, TFTP and HTTP clients, each from its own
+    leased address) boot at once from a lab appliance of their own; per-stage latencies, time
+    until all are ready, and the head node's CPU and memory. Exits 1 if a node is not ready."""
+    from provisioner.lab.storm.appliance import StormOptions, parse_size, terminated_as_interrupt
+    from provisioner.lab.storm.appliance import storm as run_storm
+    from provisioner.lab.storm.report import render_text
+
+    options = StormOptions(nodes, link, loss, parse_size(image_size), control_only, workers,
+                           timeout=timeout)
+    root = _root(ctx).with_name("storm")
+    say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
+    with terminated_as_interrupt():
+        report = run_storm(options, root, say=say)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for line in render_text(report):
+            typer.echo(line)
+    if report.all_ready_seconds is None:
+        raise typer.Exit(1)

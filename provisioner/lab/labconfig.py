@@ -52,6 +52,8 @@ class LabOptions:
     scheduler_port: int = 8090
     etcd_port: int = 2379
     memory_mib: int = 1024
+    #: addresses in the DHCP pool, from the 100th of the subnet (a storm leases thousands)
+    pool_size: int = 100
     #: the scheduler's bearer token (it listens beyond loopback); `Lab.create` makes one
     scheduler_token: str = ""
     #: appliances on the bridge (more than one needs the etcd store: a 3-member cluster)
@@ -169,7 +171,7 @@ discovery_limit = {options.discovery_limit}
 [[dhcp.subnets]]
 network = {_q(subnet)}
 pool_start = {_q(hosts[99])}
-pool_end = {_q(hosts[198])}
+pool_end = {_q(hosts[98 + options.pool_size])}
 
 [images]
 cache = {_q(options.cache_dir)}
