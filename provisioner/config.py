@@ -123,6 +123,8 @@ class HandoffSettings:
     timeout: float = 5.0  # seconds one scheduler call may take
     first_delay: float = 0.2  # outbox retry: first wait, doubled up to max_delay
     max_delay: float = 30.0
+    #: builtin: seconds the boot callback waits for the outbox's first delivery (0: none)
+    answer_wait: float = 2.0
     #: slurm: the scontrol binary and slurm.conf (nodes declared there with State=FUTURE)
     scontrol: str = "scontrol"
     slurm_conf: str = ""  # SLURM_CONF for scontrol; empty: scontrol's default

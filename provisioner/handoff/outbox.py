@@ -18,6 +18,10 @@ another process on the same store (a second appliance, the CLI) or written again
 without a restart. Two appliances may then both deliver one entry: delivery is at-least-once
 anyway, and the CAS delete lets one of them finish it. `flush(timeout)` lets the deliveries in
 progress finish before a stop; what is not delivered by then stays in the store.
+
+`tried(mac, timeout)` waits (bounded) until a worker has made its first registration attempt
+for the MAC: the boot callback answers only then, so the node agent's first poll finds the
+scheduler already holding its credential's hash instead of being refused and backing off.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class HandoffQueue:
         self._limit = asyncio.Semaphore(concurrency)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        #: set (and dropped) when the MAC's worker has tried a registration: see `tried`
+        self._tried: dict[str, asyncio.Event] = {}
         self.deliveries: dict[str, Delivery] = {}
         self._written: dict[str, tuple[HandoffNode, int]] = {}  # just submitted, by MAC
         #: the newest entry revision handed to a worker, by MAC: our own writes come back
@@ -156,7 +162,24 @@ class HandoffQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def tried(self, mac: str, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the next registration attempt of `mac`'s entry to
+        end (delivered or not); True when it has. Returns at once when no worker has one
+        pending (delivery is off here, as on a head that does not lead, or already done)."""
+        event = self._tried.get(mac)
+        if event is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return event.is_set()
+
+    def _attempt_ended(self, mac: str) -> None:
+        event = self._tried.pop(mac, None)
+        if event is not None:
+            event.set()
+
     def _spawn(self, mac: str) -> None:
+        self._tried.setdefault(mac, asyncio.Event())
         task = self._workers.get(mac)
         if task is not None and not task.done():
             self._wake[mac].set()  # a newer entry: try it now instead of after the backoff
@@ -171,6 +194,7 @@ class HandoffQueue:
             del self._workers[mac]
             self._wake.pop(mac, None)
             self.deliveries.pop(mac, None)
+            self._attempt_ended(mac)  # a worker cancelled or done: nobody waits for it
 
     async def _deliver(self, mac: str) -> None:
         delay = self.first_delay
@@ -213,7 +237,10 @@ class HandoffQueue:
         record = self.deliveries.setdefault(mac, Delivery(mac, node.name))
         record.attempts += 1
         async with self._limit:
-            await self.handoff.register(node)
+            try:
+                await self.handoff.register(node)
+            finally:
+                self._attempt_ended(mac)
         committed: bool | None = False
         try:
             committed = await self.on_confirmed(node.mac, TxnOp(keys.outbox(mac), None, revision))

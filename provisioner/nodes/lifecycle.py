@@ -143,6 +143,8 @@ class Outbox(Protocol):
 
     def accepted(self, node: HandoffNode, revision: int) -> None: ...
 
+    async def tried(self, mac: str, timeout: float) -> bool: ...
+
 
 Clock = Callable[[], float]
 

@@ -17,7 +17,12 @@ counted.
 - failed:<reason>: transfers that ended otherwise (timeout, peer_error, malformed, aborted, ...);
 - retransmits: datagrams sent again, over all transfers;
 - unknown_tid: datagrams to a transfer port from a stranger, answered ERROR 5;
-- send_dropped: datagrams dropped because a transfer's send queue was full.
+- send_dropped: datagrams dropped because a transfer's send queue was full;
+- duplicate_rrq: read requests ignored because the same TID (address and port, RFC 1350
+  section 4) already has a transfer of that file: a client that resent its RRQ before our
+  first OACK or DATA reached it. That transfer's own timer resends what the client missed; a
+  second transfer would take a slot of `max_transfers` (others would get "busy") and time out
+  unacknowledged, since the client talks only to the first TID it heard from.
 
 A request over `max_transfers` or `max_per_client` (counted per IP address, whatever its port:
 a flood of RRQs from new ports is still one client) is answered ERROR 0 at once, counted as
@@ -89,6 +94,7 @@ class TftpServer:
         self._family: int = socket.AF_INET  # of the listener; transfer sockets use the same
         self._transfers: set[Transfer] = set()
         self._per_client: collections.Counter[str] = collections.Counter()
+        self._by_tid: dict[Address, Transfer] = {}  # the newest transfer of each client TID
         self._poller = TransferPoller()
         self._busy_log = OncePer(BUSY_LOG_EVERY, limit=BUSY_LOG_SOURCES)
 
@@ -144,6 +150,8 @@ class TftpServer:
             self._refuse(client, verdict.reason, verdict.message, verdict.datagram)
             return
         name = "/".join(verdict.path)
+        if self._is_duplicate(client, name):
+            return
         if len(self._transfers) >= self.config.max_transfers:
             self._refuse(client, "busy", f"{name}: {len(self._transfers)} transfers running",
                          error_datagram(ErrorCode.NOT_DEFINED, "server busy, retry later"))
@@ -167,8 +175,19 @@ class TftpServer:
         session = TftpSession(verdict.request, source, self.config.session, now)
         transfer = Transfer(self, self._poller, session, client, name)
         self._transfers.add(transfer)
+        self._by_tid[client] = transfer
         self._per_client[client[0]] += 1
         transfer.open(self._family, self.config.listen)
+
+    def _is_duplicate(self, client: Address, name: str) -> bool:
+        """A resent RRQ: this TID already has a transfer of this file (see duplicate_rrq)."""
+        running = self._by_tid.get(client)
+        if running is None or running.name != name:
+            return False
+        self.counters["duplicate_rrq"] += 1
+        log.debug("tftp: %s:%d resent its request for %s: ignored, its transfer goes on",
+                  *client, name)
+        return True
 
     def _refuse(self, client: Address, reason: str, message: str, reply: bytes | None) -> None:
         self.counters[f"rejected:{reason}"] += 1
@@ -186,6 +205,8 @@ class TftpServer:
 
     def finished(self, transfer: Transfer, event: Event) -> None:
         self._transfers.discard(transfer)
+        if self._by_tid.get(transfer.client) is transfer:
+            del self._by_tid[transfer.client]
         self._per_client[transfer.client[0]] -= 1
         if self._per_client[transfer.client[0]] <= 0:
             del self._per_client[transfer.client[0]]

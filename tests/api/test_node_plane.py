@@ -209,6 +209,9 @@ async def test_each_boot_gets_its_own_credential_and_only_its_hash_is_handed_ove
         def accepted(self, node: HandoffNode, revision: int) -> None:
             return None
 
+        async def tried(self, mac: str, timeout: float) -> bool:
+            return True
+
     api.ctx.lifecycle.handoff = Outbox()
     credentials: list[str] = []
     for _ in range(2):

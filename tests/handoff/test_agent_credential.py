@@ -5,8 +5,11 @@ replaces it: the previous boot's credential stops working."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +57,20 @@ class Appliance:
 
 @pytest.fixture
 async def appliance(sched: SchedulerServer, tmp_path: Path) -> AsyncIterator[Appliance]:
+    async with open_appliance(sched.url, tmp_path) as opened:
+        yield opened
+
+
+@contextlib.asynccontextmanager
+async def open_appliance(scheduler_url: str, tmp_path: Path,
+                         **env: str) -> AsyncIterator[Appliance]:
     store = MemoryStore()
     inventory = Inventory(store)
     await inventory.start()
     clock = Clock()
-    settings = api_settings(tmp_path)
+    settings = api_settings(tmp_path, **env)
     lifecycle = Lifecycle(inventory, None, clock, settings.defaults)
-    queue = HandoffQueue(store, BuiltinHandoff(sched.url), lifecycle.confirmed,
+    queue = HandoffQueue(store, BuiltinHandoff(scheduler_url), lifecycle.confirmed,
                          first_delay=0.01)
     lifecycle.handoff = queue
     await queue.start()
@@ -106,6 +116,29 @@ async def test_the_callback_credential_opens_the_scheduler_to_that_node_only(
     assert sched_node is not None
     assert json.loads(sched_node.value)["agent_hash"] == agent_hash(second)
     assert first not in caplog.text and second not in caplog.text
+
+
+async def test_the_first_poll_right_after_the_callback_is_answered(
+        appliance: Appliance, sched: SchedulerServer) -> None:
+    """The callback answers once the outbox has tried the registration: the agent's first poll,
+    made the moment the answer arrives, is not refused for a hash the scheduler lacks yet."""
+    for version in ("1", "2"):  # a first boot, then a reboot with a new credential
+        credential = await appliance.boot(version)
+        async with httpx.AsyncClient(base_url=sched.url) as agent:
+            assert (await _poll(agent, credential)).status_code == 204
+
+
+async def test_a_silent_scheduler_delays_the_callback_answer_only_boundedly(
+        tmp_path: Path) -> None:
+    """A scheduler that accepts the connection and never answers: the callback still answers
+    (after answer_wait), and the entry stays in the outbox for later delivery."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        async with open_appliance(url, tmp_path,
+                                  PROVISIONER_HANDOFF_ANSWER_WAIT="0.2") as appliance:
+            credential = await asyncio.wait_for(appliance.boot(), 30)
+            assert credential
+            assert await appliance.store.get(keys.outbox(MAC.value)) is not None
 
 
 async def test_the_outbox_entry_carries_the_hash_until_delivered(

@@ -321,3 +321,32 @@ async def test_close_with_transfers_in_flight_ends_them_and_leaves_nothing(
         assert loop_errors == []
     finally:
         loop.set_exception_handler(previous_handler)
+
+
+async def test_resent_rrq_from_the_same_tid_is_a_duplicate_not_a_second_transfer(
+        tmp_path: Path) -> None:
+    # One slot in all: a second transfer for the resent RRQ would take it, and the client's
+    # next file would then be refused "busy".
+    content = os.urandom(FILE_SIZE)
+    (tmp_path / FILE_NAME).write_bytes(content)
+    records: list[TransferRecord] = []
+    config = TftpServerConfig(listen=LOOPBACK, port=0, max_transfers=1)
+    server = TftpServer(SourceResolver(tmp_path), config, records.append)
+    await server.start()
+    try:
+        with clients(1) as (client,):
+            first, tid = await client.request(server.address)
+            client.send(encode_request(Opcode.RRQ, FILE_NAME, Mode.OCTET), server.address)
+            await until(lambda: server.counters["requests"] == 2, "the resent RRQ")
+            assert server.counters["duplicate_rrq"] == 1
+            assert server.active() == 1
+            assert await client.finish(first, tid) == content
+            await until(lambda: len(records) == 1, "the end of the transfer")
+            # The TID's transfer is over: the same TID's next RRQ is a new transfer.
+            assert await client.fetch(server.address) == content
+            await until(lambda: len(records) == 2, "the second transfer")
+    finally:
+        await server.close()
+    assert [record.ok for record in records] == [True, True]
+    assert not any(key.startswith(("rejected:", "failed:")) for key in server.counters)
+    assert server.counters["duplicate_rrq"] == 1 and server.counters["served"] == 2

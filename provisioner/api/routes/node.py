@@ -16,6 +16,10 @@ booted with its facts, its timeline event and the handoff outbox entry, all or n
 With the builtin scheduler, the answer also carries the node agent's credential of this boot
 (`agent_token`, handoff/agent.py): made here, answered once, and never stored or logged in
 clear; only its hash goes into the outbox entry, on to the scheduler's record of the node.
+The answer waits until the outbox has tried that delivery once (`[handoff] answer_wait`, 2 s at
+most by default; the outbox goes on delivering after it): answered at once, the agent's first
+poll would reach the scheduler before the hash and be refused (401), and the node would wait
+out the agent's backoff (1 s or more) before it could be given work.
 
 `init-started` comes from /init just before it execs systemd; the callback then comes from the
 image's provisioner-booted.service once multi-user.target is reached, so `ready` means the
@@ -140,6 +144,9 @@ async def accept_callback(ctx: ApiContext, body: BootedIn, client: str) -> Boote
         await ctx.audit.record(who, "boot_token.redeem", mac.value, "failed", ctx.clock(),
                                detail={"reason": str(exc)})
         raise
+    handoff, wait = ctx.lifecycle.handoff, ctx.settings.handoff.answer_wait
+    if agent_token and handoff is not None and wait > 0:
+        await handoff.tried(mac.value, wait)
     return BootedOut(state=node.state, node=node.name, mac=node.mac.value,
                      agent_token=agent_token)
 
