@@ -4,14 +4,14 @@ backend listens only there): the admin token, and snapshots of the lab nodes and
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from provisioner.config import load_settings
-from provisioner.errors import NotFound
+from provisioner.errors import NotFound, StoreUnavailable
 from provisioner.inventory.repository import Inventory
 from provisioner.lab.labconfig import lab_env
 from provisioner.lab.netns import Namespace
@@ -83,16 +83,21 @@ def create_admin_token(lab: LabAccess) -> str:
 
 
 def snapshot(lab: LabAccess, macs: Sequence[str]) -> dict[str, NodeView]:
-    config: Path = lab.state.config
+    """The nodes of `macs` as the store has them. A read that fails on an etcd member is read
+    again from the next one: the client does not retry a failed call, it only sends the next
+    one to the next endpoint (store/etcd/connection.py), and a lab test may have killed the
+    member every fresh client tries first; a read is safe to repeat."""
+    settings = load_settings(lab.state.config, env=lab_env())
+    tries = max(1, len(settings.store.endpoints))
 
     async def read() -> dict[str, NodeView]:
-        store = open_store(load_settings(config, env=lab_env()))
+        store = open_store(settings)
         try:
             inventory = Inventory(store)
-            views = {}
-            for mac in macs:
-                views[mac] = await _view(inventory, MacAddress(mac))
-            return views
+            for _ in range(tries - 1):
+                with contextlib.suppress(StoreUnavailable):  # the next goes to the next member
+                    return {mac: await _view(inventory, MacAddress(mac)) for mac in macs}
+            return {mac: await _view(inventory, MacAddress(mac)) for mac in macs}
         finally:
             await store.close()
 
