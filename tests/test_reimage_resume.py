@@ -90,3 +90,43 @@ async def _waiting(appliance: Appliance, rollout_id: str, name: str) -> bool:
 
 async def _state_is(appliance: Appliance, rollout_id: str, state: str) -> bool:
     return (await load_status(appliance.inventory, rollout_id)).state == state
+
+
+async def test_a_running_appliance_takes_up_a_rollout_whose_runner_stops_later(
+        tmp_path: Path) -> None:
+    """The keeper was started (and had found nothing to resume) before the rollout began on
+    another appliance of the same store; that one stops mid-wave: the keeper's resume task,
+    which keeps looking, takes the rollout up (with several heads: the leader takes up a
+    rollout that another head's API started, when that head dies)."""
+    settings = _settings(tmp_path)
+    booted: list[str] = []
+    async with contextlib.AsyncExitStack() as keeper_stack:
+        keeper = Appliance(settings)
+        await keeper.start(keeper_stack)
+        async with contextlib.AsyncExitStack() as stack:
+            first = Appliance(settings)
+            await first.start(stack)
+            for index, name in enumerate(NAMES, 1):
+                await first.inventory.add_node(Node(
+                    MacAddress(f"52:54:00:00:03:{index:02x}"), name, image="compute:1",
+                    state=S.READY, settings={"power_driver": "manual"}))
+            rollout = Rollout(first.inventory, first.lifecycle, NoHandoff(),
+                              power_opener(settings, first.inventory), poll=0.02,
+                              resumable=True)
+            request = RolloutRequest(nodes=NAMES, image="compute:2", version="2", wave=1,
+                                     timeout=60.0)
+            status = await rollout.start(request)
+            runner = first.supervisor.spawn("reimage", lambda: rollout.execute(request))
+            stack.push_async_callback(runner.stop)
+            player = asyncio.create_task(_play_nodes(first, booted, hold={"n2"}))
+            try:
+                await eventually(lambda: _waiting(first, status.id, "n2"), "n2 power-cycled")
+            finally:
+                player.cancel()
+        player = asyncio.create_task(_play_nodes(keeper, booted, hold=set()))
+        try:
+            await eventually(lambda: _state_is(keeper, status.id, "succeeded"),
+                             "the keeper to take the rollout up", timeout=60)
+        finally:
+            player.cancel()
+        assert booted == ["n1", "n2", "n3"]  # each booted once: no wave redone

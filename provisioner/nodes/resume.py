@@ -1,11 +1,14 @@
 """The appliance takes up the rolling reimages it was running when it stopped or died.
 
-`resume_rollouts` runs as a supervised task once the appliance has started: for every rollout
-left "running" by an appliance (nodes/progress.py `unfinished`), oldest first, it opens the
-scheduler and power drivers as the API does for a new rollout and calls Rollout.resume, which
-waits for nothing: while the lock is held (the dead runner's lock has not expired yet, another
-appliance is resuming it, another rollout runs) it is refused, and this task tries again after
-`retry` seconds, until the rollout is over.
+`resume_rollouts` runs as a supervised task once the appliance has started (with several heads,
+on the head that leads: ha/singletons.py) and for as long as it runs: for every rollout left
+"running" by an appliance (nodes/progress.py `unfinished`), oldest first, it opens the scheduler
+and power drivers as the API does for a new rollout and calls Rollout.resume, which waits for
+nothing: while the lock is held (its runner is alive and renews it, or the dead runner's lock
+has not expired yet, or another rollout runs) it is refused, and the task looks again after
+`retry` seconds. So a rollout whose runner dies at any time is taken up, not only one left
+running when this head started or took the lead (a rollout runs on whichever head's API
+started it).
 """
 
 from __future__ import annotations
@@ -43,16 +46,22 @@ def power_opener(settings: Settings,
 async def resume_rollouts(settings: Settings, inventory: Inventory, states: States, *,
                           clock: Callable[[], float] = time.time, retry: float = RETRY,
                           poll: float = 1.0) -> None:
-    """Resume every rollout the appliance left running, one at a time (see the docstring)."""
-    for left in await unfinished(inventory):
-        while (await load_status(inventory, left.id)).state not in FINISHED:
+    """Forever: take up every rollout left running whose runner is gone, oldest first, then
+    look again after `retry` seconds (see the docstring)."""
+    told: set[str] = set()  # rollouts whose "lock held" was logged at info once already
+    while True:
+        for left in await unfinished(inventory):
+            if (await load_status(inventory, left.id)).state in FINISHED:
+                continue
             handoff = open_handoff(settings)
             rollout = Rollout(inventory, states, handoff, power_opener(settings, inventory),
                               clock=clock, poll=poll, resumable=True)
             try:
                 await rollout.resume(left.id)
             except LockHeld as exc:
-                log.info("reimage %s: not resumed yet: %s", left.id, exc)
-                await asyncio.sleep(retry)
+                level = logging.DEBUG if left.id in told else logging.INFO
+                told.add(left.id)
+                log.log(level, "reimage %s: not resumed (yet): %s", left.id, exc)
             finally:
                 await handoff.close()
+        await asyncio.sleep(retry)
