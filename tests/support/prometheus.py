@@ -39,6 +39,10 @@ scrape_configs:
     static_configs:
       - targets: {targets}
 """
+#: a target that listens beyond loopback wants a token for /metrics (web/metrics.py)
+AUTHORIZATION = """    authorization:
+      credentials_file: {path}
+"""
 
 
 def _free_port() -> int:
@@ -50,8 +54,9 @@ def _free_port() -> int:
 
 class PrometheusServer:
     def __init__(self, targets: Sequence[str], work: Path, *, netns: str | None = None,
-                 metrics_path: str = "/metrics") -> None:
+                 metrics_path: str = "/metrics", token: str | None = None) -> None:
         self.targets, self.work, self.netns = list(targets), work, netns
+        self.token = token
         self.metrics_path = metrics_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._ns = Namespace(netns) if netns else None
@@ -67,6 +72,11 @@ class PrometheusServer:
         config = self.work / "prometheus.yml"
         config.write_text(CONFIG.format(path=json.dumps(self.metrics_path),
                                         targets=json.dumps(self.targets)))
+        if self.token is not None:
+            secret = self.work / "token"
+            secret.write_text(self.token)
+            with config.open("a") as out:
+                out.write(AUTHORIZATION.format(path=json.dumps(str(secret))))
         argv = ["prometheus", f"--config.file={config}",
                 f"--storage.tsdb.path={self.work / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]

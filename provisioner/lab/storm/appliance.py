@@ -35,6 +35,9 @@ KERNEL_SIZE: Final = 4 << 20
 REGISTER_AT_ONCE: Final = 16
 _SIZE: Final = re.compile(r"(\d+)\s*([kmg]?)(i?b?)", re.I)
 Say = Callable[[str], None]
+#: wraps the measured storm once the appliance answers, before the lab goes down: it gets the
+#: lab and the storm to run, returns its report (a test watches the appliance from inside)
+Around = Callable[[Lab, Callable[[], StormReport]], StormReport]
 
 
 def parse_size(text: str) -> int:
@@ -131,7 +134,8 @@ def terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def storm(options: StormOptions, root: Path, *, say: Say = print) -> StormReport:
+def storm(options: StormOptions, root: Path, *, say: Say = print,
+          around: Around | None = None) -> StormReport:
     """The whole storm against a fresh lab under `root` (removed and made again)."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -152,8 +156,12 @@ def storm(options: StormOptions, root: Path, *, say: Say = print) -> StormReport
         began = time.monotonic()
         lab.ns.run(lambda: register(lab, specs), timeout=600)
         say(f"storm: {len(specs)} nodes registered in {time.monotonic() - began:.1f} s; go")
-        return _measure(lab, net, specs, BootPlan(options.control_only, etags),
-                        options=options, say=say)
+        plan = BootPlan(options.control_only, etags)
+
+        def measure() -> StormReport:
+            return _measure(lab, net, specs, plan, options=options, say=say)
+
+        return around(lab, measure) if around is not None else measure()
     finally:
         net.close()
         lab.down(say=lambda _: None)
