@@ -65,6 +65,7 @@ def test_debian_kickstart_with_slurm(flag: object) -> None:
     body = kickstart.posts[0].body
     assert "rm -f /etc/munge/munge.key" in body
     assert "ExecStartPre=+/bin/chown munge:munge /etc/munge /etc/munge/munge.key" in body
+    assert "AssertPathExists=/etc/slurm/slurm.conf" in body  # no overlay's slurm.conf: no ready
     booted = body.split("provisioner-booted.service.d/slurmd.conf", 1)[1]
     assert "Requires=slurmd.service\nAfter=slurmd.service" in booted
 
