@@ -128,6 +128,9 @@ class HandoffSettings:
     #: slurm: the scontrol binary and slurm.conf (nodes declared there with State=FUTURE)
     scontrol: str = "scontrol"
     slurm_conf: str = ""  # SLURM_CONF for scontrol; empty: scontrol's default
+    #: slurm: the cluster's munge.key on this head; when set, each node's overlay carries it
+    #: (0400) and slurm_conf for the image's slurmd (boot/slurmfiles.py). Empty: neither.
+    munge_key: str = ""
     #: slurm: when set, a registration is refused unless slurm.conf puts the node in it
     partition: str = ""
 

@@ -26,6 +26,7 @@ from provisioner.boot.binding import AddressBinding
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.routes import BootPlane
 from provisioner.boot.server import BootHttpServer
+from provisioner.boot.slurmfiles import slurm_node_files
 from provisioner.config import Settings
 from provisioner.dhcp.server import DhcpServer
 from provisioner.errors import ConfigError, ProvisionerError
@@ -282,8 +283,12 @@ class Appliance:
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
         renderer = Renderer.from_settings(s.images.templates)
+        node_files = slurm_node_files(s.handoff.kind, s.handoff.munge_key, s.handoff.slurm_conf)
+        if node_files is not None:
+            node_files.check()
+        overlays = OverlayBuilder(renderer, node_files=node_files)
         return BootPlane(s, self.inventory, self.lifecycle, self.boot_tokens, self.audit,
-                         renderer, OverlayBuilder(renderer), self.catalog,
+                         renderer, overlays, self.catalog,
                          boot_base=boot_http_base(s, server_ip),
                          api_base=api_public_base(s, server_ip),
                          scheduler_url=s.scheduler.client_url, clock=self.clock,

@@ -5,8 +5,9 @@ answer is two archives back to back:
 
 1. the rendered overlay as an xz-compressed newc cpio. It holds no secret, so it is cached by
    (template digest, node revision, hash of the node's variables) in a bounded LRU;
-2. a small *uncompressed* newc cpio holding only `etc/provisioner/token` (mode 0600), built per
-   request from the one-boot token.
+2. a small *uncompressed* newc cpio built per request: `etc/provisioner/token` (mode 0600) from
+   the one-boot token and, when the handoff is Slurm with a munge key, the cluster's munge key
+   (mode 0400) and slurm.conf (slurmfiles.py). Secrets stay out of the cached part.
 
 Linux unpacks concatenated archives, compressed or not, as long as each starts 4-byte aligned;
 an xz stream's length is always a multiple of 4 (its blocks, index and footer are padded), and
@@ -22,6 +23,7 @@ import time
 from collections import OrderedDict
 from typing import Final
 
+from provisioner.boot.slurmfiles import SlurmNodeFiles
 from provisioner.images.format import compress, cpio
 from provisioner.nodes.model import Firmware, MacAddress, Node
 from provisioner.render.environment import BootContext, Network, RenderedFile, Renderer
@@ -47,8 +49,12 @@ def overlay_entries(files: dict[str, RenderedFile]) -> list[cpio.Entry]:
 
 def token_archive(token: str) -> bytes:
     """The uncompressed cpio appended after the cached part: the token file, mode 0600."""
-    return cpio.pack([cpio.directory("etc"), cpio.directory("etc/provisioner"),
-                      cpio.file(TOKEN_PATH, token.encode(), 0o600)])
+    return cpio.pack(token_entries(token))
+
+
+def token_entries(token: str) -> list[cpio.Entry]:
+    return [cpio.directory("etc"), cpio.directory("etc/provisioner"),
+            cpio.file(TOKEN_PATH, token.encode(), 0o600)]
 
 
 def _aligned(data: bytes) -> bytes:
@@ -58,8 +64,10 @@ def _aligned(data: bytes) -> bytes:
 class OverlayBuilder:
     """Builds overlay.cpio.xz answers; safe to share between threads and requests."""
 
-    def __init__(self, renderer: Renderer, *, cache_size: int = 4096) -> None:
+    def __init__(self, renderer: Renderer, *, cache_size: int = 4096,
+                 node_files: SlurmNodeFiles | None = None) -> None:
         self.renderer = renderer
+        self.node_files = node_files  # appended per request, never cached
         self.cache_size = cache_size
         self._cache: OrderedDict[_Key, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -67,10 +75,19 @@ class OverlayBuilder:
         self.misses = 0
 
     def build(self, ctx: BootContext, *, node_revision: int) -> bytes:
-        """The overlay for `ctx`'s node: the cached xz part, then the token archive (if any).
-        Raises RenderError (naming template, line and node) if a template fails."""
+        """The overlay for `ctx`'s node: the cached xz part, then the private archive (if any).
+        Raises RenderError (naming template, line and node) if a template fails, ConfigError
+        if the Slurm files cannot be read."""
         part = self.cached_part(ctx, node_revision=node_revision)
-        return part + token_archive(ctx.token) if ctx.token else part
+        private = self.private_entries(ctx.token)
+        return part + cpio.pack(private) if private else part
+
+    def private_entries(self, token: str | None) -> list[cpio.Entry]:
+        """The token and the Slurm files, each directory once."""
+        entries = token_entries(token) if token else []
+        if self.node_files is not None:
+            entries += self.node_files.entries()
+        return list({entry.path: entry for entry in entries}.values())
 
     def cached_part(self, ctx: BootContext, *, node_revision: int) -> bytes:
         key = (self.renderer.digest("overlay/"), node_revision, ctx.variables_digest())

@@ -35,6 +35,7 @@ from provisioner.boot.overlay import OverlayBuilder
 from provisioner.boot.server import BootHttpServer, Reply
 from provisioner.config import Settings
 from provisioner.errors import (
+    ConfigError,
     Conflict,
     ImageError,
     InvalidTransition,
@@ -229,7 +230,7 @@ class BootPlane:
             return Reply(f"{exc}\n".encode(), status=409)
         try:
             data = self.overlays.build(self.context(node, image, token), node_revision=revision)
-        except TemplateError as exc:
+        except (TemplateError, ConfigError) as exc:  # ConfigError: a Slurm file unreadable
             return await self._render_failed(node, "overlay", exc)
         await self.audit.record(f"node:{node.mac}", "boot_token.issue", node.mac.value, "ok",
                                 self.clock())
@@ -253,7 +254,8 @@ class BootPlane:
 
     # -- failures -------------------------------------------------------------------------
 
-    async def _render_failed(self, node: Node, what: str, exc: TemplateError) -> Reply:
+    async def _render_failed(self, node: Node, what: str,
+                             exc: TemplateError | ConfigError) -> Reply:
         reason = " ".join(str(exc).split())
         log.warning("boot: %s for node %s failed: %s", what, node.name, reason)
         await self._event(node, "render_failed", {"what": what, "error": reason})

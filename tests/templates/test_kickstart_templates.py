@@ -52,3 +52,27 @@ def test_debian_kickstart_parses(variables: dict[str, Any], extra: tuple[str, ..
     assert kickstart.services_enabled == ("ssh", "serial-getty@ttyS0")
     assert len(kickstart.sshkeys) == len(variables.get("ssh_keys", []))
     assert "ssh-keygen -q -t ed25519" in kickstart.posts[0].body
+
+
+@pytest.mark.parametrize("flag", [True, "true"])
+def test_debian_kickstart_with_slurm(flag: object) -> None:
+    """`slurm = true` adds slurmd and munge, enabled, and makes the boot callback wait for a
+    running slurmd; the image keeps no munge key (it comes in the node's overlay)."""
+    text = Renderer().render("kickstart/debian.ks.j2", {"slurm": flag}, node="image")
+    kickstart = parse(text, source="kickstart/debian.ks.j2")
+    assert {"slurmd", "munge"} <= set(kickstart.packages)
+    assert kickstart.services_enabled == ("ssh", "serial-getty@ttyS0", "munge", "slurmd")
+    body = kickstart.posts[0].body
+    assert "rm -f /etc/munge/munge.key" in body
+    assert "ExecStartPre=+/bin/chown munge:munge /etc/munge /etc/munge/munge.key" in body
+    assert "AssertPathExists=/etc/slurm/slurm.conf" in body  # no overlay's slurm.conf: no ready
+    booted = body.split("provisioner-booted.service.d/slurmd.conf", 1)[1]
+    assert "Requires=slurmd.service\nAfter=slurmd.service" in booted
+
+
+@pytest.mark.parametrize("variables", [{}, {"slurm": False}, {"slurm": "false"}])
+def test_debian_kickstart_without_slurm(variables: dict[str, Any]) -> None:
+    text = Renderer().render("kickstart/debian.ks.j2", variables, node="image")
+    kickstart = parse(text, source="kickstart/debian.ks.j2")
+    assert not {"slurmd", "munge"} & set(kickstart.packages)
+    assert "munge" not in kickstart.posts[0].body
