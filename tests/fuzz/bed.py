@@ -73,8 +73,10 @@ def _settings(data: Path) -> Settings:
         "PROVISIONER_TFTP_IPXE_DIR": "", "PROVISIONER_BOOT_LISTEN": SERVER,
         "PROVISIONER_BOOT_PORT": str(BOOT_PORT), "PROVISIONER_API_LISTEN": SERVER,
         "PROVISIONER_API_PORT": str(API_PORT), "PROVISIONER_HANDOFF_KIND": "none"})
-    subnet = SubnetSettings(network="10.77.0.0/24", pool_start="10.77.0.10",
-                            pool_end="10.77.0.250", relay=RELAY)
+    # The relayed subnet holds the node's reservation (NODE_IP): a reservation outside the
+    # subnet a request comes from is not offered (dhcp/answers.py).
+    subnet = SubnetSettings(network="127.0.0.0/24", pool_start="127.0.0.100",
+                            pool_end="127.0.0.250", relay=RELAY)
     dhcp = DhcpSettings(mode="full", listen=SERVER, port=DHCP_PORT, server_ip=SERVER,
                         subnets=(subnet,), detect_other_servers=False)
     return dataclasses.replace(settings, dhcp=dhcp)

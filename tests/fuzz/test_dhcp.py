@@ -54,10 +54,10 @@ SEEDS = [
     _packet(1, 1),
     _packet(1, 2, giaddr=RELAY),
     _packet(3, 3, o54=IPv4Address(SERVER).packed, o50=bytes([10, 77, 0, 20])),
-    _packet(3, 4, ciaddr="10.77.0.21"),
+    _packet(3, 4, ciaddr="127.0.0.121"),
     _packet(4, 5, o50=bytes([10, 77, 0, 22])),
-    _packet(7, 6, ciaddr="10.77.0.23"),
-    _packet(8, 7, ciaddr="10.77.0.24"),
+    _packet(7, 6, ciaddr="127.0.0.123"),
+    _packet(8, 7, ciaddr="127.0.0.124"),
     _packet(1, 8, giaddr=RELAY, o82=b"\x01\x04port\x02\x03sw1"),
 ]
 
@@ -81,7 +81,7 @@ def built(draw: st.DrawFn) -> bytes:
                    hlen=draw(st.just(6) | st.integers(0, 255)), hops=draw(st.integers(0, 255)),
                    xid=draw(st.integers(0, 2**32 - 1)), flags=draw(st.integers(0, 0xFFFF)),
                    ciaddr=draw(st.ip_addresses(v=4).map(str)),
-                   giaddr=draw(st.sampled_from(["0.0.0.0", RELAY, "10.77.0.1"])),
+                   giaddr=draw(st.sampled_from(["0.0.0.0", RELAY, "127.0.0.1"])),
                    chaddr=draw(st.sampled_from([CHADDR, b""]) | st.binary(max_size=16)))
     options = [("message-type", draw(st.integers(0, 20))), *draw(OPTIONS), "end"]
     return raw(header / DHCP(options=options) / Raw(draw(st.binary(max_size=32))))
