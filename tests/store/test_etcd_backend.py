@@ -8,6 +8,7 @@ contract suite shares is never disturbed.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -243,3 +244,36 @@ def test_missing_etcd_binary_fails_loudly(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("tests.support.etcd_server.ETCD_BIN", str(tmp_path / "no-etcd"))
     with pytest.raises(RuntimeError, match=r"scripts/setup\.sh"):
         EtcdServer(tmp_path).start()
+
+
+@pytest.mark.etcd
+async def test_a_read_goes_to_the_next_endpoint_when_the_first_listed_is_down(
+        etcd_server: EtcdServer) -> None:
+    """One call (as the CLI makes) succeeds although the first endpoint listed is a member
+    that is down: a read is tried on each endpoint in turn. A write is not retried."""
+    with socket.socket() as probe:  # a loopback port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    namespace = f"/next-{uuid.uuid4().hex[:8]}"
+    live = EtcdStore([etcd_server.endpoint], namespace=namespace)
+    await live.put("/k", b"v")
+    await live.close()
+    for read in ("get", "range", "page"):
+        store = EtcdStore([dead, etcd_server.endpoint], namespace=namespace, timeout=1.0)
+        try:
+            if read == "get":
+                got = await store.get("/k")
+                assert got is not None and got.value == b"v"
+            elif read == "range":
+                assert [kv.key for kv in (await store.range("/")).items] == ["/k"]
+            else:
+                assert [kv.key for kv in (await store.page("/", limit=5)).items] == ["/k"]
+        finally:
+            await store.close()
+    store = EtcdStore([dead, etcd_server.endpoint], namespace=namespace, timeout=1.0)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.put("/w", b"x")  # the first call of a write: refused, not repeated
+        assert await store.get("/w") is None  # ...and the next call goes to the live member
+    finally:
+        await store.close()

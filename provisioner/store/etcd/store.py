@@ -84,10 +84,22 @@ class EtcdStore:
 
     # -- the contract -------------------------------------------------------------------------
 
+    async def _read(self, what: str, request: Any) -> Any:
+        """One Range, tried once on each endpoint in turn while they are unavailable: a read is
+        safe to repeat, and a process that makes one call (the CLI) must not fail because the
+        first endpoint listed is the member that is down. Writes are not retried here."""
+        for attempt in range(len(self._etcd.endpoints)):
+            try:
+                async with self._etcd.call(what) as conn:
+                    return await conn.kv.Range(request, **self._etcd.options)
+            except StoreUnavailable:
+                if attempt == len(self._etcd.endpoints) - 1:
+                    raise
+        raise AssertionError("unreachable: at least one endpoint")  # pragma: no cover
+
     async def get(self, key: str) -> KeyValue | None:
         request = rpc.RangeRequest(key=self._etcd.key(key))
-        async with self._etcd.call("get") as conn:
-            response = await conn.kv.Range(request, **self._etcd.options)
+        response = await self._read("get", request)
         return self._etcd.kv(response.kvs[0]) if response.kvs else None
 
     async def range(self, prefix: str) -> RangeResult:
@@ -98,8 +110,7 @@ class EtcdStore:
             request = rpc.RangeRequest(
                 key=start, range_end=end, limit=RANGE_PAGE, revision=revision
             )
-            async with self._etcd.call("range") as conn:
-                response = await conn.kv.Range(request, **self._etcd.options)
+            response = await self._read("range", request)
             revision = revision or response.header.revision
             items.extend(self._etcd.kv(kv) for kv in response.kvs)
             if not response.more or not response.kvs:
@@ -117,8 +128,7 @@ class EtcdStore:
         request = rpc.RangeRequest(
             key=start, range_end=end, limit=limit, sort_target=rpc.RangeRequest.KEY,
             sort_order=rpc.RangeRequest.DESCEND if reverse else rpc.RangeRequest.ASCEND)
-        async with self._etcd.call("range") as conn:
-            response = await conn.kv.Range(request, **self._etcd.options)
+        response = await self._read("range", request)
         return RangeResult([self._etcd.kv(kv) for kv in response.kvs],
                            int(response.header.revision))
 
