@@ -280,6 +280,9 @@ class Appliance:
     def _fenced(self) -> str | None:
         return self.membership.fenced
 
+    def _head_alive(self, name: str) -> bool:
+        return name == self.settings.ha.name or name in self.membership.live
+
     def _boot_plane(self, server_ip: str | None) -> BootPlane:
         s = self.settings
         renderer = Renderer.from_settings(s.images.templates)
@@ -292,7 +295,8 @@ class Appliance:
                          boot_base=boot_http_base(s, server_ip),
                          api_base=api_public_base(s, server_ip),
                          scheduler_url=s.scheduler.client_url, clock=self.clock,
-                         binding=AddressBinding(self._leased), fenced=self._fenced)
+                         binding=AddressBinding(self._leased), fenced=self._fenced,
+                         head=s.ha.name, head_alive=self._head_alive)
 
     def _leased(self, mac: MacAddress) -> ipaddress.IPv4Address | None:
         """The address our DHCP server bound to `mac`: in full (and relay) mode its lease that

@@ -4,6 +4,7 @@ nodes' tokens, concurrent redeems, only hashes stored, roles ordered."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -114,3 +115,24 @@ def test_roles_are_ordered_and_parsed() -> None:
 async def test_token_names_are_checked(store: KeyValueStore) -> None:
     with pytest.raises(ValidationError):
         await ApiTokens(store).create(Role.VIEWER, "bad name\n", NOW)
+
+
+async def test_a_token_a_dead_head_issued_is_replaced_by_another_head_only(
+        store: KeyValueStore) -> None:
+    """Several heads: while the head that issued a boot's token lives, nobody replaces it
+    (not even that head again); once it is dead another head may, and the old token is void."""
+    tokens = BootTokens(store)
+    alive = {"head1", "head2"}
+
+    def dead_other(me: str) -> Callable[[str], bool]:
+        return lambda issuer: bool(issuer) and issuer != me and issuer not in alive
+
+    first = await tokens.issue(A, 60, NOW, issuer="head1", replaceable=dead_other("head1"))
+    for me in ("head1", "head2"):
+        with pytest.raises(Conflict, match="already issued"):
+            await tokens.issue(A, 60, NOW + 1, issuer=me, replaceable=dead_other(me))
+    alive.discard("head1")  # head1 died mid-boot
+    second = await tokens.issue(A, 60, NOW + 2, issuer="head2",
+                                replaceable=dead_other("head2"))
+    assert await _refused(tokens, A, first, NOW + 2) == "wrong token"
+    await tokens.redeem(A, second, NOW + 2)

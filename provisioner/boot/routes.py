@@ -10,7 +10,8 @@ own address has a side effect: the node's boot starts (it is provisioning, its p
 token is void). HEAD never changes anything. The overlay is served only while the node is
 provisioning, and its token is issued once per boot: a second fetch in the same boot (iPXE
 retrying a broken transfer) gets the same bytes back from memory, or 409 when this process did
-not build them (it restarted, or another head node did).
+not build them (it restarted, or another head node did) - unless the head that did is no
+longer live: then its token is replaced here, so the boot fallback to another head works.
 
 iPXE never gets a 404 for a script: an unknown MAC, a node with no (or a missing) image, a
 discovered node not accepted yet and a retired node all get a script that says why, waits and
@@ -95,6 +96,10 @@ class BootPlane:
     #: why this head may not issue boot tokens now (ha/membership.py: it lost its store
     #: session, and another head may be serving its nodes); None: it may
     fenced: Callable[[], str | None] = lambda: None
+    #: this head's name, and whether a head is live (ha/membership.py): a boot token that a
+    #: dead head issued is replaced, so a node whose head died mid-boot gets its overlay here
+    head: str = ""
+    head_alive: Callable[[str], bool] = lambda name: True
     refusals: Refusals = field(init=False)
     _overlays: dict[MacAddress, bytes] = field(init=False, default_factory=dict)
 
@@ -225,7 +230,8 @@ class BootPlane:
         image = self._image(node)
         try:
             token = await self.tokens.issue(node.mac, self.settings.api.boot_token_ttl,
-                                            self.clock())
+                                            self.clock(), issuer=self.head,
+                                            replaceable=self._issued_by_a_dead_head)
         except Conflict as exc:
             return Reply(f"{exc}\n".encode(), status=409)
         try:
@@ -237,6 +243,9 @@ class BootPlane:
         await self._event(node, "overlay_served", {"bytes": len(data)})
         self._overlays[node.mac] = data
         return Reply(data, "application/octet-stream")
+
+    def _issued_by_a_dead_head(self, issuer: str) -> bool:
+        return bool(issuer) and issuer != self.head and not self.head_alive(issuer)
 
     async def kickstart(self, node: Node) -> Reply:
         if node.state is not NodeState.PROVISIONING:

@@ -20,8 +20,10 @@ import enum
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,6 +31,8 @@ from provisioner.errors import Conflict, NotFound, Unauthorized, ValidationError
 from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.store.base import KeyValueStore, TxnOp
+
+log = logging.getLogger(__name__)
 
 BOOT_TOKEN_REFUSED: Final = ("the boot token is not valid for this node (wrong, expired or "
                              "already used); reboot the node to get a new one")
@@ -59,17 +63,25 @@ class BootTokens:
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
 
-    async def issue(self, mac: MacAddress, ttl: float, now: float) -> str:
+    async def issue(self, mac: MacAddress, ttl: float, now: float, *, issuer: str = "",
+                    replaceable: Callable[[str], bool] = lambda issuer: False) -> str:
         """A token for `mac`'s current boot. Issued once per boot: while one is outstanding
         (issued, not redeemed, not expired) a second call raises Conflict rather than replace
-        it, so whoever fetched first cannot be pre-empted by a later fetch."""
+        it, so whoever fetched first cannot be pre-empted by a later fetch. The one exception:
+        `replaceable(issuer of the outstanding one)` is true (with several heads: the head that
+        issued it is dead, so nobody can hand the node its overlay again, and the node's boot
+        fallback asks another head); then it is replaced, and that is logged."""
         token = secrets.token_urlsafe(32)
-        record = _dump({"sha256": digest(token), "expires": now + ttl})
+        record = _dump({"sha256": digest(token), "expires": now + ttl, "issuer": issuer})
         key = keys.boot_token(mac.value)
         kv = await self.store.get(key)
         if kv is not None and float(json.loads(kv.value).get("expires", 0)) > now:
-            raise Conflict(f"a boot token was already issued for {mac} in this boot; the "
-                           "node gets a new one when it boots again")
+            earlier = str(json.loads(kv.value).get("issuer", ""))
+            if not replaceable(earlier):
+                raise Conflict(f"a boot token was already issued for {mac} in this boot; the "
+                               "node gets a new one when it boots again")
+            log.warning("boot token for %s: the one head %s issued in this boot is replaced "
+                        "by %s (%s is no longer a live head)", mac, earlier, issuer, earlier)
         await self.store.put(key, record, expect=kv.mod_revision if kv is not None else 0)
         return token
 
