@@ -154,15 +154,18 @@ async def loopback(tmp_path: Path) -> AsyncIterator[Factory]:
         pytest.skip("the fake relay agent binds port 67 (root)")
     started: list[tuple[DhcpServer, Inventory, KeyValueStore, socket.socket]] = []
 
-    async def start(*, store: str = "memory", **overrides: Any) -> Loopback:
+    async def start(*, store: str = "memory", direct: bool = False,
+                    **overrides: Any) -> Loopback:
         base = f"127.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
         server_ip, relay = f"{base}.1", IPv4Address(f"{base}.2")
         port = free_udp_port(server_ip)
         subnet = SubnetSettings(network=str(NETWORK), routers=("10.77.0.1",),
                                 pool_start=str(POOL[0]), pool_end=str(POOL[1]),
                                 relay=str(relay))
+        # direct: also a directly attached subnet, for requests without a relay (giaddr 0)
+        attached = (SubnetSettings(network="10.78.0.0/24"),) if direct else ()
         settings = replace(DhcpSettings(mode="full", listen=server_ip, port=port,
-                                        server_ip=server_ip, subnets=(subnet,),
+                                        server_ip=server_ip, subnets=(subnet, *attached),
                                         detect_other_servers=False), **overrides)
         backend: KeyValueStore = (MemoryStore() if store == "memory"
                                   else SqliteStore(tmp_path / "store.db"))

@@ -5,73 +5,22 @@ Loopback), read through its counters, its log and its store."""
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from provisioner.config import DhcpSettings, SubnetSettings
-from provisioner.dhcp.server import DhcpServer
-from provisioner.inventory.repository import Inventory
 from provisioner.nodes.model import MacAddress, NodeState
-from provisioner.store.memory import MemoryStore
-from tests.dhcp.loopback import BOOT_PORT, NETWORK, POOL, Loopback, free_udp_port
+from tests.dhcp.loopback import ACK, AGENT_INFO, DISCOVER, OFFER, REQUEST, Factory, Loopback
 
 pytestmark = pytest.mark.netns
 
-DISCOVER, OFFER, REQUEST, ACK = 1, 2, 3, 5
-AGENT_INFO = b"\x01\x07sw1/p07\x02\x06\x00\x11\x22\x33\x44\x55"  # circuit-id, remote-id
 PXE: dict[str, Any] = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o93": b"\x00\x00"}
-Factory = Callable[..., Awaitable[Loopback]]
-
-
-@pytest.fixture
-async def glue(tmp_path: Path) -> AsyncIterator[Factory]:
-    if os.geteuid() != 0:
-        pytest.skip("the fake relay agent binds port 67 (root)")
-    started: list[tuple[DhcpServer, Inventory, MemoryStore, socket.socket]] = []
-
-    async def start(*, direct: bool = False, **overrides: Any) -> Loopback:
-        base = f"127.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
-        server_ip, relay = f"{base}.1", IPv4Address(f"{base}.2")
-        port = free_udp_port(server_ip)
-        subnet = SubnetSettings(network=str(NETWORK), routers=("10.77.0.1",),
-                                pool_start=str(POOL[0]), pool_end=str(POOL[1]),
-                                relay=str(relay))
-        # direct: also a directly attached subnet, for requests without a relay (giaddr 0)
-        attached = (SubnetSettings(network="10.78.0.0/24"),) if direct else ()
-        settings = replace(DhcpSettings(mode="full", listen=server_ip, port=port,
-                                        server_ip=server_ip, subnets=(subnet, *attached),
-                                        detect_other_servers=False), **overrides)
-        store = MemoryStore()
-        inventory = Inventory(store)
-        await inventory.start()
-        server = DhcpServer(settings, inventory, boot_port=BOOT_PORT)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        started.append((server, inventory, store, sock))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((str(relay), 67))
-        sock.setblocking(False)
-        await server.start()
-        return Loopback(server, inventory, relay, port, sock, tmp_path)
-
-    yield start
-    for server, inventory, store, sock in started:
-        await server.close()
-        await inventory.stop()
-        await store.close()
-        sock.close()
 
 
 async def test_beyond_the_discovery_limit_an_unknown_mac_gets_nothing(
-        glue: Factory, caplog: pytest.LogCaptureFixture) -> None:
-    lab = await glue(discovery=True, discovery_limit=2)
+        loopback: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    lab = await loopback(discovery=True, discovery_limit=2)
     for mac in ("02:00:00:00:0d:01", "02:00:00:00:0d:02"):
         lab.send(lab.request(DISCOVER, mac))
         assert (await lab.reply()).message_type == OFFER
@@ -94,8 +43,8 @@ async def test_beyond_the_discovery_limit_an_unknown_mac_gets_nothing(
 
 
 async def test_option_82_is_honoured_from_a_listed_relay_only(
-        glue: Factory, caplog: pytest.LogCaptureFixture) -> None:
-    lab = await glue(discovery=True, circuit_names=("sw1/p07=rack1-n07",), direct=True)
+        loopback: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    lab = await loopback(discovery=True, circuit_names=("sw1/p07=rack1-n07",), direct=True)
     listed = "02:00:00:00:0e:01"
     lab.send(lab.request(DISCOVER, listed, o82=AGENT_INFO))
     offer = await lab.reply()
@@ -120,8 +69,8 @@ async def test_option_82_is_honoured_from_a_listed_relay_only(
     assert lab.server.trusted_relays == {lab.relay}
 
 
-async def test_a_relay_in_trusted_relays_is_believed(glue: Factory) -> None:
-    lab = await glue(discovery=True, circuit_names=("sw1/p07=rack1-n07",),
+async def test_a_relay_in_trusted_relays_is_believed(loopback: Factory) -> None:
+    lab = await loopback(discovery=True, circuit_names=("sw1/p07=rack1-n07",),
                      trusted_relays=("10.77.0.9",))
     lab.send(lab.request(DISCOVER, "02:00:00:00:0f:01", giaddr=IPv4Address("10.77.0.9"),
                          o82=AGENT_INFO))
@@ -130,8 +79,8 @@ async def test_a_relay_in_trusted_relays_is_believed(glue: Factory) -> None:
     assert lab.server.counters["relay_info_ignored"] == 0
 
 
-async def test_proxy_mode_remembers_the_address_each_pxe_client_showed(glue: Factory) -> None:
-    lab = await glue(mode="proxy")
+async def test_proxy_mode_remembers_the_address_each_pxe_client_showed(loopback: Factory) -> None:
+    lab = await loopback(mode="proxy")
     mac = MacAddress("02:00:00:00:10:01")
     site_lease = IPv4Address("10.77.0.61")
     # The client's REQUEST to the site server (another option 54): not ours to answer, but
@@ -168,8 +117,8 @@ async def _sleep() -> None:
     await asyncio.sleep(0.025)
 
 
-async def test_proxy_mode_discovers_pxe_clients_without_an_address(glue: Factory) -> None:
-    lab = await glue(mode="proxy", discovery=True)
+async def test_proxy_mode_discovers_pxe_clients_without_an_address(loopback: Factory) -> None:
+    lab = await loopback(mode="proxy", discovery=True)
     mac = "02:00:00:00:11:01"
     lab.send(lab.request(DISCOVER, mac, **PXE))
     offer = await lab.reply()  # answered once stored: boot information, no address
