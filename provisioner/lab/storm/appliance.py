@@ -25,7 +25,7 @@ from provisioner.images.format.catalog import ImageCatalog
 from provisioner.lab.lab import Lab
 from provisioner.lab.labconfig import LabOptions
 from provisioner.lab.storm.clients import ClientRun, SimSpec, node_specs, run_clients
-from provisioner.lab.storm.network import ClientNet
+from provisioner.lab.storm.network import ClientNet, rate_bits
 from provisioner.lab.storm.node import BootPlan
 from provisioner.lab.storm.report import HeadUsage, StormReport
 from provisioner.lab.storm.transfers import http
@@ -66,6 +66,10 @@ class StormOptions:
     uefi_share: float = 0.5
     timeout: float = 900.0
     address: str = "10.97.0.1/16"  # the server's address; the subnet holds every node
+
+    def __post_init__(self) -> None:
+        if self.link:
+            rate_bits(self.link)  # a rate tc cannot read is refused before any lab is made
 
 
 def write_image(images: Path, image_size: int, kernel_size: int = KERNEL_SIZE) -> dict[str, str]:

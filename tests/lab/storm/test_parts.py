@@ -12,7 +12,7 @@ from provisioner.dhcp.options import MessageType, Opt
 from provisioner.dhcp.packet import BOOTREQUEST, DhcpPacket, decode, encode
 from provisioner.errors import ConfigError
 from provisioner.images.format import compress, cpio
-from provisioner.lab.storm.appliance import parse_size
+from provisioner.lab.storm.appliance import StormOptions, parse_size
 from provisioner.lab.storm.clients import arch_of, node_specs, storm_mac
 from provisioner.lab.storm.network import loss_rule, rate_bits, tbf_burst
 from provisioner.lab.storm.node import parse_env, unpack_overlay
@@ -63,7 +63,8 @@ def test_rates_sizes_and_losses() -> None:
     assert loss_rule(0.5) == "numgen random mod 10000 < 50 drop"
     assert parse_size("64M") == 64 << 20 and parse_size("512k") == 512 << 10
     assert parse_size("1G") == 1 << 30 and parse_size("1000") == 1000
-    for bad in (lambda: rate_bits("fast"), lambda: loss_rule(100), lambda: parse_size("x")):
+    for bad in (lambda: rate_bits("fast"), lambda: loss_rule(100), lambda: parse_size("x"),
+                lambda: StormOptions(5, link="fast")):  # refused before any lab is made
         with pytest.raises(ConfigError):
             bad()
 
