@@ -95,6 +95,9 @@ class HandoffQueue:
         """Deliver what is queued, including entries left by a previous run, and follow the
         outbox for entries other processes write."""
         self._running = True
+        # entries accepted while delivery was off (a head that did not lead) were not handed
+        # to a worker: the follower's first read must find them fresh
+        self._seen.clear()
         await self._follower.start()
 
     def _watched(self, event: WatchEvent) -> None:
@@ -118,12 +121,15 @@ class HandoffQueue:
         return TxnOp(keys.outbox(str(node.mac)), json.dumps(entry).encode())
 
     def accepted(self, node: HandoffNode, revision: int) -> None:
-        """The entry for `node` is in the store at `revision`: deliver it."""
+        """The entry for `node` is in the store at `revision`: deliver it. With delivery off
+        (this head does not lead) it stays in the store for the head that does, and for this
+        one's start()."""
+        if not self._running:
+            return
         if not self._fresh(str(node.mac), revision):
             return  # the watch was quicker: a worker already has this entry
         self._written[str(node.mac)] = (node, revision)  # spares the worker a read
-        if self._running:
-            self._spawn(str(node.mac))
+        self._spawn(str(node.mac))
 
     def _fresh(self, mac: str, revision: int) -> bool:
         """True (and remembered) when `revision` is newer than any entry seen for `mac`."""

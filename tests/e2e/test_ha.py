@@ -29,9 +29,15 @@ MID_BOOT_TIMEOUT = 180.0  # seconds for the first node to fetch its boot script 
 
 def script_head(lab: Lab, node: LabNode) -> str | None:
     """The address of the head whose boot plane served `node` its script (iPXE prints the
-    URL it chains to), once it has."""
+    URL it chains to), once the node runs it: the script's first line is on the console. (The
+    URL alone is printed when the fetch starts; the store's `provisioning` event is written
+    before the response has reached the node. A kill between the two leaves the node at "No
+    more network devices": the fallback starts at the script.)"""
+    text = console(node)
+    if f"provisioner: booting {node.qemu.name} " not in text:
+        return None
     mac = re.escape(node.qemu.mac)
-    found = re.findall(rf"http://([0-9.]+)(?::[0-9]+)?/boot/{mac}\.ipxe", console(node))
+    found = re.findall(rf"http://([0-9.]+)(?::[0-9]+)?/boot/{mac}\.ipxe", text)
     return found[-1] if found else None
 
 

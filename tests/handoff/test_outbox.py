@@ -87,6 +87,30 @@ async def test_delivery_on_every_store_backend(store: KeyValueStore) -> None:
         assert scheduler.state.node("node007").memory_mib == 1024
 
 
+async def test_an_entry_submitted_before_delivery_starts_is_delivered_once_it_does(
+        tmp_path: Path) -> None:
+    """A head that does not lead takes a callback (its outbox is not delivering), then takes
+    the lead: the entry it wrote itself must be delivered, not taken for one already handed to
+    a worker."""
+    store = SqliteStore(tmp_path / "store.db")
+    scheduler = SchedulerServer(store, "127.0.0.1", 0)
+    await scheduler.start()
+    handoff, confirmed = BuiltinHandoff(scheduler.url), Confirmations()
+    queue = HandoffQueue(store, handoff, confirmed)
+    try:
+        await queue.submit(NODE)  # delivery is off: the entry only goes to the store
+        assert [n.name for n in await queue.queued()] == ["node007"]
+        assert confirmed.macs == []
+        await queue.start()  # this head now leads
+        await eventually(lambda: _empty(store))
+        assert confirmed.macs == [MAC]
+    finally:
+        await queue.stop()
+        await handoff.close()
+        await scheduler.stop()
+        await store.close()
+
+
 async def test_retries_back_off(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "store.db")
     handoff = BuiltinHandoff(f"http://127.0.0.1:{free_port()}", timeout=0.5)
