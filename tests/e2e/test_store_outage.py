@@ -86,6 +86,10 @@ def wait_ready_again(lab: Lab, macs: list[str], since: float) -> dict[str, NodeV
 def test_nodes_cycled_into_an_etcd_outage_become_ready(make_lab: MakeLab,
                                                        tmp_path: Path) -> None:
     lab = make_lab(discovery=True, store="etcd", extra=RETRIES)
+    etcd = lab.state.proc("etcd")
+    assert etcd is not None and procs.alive(etcd)
+    assert not (lab.state.root / "appliance" / "store.db").exists()  # etcd, not sqlite
+    assert "etcd" in str(lab.ns.http("GET", f"{lab.state.api_url}/healthz").json())
     nodes = [boot(lab, "bios", register=True), boot(lab, "uefi", register=True)]
     macs = [n.qemu.mac for n in nodes]
     boot_and_wait(lab, nodes)
@@ -96,8 +100,6 @@ def test_nodes_cycled_into_an_etcd_outage_become_ready(make_lab: MakeLab,
         for node in nodes:
             admin(lab, "POST", f"/nodes/{node.qemu.name}/power", {"action": "cycle"})
         time.sleep(4)
-        etcd = lab.state.proc("etcd")
-        assert etcd is not None
         procs.kill(etcd)
         killed = time.monotonic()
         wait_unhealthy(lab)

@@ -6,14 +6,16 @@ sends a stream of TFTP read requests, each from a new port. The victim must stil
 ready: the intruder gets `[boot] max_per_source` connections and `[tftp] max_per_client`
 transfers, the rest is refused at once, counted and logged with its address.
 
-The victim's power cycle is timed unloaded and then under the flood; the ratio is a figure,
-printed, not asserted (the machine running the tests is shared). What is asserted is that the
+The victim's power cycle is timed under the flood, and in the full run (PROVISIONER_FULL=1) also
+unloaded before it; the ratio is a figure, printed, not asserted (the machine running the tests
+is shared; CI spares the unloaded cycle, a figure only). What is asserted is that the
 victim reached ready while the flood went on, and that none of its connections or transfers
 was refused: the caps fell on the intruder alone.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -95,7 +97,7 @@ def timed_power_cycle(attack: AttackLab) -> float:
 
 
 def test_the_victim_boots_while_a_neighbour_floods_http_and_tftp(attack_lab: AttackLab) -> None:
-    unloaded = timed_power_cycle(attack_lab)
+    unloaded = timed_power_cycle(attack_lab) if os.environ.get("PROVISIONER_FULL") else None
     intruder = attack_lab.intruder()
     address = intruder.lease()
     boot = urlsplit(attack_lab.lab.state.boot_url)
@@ -116,9 +118,9 @@ def test_the_victim_boots_while_a_neighbour_floods_http_and_tftp(attack_lab: Att
         seen = counters(attack_lab)
     finally:
         stop_process(flood)
-    ratio = loaded / unloaded
-    print(f"victim power cycle to ready: {unloaded:.1f} s unloaded, {loaded:.1f} s under the "
-          f"flood ({ratio:.2f}x); boot {seen['boot']}; tftp {seen['tftp']}; "
+    compared = (f"{unloaded:.1f} s unloaded, {loaded:.1f} s under the flood "
+                f"({loaded / unloaded:.2f}x)" if unloaded else f"{loaded:.1f} s under the flood")
+    print(f"victim power cycle to ready: {compared}; boot {seen['boot']}; tftp {seen['tftp']}; "
           f"intruder: {log.read_text().strip().splitlines()[-1:]}")
     assert seen["boot"]["refused:per_source"] > CONNECTIONS
     assert seen["tftp"]["rejected:busy_client"] > 0
