@@ -9,11 +9,12 @@ namespace, with the same kernel, image and overlay fetched over HTTP:
 - provisioner: `provisioner serve` + `provisioner scheduler serve` (lab settings, sqlite);
   ready = the node is `ready` in the store after the scheduler confirmed the handoff.
 - baseline: dnsmasq 2.90 (`--no-ping`: no ICMP check before offers) answers DHCP and sends the
-  iPXE ROM to `http://10.99.0.1/boot/<mac>.ipxe`; a Python http.server serves that script
-  (captured from provisioner, so the same kernel command line), the kernel, the image and the
-  overlay; ready = the node's boot callback arriving at a tiny HTTP listener on port 8080
-  (for the Debian image: the callback of its provisioner-booted.service, after
-  multi-user.target, not /init's init-started).
+  iPXE ROM to `http://10.99.0.1/boot/<mac>.ipxe`; nginx (bench/peers/nginx.py: one worker,
+  sendfile) serves that script (captured from provisioner, so the same kernel command line),
+  the kernel, the image and the overlay; ready = the node's boot callback arriving at a tiny
+  HTTP listener on port 8080 (for the Debian image: the callback of its
+  provisioner-booted.service, after multi-user.target, not /init's init-started). The
+  listener only marks the time: no file goes through it.
 
 Runs alternate between the two (provisioner, baseline, provisioner, ...) so drift in machine
 load hits both. Then N nodes booting together, time until the last is ready.
@@ -23,7 +24,7 @@ load hits both. Then N nodes booting together, time until the last is ready.
     .venv/bin/python bench/boot.py --runs 1 --nodes 1 --images debian
 
 Needs root, qemu-system-x86, ipxe-qemu, dnsmasq (dnsmasq-base; its command line is
-bench/peers/dhcpd.py's pxe_argv). The lab network is a bridge in a namespace of its own
+bench/peers/dhcpd.py's pxe_argv) and nginx. The lab network is a bridge in a namespace of its own
 (provisioner/lab/network.py), removed with every process by PID at the end of each run, also
 on Ctrl-C or SIGTERM. Every run is bounded (--timeout per boot).
 """
@@ -47,11 +48,10 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.peers import dhcpd  # noqa: E402
+from bench.peers import dhcpd, nginx  # noqa: E402
 from bench.peers.testbed import unwinding  # noqa: E402
 from provisioner.errors import ProvisionerError  # noqa: E402
 from provisioner.lab import procs  # noqa: E402
@@ -68,20 +68,13 @@ CALLBACK_PATH = "/node/v1/booted"
 CAPTURE_HOST = 240  # capture's reserved addresses: 10.99.0.241.. (the leases start at .100)
 
 
-# -- the baseline's HTTP side: static files on :80, the callback listener on :8080 -----------
+# -- the baseline's callback listener: POST on :8080, the time each node is ready -------------
 
 
-def serve_baseline(root: Path, host: str, marks: Path) -> None:
-    """Run inside the baseline namespace (`boot.py --serve-baseline`): files under `root` on
-    port 80, and POST /node/v1/booted on 8080 appending `<time> <mac>` lines to `marks` (any
-    other POST, such as a systemd image's init-started, is answered and not counted)."""
-
-    class Files(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+def serve_callbacks(host: str, marks: Path) -> None:
+    """Run inside the baseline namespace (`boot.py --serve-callbacks`): POST /node/v1/booted on
+    8080 appends `<time> <mac>` lines to `marks` (any other POST, such as a systemd image's
+    init-started, is answered and not counted). The files are nginx's."""
 
     class Callback(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -101,10 +94,7 @@ def serve_baseline(root: Path, host: str, marks: Path) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    files = http.server.ThreadingHTTPServer((host, 80), Files)
-    callback = http.server.ThreadingHTTPServer((host, 8080), Callback)
-    threading.Thread(target=callback.serve_forever, daemon=True).start()
-    files.serve_forever()
+    http.server.ThreadingHTTPServer((host, 8080), Callback).serve_forever()
 
 
 # -- captured boot material ---------------------------------------------------------------
@@ -208,10 +198,14 @@ def run_baseline(work: Path, root: Path, count: int, timeout: float, *,
             net.bridge, work, "10.99.0.100", "10.99.0.199", boot=_per_mac_boot(ip, count),
             tftp_root=tftp)),
             work / "dnsmasq.out"))
-        started.append(procs.spawn("http", net.command([
-            sys.executable, __file__, "--serve-baseline", str(root), "--marks", str(marks)]),
-            work / "http.log"))
+        conf = nginx.write_config(work / "nginx", ip, 80, root, as_root=True)
+        started.append(procs.spawn("nginx", net.command(
+            nginx.argv(nginx.binary(), work / "nginx", conf)), work / "nginx.out"))
+        started.append(procs.spawn("callbacks", net.command([
+            sys.executable, __file__, "--serve-callbacks", "--marks", str(marks)]),
+            work / "callbacks.log"))
         _wait_port(net.namespace, f"http://{ip}/")
+        _wait_port(net.namespace, f"http://{ip}:8080/")
         nodes = []
         for index in range(1, count + 1):
             tap = f"tap{index}"
@@ -300,11 +294,11 @@ def run_all() -> None:
     parser.add_argument("--memory", type=int, default=1536, help="MiB per node (the Debian "
                         "image unpacks 182 MiB into RAM)")
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-callbacks", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--marks", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_baseline:
-        serve_baseline(args.serve_baseline, "10.99.0.1", args.marks)
+    if args.serve_callbacks:
+        serve_callbacks("10.99.0.1", args.marks)
         return
     names = [n for n in args.images.split(",") if n]
     unknown = sorted(set(names) - set(KICKSTARTS))

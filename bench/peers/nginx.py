@@ -17,7 +17,7 @@ from pathlib import Path
 CONF = """\
 daemon off;
 master_process on;
-worker_processes 1;
+{user}worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -46,10 +46,13 @@ def binary() -> str:
     return found
 
 
-def write_config(prefix: Path, ip: str, port: int, root: Path) -> Path:
+def write_config(prefix: Path, ip: str, port: int, root: Path, *, as_root: bool = False) -> Path:
+    """`as_root`: the worker runs as root too, for a root it could not read as nobody (a
+    bench's private 0700 work directory)."""
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(CONF.format(prefix=prefix, ip=ip, port=port, root=root))
+    conf.write_text(CONF.format(prefix=prefix, ip=ip, port=port, root=root,
+                                user="user root;\n" if as_root else ""))
     return conf
 
 
