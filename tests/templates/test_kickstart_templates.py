@@ -70,7 +70,8 @@ def test_debian_kickstart_with_slurm(flag: object) -> None:
     booted = body.split("provisioner-booted.service.d/slurmd.conf", 1)[1]
     assert "Requires=slurmd.service\nAfter=slurmd.service" in booted
     # Started is not initialized (Type=simple): the callback waits for slurmd's PID file.
-    assert "[ -e /run/slurmd.pid ] && exit 0; systemctl -q is-active slurmd.service" in booted
+    assert ("timeout 120 /bin/sh -c 'until [ -e /run/slurmd.pid ]; do systemctl -q "
+            "is-active slurmd.service || exit 1" in booted)
     assert "mkdir -p /var/spool/slurmd" in body
 
 
