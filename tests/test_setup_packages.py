@@ -41,7 +41,7 @@ PROGRAMS = {
     "mungekey": "munge", "nginx": "nginx", "openssl": "openssl",
     "systemd-analyze": "systemd", "useradd": "passwd", "env": "coreutils", "perfdhcp": "kea-admin",
     "pgrep": "procps", "prometheus": "prometheus", "ps": "procps", "python3": "python3",
-    "qemu-system-x86_64": "qemu-system-x86", "scontrol": "slurm-client",
+    "qemu-system-x86_64": "qemu-system-x86", "scontrol": "slurm-client", "srun": "slurm-client",
     "slurmctld": "slurmctld", "sh": "dash", "sleep": "coreutils", "sort": "coreutils",
     "ss": "iproute2", "systemctl": "systemd", "tail": "coreutils", "tar": "tar",
     "taskset": "util-linux", "tftp": "tftp-hpa", "touch": "coreutils", "tr": "coreutils",

@@ -249,12 +249,12 @@ class Lab:
         self.state.save()
         return node
 
-    def register(self, node: LabNode) -> None:
+    def register(self, node: LabNode, *, ip: str | None = None) -> None:
         """Add the node to the inventory ahead of its boot (a known MAC), with its QMP socket
-        as power address."""
+        as power address and, with `ip`, a reserved address (one slurm.conf can name)."""
         q = node.qemu
         self.cli("node", "add", q.mac, "--name", q.name, "--firmware", q.firmware,
-                 "--set", f"power_address={q.qmp}")
+                 "--set", f"power_address={q.qmp}", *(["--ip", ip] if ip else []))
 
     def start_node(self, node: LabNode) -> None:
         q = node.qemu

@@ -2,7 +2,9 @@
 
 Everything binds to the bridge address inside the lab namespace: DHCP in full mode on the
 bridge (discovery on), TFTP on port 69, the boot plane on port 80, the API with auth on, the
-scheduler beside it. Every node defaults to the lab image and the `qemu` power driver.
+scheduler beside it, and the handoff to that scheduler unless `handoff` says otherwise (the
+Slurm e2e test hands nodes to a slurmctld in the namespace). Every node defaults to the lab
+image and the `qemu` power driver.
 
 With several heads (`heads`, etcd only) head N has the bridge's next address (head 1 the
 lab's, head 2 the one after it), a settings file and data dir of its own, the one image dir,
@@ -47,6 +49,8 @@ class LabOptions:
     dhcp_extra: str = ""
     #: more sections, verbatim, at the end of the settings (tests: [retries] deadlines)
     extra: str = ""
+    #: the [handoff] section's lines, verbatim (tests: a Slurm controller in the namespace)
+    handoff: str = 'kind = "builtin"'
     api_port: int = 8080
     boot_port: int = 80
     scheduler_port: int = 8090
@@ -183,7 +187,7 @@ url = {_q(options.url(options.scheduler_port))}
 token = {_q(options.scheduler_token)}
 
 [handoff]
-kind = "builtin"
+{options.handoff}
 
 [defaults]
 image = {_q(options.image)}

@@ -15,7 +15,7 @@ from provisioner.inventory import keys
 from provisioner.nodes.model import MacAddress
 from provisioner.store.sqlite import SqliteStore
 from tests.handoff.conftest import Confirmations
-from tests.handoff.slurm_cluster import SlurmCluster
+from tests.support.slurm_cluster import SlurmCluster
 from tests.support.waiting import eventually
 
 MAC = MacAddress("52:54:00:00:00:02")

@@ -89,6 +89,16 @@ def test_generated_settings_load_and_describe_the_lab(tmp_path: Path) -> None:
     assert s.scheduler.token == ""  # Lab.create makes one: see test_lab.py
 
 
+def test_the_handoff_is_the_builtin_scheduler_unless_the_lab_is_given_one(
+        tmp_path: Path) -> None:
+    (tmp_path / "lab.toml").write_text(render_config(LabOptions(tmp_path)))
+    assert load_settings(tmp_path / "lab.toml", env={}).handoff.kind == "builtin"
+    options = LabOptions(tmp_path, handoff='kind = "slurm"\nmunge_key = "/k"')
+    (tmp_path / "lab.toml").write_text(render_config(options))
+    handoff = load_settings(tmp_path / "lab.toml", env={}).handoff
+    assert (handoff.kind, handoff.munge_key) == ("slurm", "/k")
+
+
 def test_generated_settings_for_etcd_point_inside_the_namespace(tmp_path: Path) -> None:
     options = LabOptions(tmp_path, store="etcd")
     (tmp_path / "lab.toml").write_text(render_config(options))

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,19 @@ def require_lab() -> None:
 
 
 def build_image(images: Path, name: str = "compute", *, force: bool = False,
-                kickstart: str = KICKSTART, cache: Path = CACHE) -> str:
+                kickstart: str = KICKSTART, cache: Path = CACHE,
+                variables: Sequence[str] = ()) -> str:
     """`provisioner image build --activate` into `images` (`force`: a new version even with
-    the same inputs); returns the current version, the one just built (or the current one
-    when its inputs are the same: the builder's own cache)."""
+    the same inputs; `variables`: the kickstart's NAME=VALUE); returns the current version,
+    the one just built (or the current one when its inputs are the same: the builder's own
+    cache)."""
     config = images.parent / f"{images.name}-build.toml"
     config.write_text(f'data_dir = "{images.parent / "build-data"}"\n[boot]\n'
                       f'images = "{images}"\n[images]\ncache = "{cache}"\n')
     result = subprocess.run([sys.executable, "-m", "provisioner", "--config", str(config),
                              "image", "build", kickstart, "--name", name, "--activate",
-                             *(["--force"] if force else [])],
+                             *(["--force"] if force else []),
+                             *(arg for var in variables for arg in ("--var", var))],
                             capture_output=True, text=True, timeout=900, env=lab_env(),
                             check=False)
     assert result.returncode == 0, f"image build failed:\n{result.stdout}\n{result.stderr}"

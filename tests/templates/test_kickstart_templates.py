@@ -60,7 +60,8 @@ def test_debian_kickstart_with_slurm(flag: object) -> None:
     running slurmd; the image keeps no munge key (it comes in the node's overlay)."""
     text = Renderer().render("kickstart/debian.ks.j2", {"slurm": flag}, node="image")
     kickstart = parse(text, source="kickstart/debian.ks.j2")
-    assert {"slurmd", "munge"} <= set(kickstart.packages)
+    # dbus: slurmd's cgroup/v2 plugin needs systemd's bus to start at all
+    assert {"slurmd", "munge", "dbus"} <= set(kickstart.packages)
     assert kickstart.services_enabled == ("ssh", "serial-getty@ttyS0", "munge", "slurmd")
     body = kickstart.posts[0].body
     assert "rm -f /etc/munge/munge.key" in body
@@ -68,11 +69,15 @@ def test_debian_kickstart_with_slurm(flag: object) -> None:
     assert "AssertPathExists=/etc/slurm/slurm.conf" in body  # no overlay's slurm.conf: no ready
     booted = body.split("provisioner-booted.service.d/slurmd.conf", 1)[1]
     assert "Requires=slurmd.service\nAfter=slurmd.service" in booted
+    # Started is not initialized (Type=simple): the callback waits for slurmd's PID file.
+    assert ("timeout 120 /bin/sh -c 'until [ -e /run/slurmd.pid ]; do systemctl -q "
+            "is-active slurmd.service || exit 1" in booted)
+    assert "mkdir -p /var/spool/slurmd" in body
 
 
 @pytest.mark.parametrize("variables", [{}, {"slurm": False}, {"slurm": "false"}])
 def test_debian_kickstart_without_slurm(variables: dict[str, Any]) -> None:
     text = Renderer().render("kickstart/debian.ks.j2", variables, node="image")
     kickstart = parse(text, source="kickstart/debian.ks.j2")
-    assert not {"slurmd", "munge"} & set(kickstart.packages)
+    assert not {"slurmd", "munge", "dbus"} & set(kickstart.packages)
     assert "munge" not in kickstart.posts[0].body
