@@ -43,35 +43,42 @@ async def _play_nodes(appliance: Appliance, booted: list[str], hold: set[str]) -
         await asyncio.sleep(0.02)
 
 
-async def test_the_next_appliance_resumes_a_rollout_at_its_wave(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    booted: list[str] = []
+async def _stopped_mid_wave(settings: Settings, booted: list[str], mac_byte: int) -> str:
+    """Start an appliance, a rollout of NAMES to compute:2 on it (one node a wave), play the
+    nodes with n2 held, and stop the appliance once n2 is power-cycled and waiting: the
+    rollout is left mid-wave in the store. Returns its id."""
     async with contextlib.AsyncExitStack() as stack:
         first = Appliance(settings)
         await first.start(stack)
         for index, name in enumerate(NAMES, 1):
             await first.inventory.add_node(Node(
-                MacAddress(f"52:54:00:00:02:{index:02x}"), name, image="compute:1",
+                MacAddress(f"52:54:00:00:{mac_byte:02x}:{index:02x}"), name, image="compute:1",
                 state=S.READY, settings={"power_driver": "manual"}))
         rollout = Rollout(first.inventory, first.lifecycle, NoHandoff(),
                           power_opener(settings, first.inventory), poll=0.02, resumable=True)
         request = RolloutRequest(nodes=NAMES, image="compute:2", version="2", wave=1,
                                  timeout=60.0)
-        status = await rollout.start(request)
+        rollout_id = (await rollout.start(request)).id
         runner = first.supervisor.spawn("reimage", lambda: rollout.execute(request))
         stack.push_async_callback(runner.stop)
         player = asyncio.create_task(_play_nodes(first, booted, hold={"n2"}))
         try:
-            await eventually(lambda: _waiting(first, status.id, "n2"), "n2 power-cycled")
+            await eventually(lambda: _waiting(first, rollout_id, "n2"), "n2 power-cycled")
         finally:
             player.cancel()
-        # The appliance stops while n2 is down for its reimage.
+        return rollout_id  # the appliance stops here, while n2 is down for its reimage
+
+
+async def test_the_next_appliance_resumes_a_rollout_at_its_wave(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    booted: list[str] = []
+    rollout_id = await _stopped_mid_wave(settings, booted, 0x02)
     async with contextlib.AsyncExitStack() as stack:
         second = Appliance(settings)
         await second.start(stack)  # its "reimage resume" task takes the rollout up
         player = asyncio.create_task(_play_nodes(second, booted, hold=set()))
         try:
-            await eventually(lambda: _state_is(second, status.id, "succeeded"),
+            await eventually(lambda: _state_is(second, rollout_id, "succeeded"),
                              "the resumed rollout to succeed", timeout=30)
         finally:
             player.cancel()
@@ -79,7 +86,7 @@ async def test_the_next_appliance_resumes_a_rollout_at_its_wave(tmp_path: Path) 
             node = (await second.inventory.get_node(name)).value
             assert (node.state, node.image) == (S.READY, "compute:2")
         assert booted == ["n1", "n2", "n3"]  # each booted once: no wave redone
-        saved = await load_status(second.inventory, status.id)
+        saved = await load_status(second.inventory, rollout_id)
         assert saved.waves_done == 3
 
 
@@ -103,29 +110,10 @@ async def test_a_running_appliance_takes_up_a_rollout_whose_runner_stops_later(
     async with contextlib.AsyncExitStack() as keeper_stack:
         keeper = Appliance(settings)
         await keeper.start(keeper_stack)
-        async with contextlib.AsyncExitStack() as stack:
-            first = Appliance(settings)
-            await first.start(stack)
-            for index, name in enumerate(NAMES, 1):
-                await first.inventory.add_node(Node(
-                    MacAddress(f"52:54:00:00:03:{index:02x}"), name, image="compute:1",
-                    state=S.READY, settings={"power_driver": "manual"}))
-            rollout = Rollout(first.inventory, first.lifecycle, NoHandoff(),
-                              power_opener(settings, first.inventory), poll=0.02,
-                              resumable=True)
-            request = RolloutRequest(nodes=NAMES, image="compute:2", version="2", wave=1,
-                                     timeout=60.0)
-            status = await rollout.start(request)
-            runner = first.supervisor.spawn("reimage", lambda: rollout.execute(request))
-            stack.push_async_callback(runner.stop)
-            player = asyncio.create_task(_play_nodes(first, booted, hold={"n2"}))
-            try:
-                await eventually(lambda: _waiting(first, status.id, "n2"), "n2 power-cycled")
-            finally:
-                player.cancel()
+        rollout_id = await _stopped_mid_wave(settings, booted, 0x03)
         player = asyncio.create_task(_play_nodes(keeper, booted, hold=set()))
         try:
-            await eventually(lambda: _state_is(keeper, status.id, "succeeded"),
+            await eventually(lambda: _state_is(keeper, rollout_id, "succeeded"),
                              "the keeper to take the rollout up", timeout=60)
         finally:
             player.cancel()
