@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +23,6 @@ from provisioner.config import load_settings
 from provisioner.images.format.catalog import ImageCatalog
 from provisioner.inventory.locks import StoreLock
 from provisioner.inventory.repository import Inventory
-from provisioner.lab.netns import stop_process
 from provisioner.nodes.lifecycle import Lifecycle
 from provisioner.nodes.model import MacAddress, Node, NodeState
 from provisioner.nodes.progress import load_status
@@ -34,42 +31,11 @@ from provisioner.security.tokens import ApiTokens, Role
 from provisioner.store.sqlite import SqliteStore
 from tests.api.conftest import publish_image
 from tests.support.etcd_server import free_port
+from tests.support.serve import ServeProcess
 
 S = NodeState
 NAMES = ("n1", "n2", "n3")
 WAIT = 30.0  # seconds, generous, for a step of a busy machine
-
-
-class Process:
-    """`provisioner serve` on loopback ports, started again on demand."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.url = f"http://127.0.0.1:{env['PROVISIONER_API_PORT']}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "provisioner", "serve"],
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + WAIT
-        async with httpx.AsyncClient() as client:
-            while True:
-                assert self.proc.poll() is None, self.log.read_text()
-                assert time.monotonic() < deadline, self.log.read_text()
-                try:
-                    await client.get(self.url + "/healthz", timeout=1.0)
-                    return
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.1)
-
-    def kill(self, sig: int = signal.SIGKILL) -> int | None:
-        """Stop it with `sig` (SIGKILL 10 s later if it is still there); its exit status."""
-        if self.proc is not None:
-            stop_process(self.proc, sig)
-            return self.proc.returncode
-        return None
 
 
 class Nodes:
@@ -92,7 +58,7 @@ class Nodes:
 
 
 @pytest.fixture
-async def appliance(tmp_path: Path) -> AsyncIterator[tuple[Process, SqliteStore, str, str]]:
+async def appliance(tmp_path: Path) -> AsyncIterator[tuple[ServeProcess, SqliteStore, str, str]]:
     data = tmp_path / "data"
     env = {**os.environ, "PROVISIONER_DATA_DIR": str(data), "PROVISIONER_CONFIG": "",
            "PROVISIONER_STORE_BACKEND": "sqlite", "PROVISIONER_DHCP_MODE": "off",
@@ -108,7 +74,7 @@ async def appliance(tmp_path: Path) -> AsyncIterator[tuple[Process, SqliteStore,
             MacAddress(f"52:54:00:00:03:{index:02x}"), name, image="compute:0", state=S.READY,
             settings={"power_driver": "manual"}))
     _, token = await ApiTokens(store).create(Role.OPERATOR, "test", time.time())
-    process = Process(env, tmp_path / "serve.log")
+    process = ServeProcess(env, tmp_path / "serve.log")
     try:
         yield process, store, token, version
     finally:
@@ -118,7 +84,7 @@ async def appliance(tmp_path: Path) -> AsyncIterator[tuple[Process, SqliteStore,
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 async def test_a_killed_or_stopped_appliance_resumes_its_rollout_at_the_wave(
-        appliance: tuple[Process, SqliteStore, str, str], sig: int) -> None:
+        appliance: tuple[ServeProcess, SqliteStore, str, str], sig: int) -> None:
     process, store, token, version = appliance
     nodes = Nodes(store, version)
     await process.start()
@@ -160,7 +126,7 @@ async def test_a_killed_or_stopped_appliance_resumes_its_rollout_at_the_wave(
     assert status.waves_done == 3 and "resumed" in process.log.read_text()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], process: Process,
+async def _until(check: Callable[[], Awaitable[bool]], process: ServeProcess,
                  timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not await check():

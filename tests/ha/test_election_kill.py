@@ -8,64 +8,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from provisioner.ha.election import Election
-from provisioner.lab.netns import stop_process
 from provisioner.store.etcd import EtcdStore
 from tests.support.etcd_server import EtcdServer, free_port
+from tests.support.serve import WAIT, ServeProcess
 
 pytestmark = pytest.mark.etcd
 
 TTL = 2  # seconds: [ha] leader_ttl
 MARGIN = 25.0  # seconds on top of the ttl: the machine is shared and noisy
-WAIT = 30.0  # seconds for a head to start
-
-
-class Head:
-    """`provisioner serve` on loopback ports, the etcd store, `[ha] elect`."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.url = f"http://127.0.0.1:{env['PROVISIONER_API_PORT']}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "provisioner", "serve"],
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + WAIT
-        while await self.tasks() is None:
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, self.log.read_text()
-            await asyncio.sleep(0.1)
-
-    async def tasks(self) -> set[str] | None:
-        """The names of the tasks its /healthz lists; None while it does not answer."""
-        try:
-            async with httpx.AsyncClient() as client:
-                answer = await client.get(self.url + "/healthz", timeout=2.0)
-        except httpx.HTTPError:
-            return None
-        return {t["name"] for t in answer.json().get("tasks", [])}
-
-    def stop(self, sig: int) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, sig)
 
 
 @pytest.fixture
 async def heads(etcd_server: EtcdServer,
-                tmp_path: Path) -> AsyncIterator[tuple[list[Head], Election]]:
+                tmp_path: Path) -> AsyncIterator[tuple[list[ServeProcess], Election]]:
     namespace = f"/ha-{uuid.uuid4().hex[:8]}"
     heads = []
     for index in (1, 2):
@@ -81,13 +44,13 @@ async def heads(etcd_server: EtcdServer,
                "PROVISIONER_BOOT_LISTEN": "127.0.0.1", "PROVISIONER_BOOT_PORT": str(free_port()),
                "PROVISIONER_API_LISTEN": "127.0.0.1", "PROVISIONER_API_PORT": str(free_port()),
                "PYTHONUNBUFFERED": "1"}
-        heads.append(Head(env, tmp_path / f"head{index}.log"))
+        heads.append(ServeProcess(env, tmp_path / f"head{index}.log"))
     store = EtcdStore([etcd_server.endpoint], namespace=namespace)
     try:
         yield heads, Election(store, "singletons", "test")
     finally:
         for head in heads:
-            head.stop(signal.SIGKILL)
+            head.kill(signal.SIGKILL)
         await store.close()
 
 
@@ -96,7 +59,7 @@ async def leader_pid(election: Election) -> int | None:
     return int(leader.split(":")[1]) if leader else None
 
 
-async def leading(heads: list[Head], election: Election) -> Head:
+async def leading(heads: list[ServeProcess], election: Election) -> ServeProcess:
     """The head that leads, once one does and lists the once-only work."""
     deadline = time.monotonic() + WAIT
     while True:
@@ -111,14 +74,14 @@ async def leading(heads: list[Head], election: Election) -> Head:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 async def test_the_other_head_takes_the_work_over(
-        heads: tuple[list[Head], Election], sig: int) -> None:
+        heads: tuple[list[ServeProcess], Election], sig: int) -> None:
     both, election = heads
     await asyncio.gather(*(head.start() for head in both))
     leader = await leading(both, election)
     other = both[1] if leader is both[0] else both[0]
     assert "lifecycle sweeper" not in (await other.tasks() or set())
     stopped = time.monotonic()
-    leader.stop(sig)
+    leader.kill(sig)
     assert other.proc is not None
     while await leader_pid(election) != other.proc.pid:
         assert time.monotonic() - stopped < TTL + MARGIN, "the other head did not take over"
