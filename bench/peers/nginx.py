@@ -14,13 +14,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CONF = """\
+MAIN = """\
 daemon off;
 master_process on;
 {user}worker_processes 1;
-pid {prefix}/nginx.pid;
+{open_files}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -30,12 +30,25 @@ http {{
     keepalive_requests 100000;
     client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
     fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+{servers}}}
+"""
+SERVER = """\
     server {{
         listen {ip}:{port};
         root {root};
     }}
-}}
 """
+
+
+def config_text(prefix: Path, servers: str, *, as_root: bool = False, connections: int = 1024,
+                open_files: int = 0) -> str:
+    """The whole nginx.conf around `servers` (server blocks, indented as SERVER is): one
+    worker, the settings above, pid, logs and temp files under `prefix`. `as_root`: the
+    worker runs as root too, for a root it could not read as nobody (a bench's private 0700
+    work directory); `open_files`: its file limit, for many connections."""
+    return MAIN.format(prefix=prefix, servers=servers, connections=connections,
+                       user="user root;\n" if as_root else "",
+                       open_files=f"worker_rlimit_nofile {open_files};\n" if open_files else "")
 
 
 def binary() -> str:
@@ -47,12 +60,11 @@ def binary() -> str:
 
 
 def write_config(prefix: Path, ip: str, port: int, root: Path, *, as_root: bool = False) -> Path:
-    """`as_root`: the worker runs as root too, for a root it could not read as nobody (a
-    bench's private 0700 work directory)."""
+    """nginx.conf under `prefix` for one server: `root` on ip:port."""
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(CONF.format(prefix=prefix, ip=ip, port=port, root=root,
-                                user="user root;\n" if as_root else ""))
+    conf.write_text(config_text(prefix, SERVER.format(ip=ip, port=port, root=root),
+                                as_root=as_root))
     return conf
 
 

@@ -22,6 +22,7 @@ import ipaddress
 import shutil
 from pathlib import Path
 
+from bench.peers import nginx
 from provisioner.boot.overlay import OverlayBuilder
 from provisioner.lab.storm.appliance import pool_size
 from provisioner.nodes.model import Firmware, MacAddress, Node
@@ -40,23 +41,7 @@ initrd --name image.cpio.xz ${{prov-image}}
 initrd --name overlay.cpio.xz ${{prov-overlay}}
 boot
 """
-NGINX = """\
-daemon off;
-master_process on;
-user root;
-worker_processes 1;
-worker_rlimit_nofile 65536;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 30;
-    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+SERVERS = """\
     server {{
         listen {ip}:80 backlog=4096;
         root {root};
@@ -76,7 +61,6 @@ http {{
         listen {ip}:8090 backlog=4096;
         location ~ ^/sched/v1/nodes/[^/]+/poll$ {{ return 204; }}
     }}
-}}
 """
 
 
@@ -136,5 +120,6 @@ def dnsmasq_argv(iface: str, work: Path, ip: str, first: str, last: str, *,
 def write_nginx(prefix: Path, ip: str, root: Path) -> Path:
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX.format(prefix=prefix, ip=ip, root=root))
+    conf.write_text(nginx.config_text(prefix, SERVERS.format(ip=ip, root=root), as_root=True,
+                                      connections=16384, open_files=65536))
     return conf
