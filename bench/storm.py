@@ -131,10 +131,7 @@ def _read(path: Path) -> str:
 
 def _baseline_storm(options: StormOptions, client: ClientNet, pids: list[int]) -> StormReport:
     client.create()
-    if options.link:
-        client.shape(options.link)
-    if options.loss:
-        client.drop(options.loss)
+    client.impair(options.link, options.loss)
     specs = node_specs(options.nodes, options.uefi_share)
     before = _usage(pids)
     run = asyncio.run(run_clients(client, specs, BootPlan(options.control_only, {}),

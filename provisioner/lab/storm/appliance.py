@@ -152,10 +152,7 @@ def storm(options: StormOptions, root: Path, *, say: Say = print,
     net = ClientNet(lab.state.namespace, lab.state.bridge, lab.network.subnet)
     try:
         net.create()
-        if options.link:
-            net.shape(options.link)
-        if options.loss:
-            net.drop(options.loss)
+        net.impair(options.link, options.loss)
         specs = node_specs(options.nodes, options.uefi_share)
         began = time.monotonic()
         lab.ns.run(lambda: register(lab, specs), timeout=600)

@@ -100,6 +100,14 @@ class ClientNet:
     def command(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
+    def impair(self, link: str, loss: float) -> None:
+        """The storm's link: shaped to `link` (a tc rate; "" leaves it as fast as veth goes)
+        and losing `loss` percent of packets each way (0: none)."""
+        if link:
+            self.shape(link)
+        if loss:
+            self.drop(loss)
+
     def shape(self, rate: str) -> None:
         bits = rate_bits(rate)
         _run(["ip", "netns", "exec", self.server_ns, "tc", "qdisc", "replace", "dev",
