@@ -14,7 +14,6 @@ Run it with `PROVISIONER_FULL=1 pytest tests/e2e/test_debian.py` (marked `full`)
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import socket
@@ -32,10 +31,9 @@ from provisioner.lab.storeview import NodeView, snapshot
 from tests.support.labs import (
     CACHE,
     boot_and_wait,
-    build_image,
+    cached_debian_image,
     console,
     dump,
-    require_lab,
     run_job,
 )
 
@@ -43,22 +41,12 @@ from tests.support.labs import (
 #: budget; run it with PROVISIONER_FULL=1 (bench/boot.py boots the same image).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.full]
 
-E2E_CACHE = Path(os.environ.get("PROVISIONER_E2E_CACHE", "/var/cache/provisioner/e2e"))
 LOGIN_TIMEOUT = 180.0  # seconds after ready for the serial getty's prompt (TCG, shared cores)
 
 
 @pytest.fixture(scope="module")
 def debian_images() -> Path:
-    require_lab()
-    images = E2E_CACHE / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
-    version = build_image(images, "debian", kickstart="kickstart/debian.ks.j2",
-                          cache=E2E_CACHE / "cache")
-    manifest = (images / "debian" / version / "image.cpio.xz").stat().st_size
-    print(f"debian image {version}: {manifest >> 20} MiB xz, build or cache hit in "
-          f"{time.monotonic() - began:.0f} s")
-    return images
+    return cached_debian_image("debian")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ test_debian.py. Run it with `PROVISIONER_FULL=1 pytest tests/e2e/test_debian_slu
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -25,13 +24,12 @@ from provisioner.lab.lab import Lab
 from provisioner.lab.labconfig import LabOptions
 from provisioner.lab.netns import LabNetwork
 from provisioner.lab.observe import wait_ready
-from tests.support.labs import CACHE, build_image, dump, require_lab
+from tests.support.labs import CACHE, cached_debian_image, dump
 from tests.support.slurm_cluster import SlurmCluster
 
 #: `full`: the image build adds minutes on a machine without the cached image.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.full]
 
-E2E_CACHE = Path(os.environ.get("PROVISIONER_E2E_CACHE", "/var/cache/provisioner/e2e"))
 NAME = "node001"
 REGISTER_TIMEOUT = 180.0  # seconds after `ready` for slurmctld to hear from the node's slurmd
 JOB_TIMEOUT = 180.0  # seconds for srun (TCG, shared cores)
@@ -39,16 +37,7 @@ JOB_TIMEOUT = 180.0  # seconds for srun (TCG, shared cores)
 
 @pytest.fixture(scope="module")
 def slurm_images() -> Path:
-    require_lab()
-    images = E2E_CACHE / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
-    version = build_image(images, "debian-slurm", kickstart="kickstart/debian.ks.j2",
-                          cache=E2E_CACHE / "cache", variables=["slurm=true"])
-    size = (images / "debian-slurm" / version / "image.cpio.xz").stat().st_size
-    print(f"debian-slurm image {version}: {size >> 20} MiB xz, build or cache hit in "
-          f"{time.monotonic() - began:.0f} s")
-    return images
+    return cached_debian_image("debian-slurm", ["slurm=true"])
 
 
 @pytest.fixture

@@ -63,6 +63,25 @@ def build_image(images: Path, name: str = "compute", *, force: bool = False,
     return os.readlink(images / name / "current")
 
 
+#: the Debian images of the `full` e2e tests, built once per machine with their .deb cache
+E2E_CACHE = Path(os.environ.get("PROVISIONER_E2E_CACHE", "/var/cache/provisioner/e2e"))
+
+
+def cached_debian_image(name: str, variables: Sequence[str] = ()) -> Path:
+    """templates/kickstart/debian.ks.j2 built as `name` into E2E_CACHE's catalog (a build
+    whose inputs are unchanged is a cache hit); returns the catalog directory."""
+    require_lab()
+    images = E2E_CACHE / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    version = build_image(images, name, kickstart="kickstart/debian.ks.j2",
+                          cache=E2E_CACHE / "cache", variables=variables)
+    size = (images / name / version / "image.cpio.xz").stat().st_size
+    print(f"{name} image {version}: {size >> 20} MiB xz, build or cache hit in "
+          f"{time.monotonic() - began:.0f} s")
+    return images
+
+
 @pytest.fixture(scope="session")
 def e2e_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_lab()
